@@ -1,0 +1,69 @@
+"""The backend interface: what routing and the registry need from a generation engine, and no more.
+
+Kept small (as in text-generation-inference/LoRAX) so that transformers+PEFT and vLLM both fit behind
+it. Adapters are addressed by an opaque *key* that the registry makes unique per expert version, so a
+replaced expert never shares weights or cache with its predecessor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from experts.adapters import AdapterFiles
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings of one request; temperature 0 means greedy decoding."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat generation: the conversation, the adapter to run it with (None: the generalist)."""
+
+    messages: Sequence[dict[str, str]]
+    adapter_key: str | None
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """A piece of streamed text; the last chunk of a generation carries `finish_reason` and counts."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Backend(Protocol):
+    """A generation engine hosting one base model and any number of named LoRA adapters."""
+
+    name: str
+    model_id: str
+
+    async def load_adapter(self, key: str, files: AdapterFiles) -> None:
+        """Load and validate an adapter under `key`; raise `AdapterRejected` and leave no trace on failure."""
+        ...
+
+    def unload_adapter(self, key: str) -> None:
+        """Schedule the adapter's removal; returns at once (called when the last lease is released)."""
+        ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream the completion. Cancelling the iterator stops generation and frees its slot."""
+        ...
+
+    async def close(self) -> None:
+        """Release threads and memory."""
+        ...

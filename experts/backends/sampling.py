@@ -1,0 +1,63 @@
+"""Token sampling and streamed-text bookkeeping shared by the decode loops.
+
+Kept apart from the engine so that the rules (greedy at temperature 0, nucleus sampling, stop strings
+that may straddle two tokens) are written once and unit-testable without a model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from experts.backends.base import SamplingParams
+
+
+def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick the next token id from the last position's logits (a 1-D tensor)."""
+    if params.temperature <= 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the first token).
+        outside = cumulative - sorted_probs > params.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class StreamedText:
+    """Turns the growing decoded text into safe-to-send deltas.
+
+    Holds back an incomplete UTF-8 character and any tail that could still become a stop string, so a
+    client never receives text that a later token would retract.
+    """
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self._stop = tuple(s for s in stop if s)
+        self._holdback = max((len(s) for s in self._stop), default=1) - 1
+        self._sent = 0
+        self.stopped = False
+
+    def update(self, text: str) -> str:
+        """Given the full decoded text so far, return the new text that may be sent now."""
+        if text.endswith("\ufffd"):
+            return ""
+        for stop in self._stop:
+            at = text.find(stop, max(0, self._sent - len(stop)))
+            if at != -1:
+                self.stopped = True
+                return self._take(text, at)
+        return self._take(text, max(self._sent, len(text) - self._holdback))
+
+    def flush(self, text: str) -> str:
+        """At the end of generation, release whatever was held back."""
+        if self.stopped:
+            return ""
+        return self._take(text.rstrip("\ufffd"), len(text.rstrip("\ufffd")))
+
+    def _take(self, text: str, until: int) -> str:
+        delta = text[self._sent : until]
+        self._sent = max(self._sent, until)
+        return delta

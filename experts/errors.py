@@ -1,0 +1,29 @@
+"""Typed errors of the expert layer. `server/errors.py` maps each to one HTTP status in one place."""
+
+
+class ExpertError(Exception):
+    """Base class: every refusal from the registry or a backend."""
+
+
+class ExpertNotFound(ExpertError):
+    """No expert of that name is visible in the current registry snapshot."""
+
+
+class ExpertExists(ExpertError):
+    """Registration of a name that is already taken."""
+
+
+class ExpertGone(ExpertError):
+    """The expert was removed or replaced between routing and leasing it; the caller may re-route."""
+
+
+class AdapterRejected(ExpertError):
+    """An adapter that may not or cannot be loaded: outside allowed roots, not safetensors, wrong shape."""
+
+
+class PromptTooLong(ExpertError):
+    """The rendered prompt plus the requested completion do not fit the model's context."""
+
+
+class ManifestError(ExpertError):
+    """The persistent manifest could not be written; the registry change was rolled back."""

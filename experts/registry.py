@@ -1,0 +1,213 @@
+"""The expert registry: catalogue, versions, leases and persistence.
+
+Readers never lock: the registry publishes an immutable `Snapshot` (experts plus the routing index built
+from them) and swaps it in one assignment. Writers (add, replace, remove) are serialised by one asyncio
+lock and follow the same order every time: check, load and validate completely, persist, publish. Any
+failure before publishing undoes what was done, so a refused registration leaves the registry exactly
+as it was.
+
+A running request holds a `Lease` on the expert version it was routed to. Removing or replacing an expert
+retires the old version: it disappears from the next snapshot at once, and its adapter is unloaded when
+its last lease is released (the drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol
+
+import torch
+
+from experts.adapters import AdapterFiles, check_adapter_files, resolve_within_roots
+from experts.errors import AdapterRejected, ExpertExists, ExpertGone, ExpertNotFound
+from experts.manifest import Manifest
+from experts.spec import ExpertSpec
+
+log = logging.getLogger(__name__)
+
+
+class AdapterHost(Protocol):
+    """The part of a backend the registry drives."""
+
+    async def load_adapter(self, key: str, files: AdapterFiles) -> None: ...
+
+    def unload_adapter(self, key: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Expert:
+    """One published version of an expert. Immutable but for its lease count and retirement flag."""
+
+    spec: ExpertSpec
+    version: int
+    example_embeddings: torch.Tensor
+    files: AdapterFiles
+    registered_at: float = field(default_factory=time.time)
+    leases: int = 0
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend_key(self) -> str:
+        """Unique per version, so a replacement never shares adapter weights or caches with the old one."""
+        return f"{self.spec.name}-v{self.version}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one request sees: a registry version, its experts and the routing index built from them."""
+
+    version: int
+    experts: Mapping[str, Expert]
+    index: object
+
+
+IndexBuilder = Callable[[Sequence[Expert]], object]
+ExampleEmbedder = Callable[[list[str]], torch.Tensor]
+
+
+class Lease:
+    """Keeps an expert version loaded while a request runs on it. Release is idempotent."""
+
+    def __init__(self, registry: ExpertRegistry | None, expert: Expert | None) -> None:
+        self._registry = registry
+        self.expert = expert
+
+    def release(self) -> None:
+        registry, self._registry = self._registry, None
+        if registry is not None and self.expert is not None:
+            registry._release(self.expert)
+
+
+class ExpertRegistry:
+    """The catalogue of experts; see the module docstring for the concurrency rules."""
+
+    def __init__(
+        self,
+        host: AdapterHost,
+        index_builder: IndexBuilder,
+        embed_examples: ExampleEmbedder,
+        adapter_roots: Sequence[Path],
+        max_adapter_rank: int,
+        manifest: Manifest | None = None,
+    ) -> None:
+        self._host = host
+        self._build_index = index_builder
+        self._embed_examples = embed_examples
+        self._adapter_roots = list(adapter_roots)
+        self._max_rank = max_adapter_rank
+        self._manifest = manifest
+        self._write_lock = asyncio.Lock()
+        self._lease_lock = threading.Lock()
+        self._snapshot = Snapshot(version=0, experts=MappingProxyType({}), index=index_builder([]))
+        self.failed: dict[str, str] = {}  # experts from the manifest that could not be restored, with why
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def lease(self, expert: Expert) -> Lease:
+        """Pin `expert` for one request; `ExpertGone` if it was retired after the caller's snapshot."""
+        with self._lease_lock:
+            if expert.retired:
+                raise ExpertGone(f"expert {expert.name!r} version {expert.version} was removed")
+            expert.leases += 1
+        return Lease(self, expert)
+
+    def _release(self, expert: Expert) -> None:
+        with self._lease_lock:
+            expert.leases -= 1
+            drained = expert.retired and expert.leases == 0
+        if drained:
+            self._host.unload_adapter(expert.backend_key)
+
+    def _retire(self, expert: Expert) -> None:
+        with self._lease_lock:
+            expert.retired = True
+            drained = expert.leases == 0
+        if drained:
+            self._host.unload_adapter(expert.backend_key)
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Load every expert in the manifest (on start). An expert that fails is reported, not fatal."""
+        if self._manifest is None:
+            return
+        last_version, records = self._manifest.load()
+        async with self._write_lock:
+            experts = dict(self._snapshot.experts)
+            for record in records:
+                try:
+                    experts[record.spec.name] = await self._load(record.spec, record.version)
+                except AdapterRejected as exc:
+                    log.error("expert %r could not be restored: %s", record.spec.name, exc)
+                    self.failed[record.spec.name] = str(exc)
+            self._publish(experts, max(last_version, self._snapshot.version))
+
+    async def add(self, spec: ExpertSpec) -> Expert:
+        async with self._write_lock:
+            if spec.name in self._snapshot.experts:
+                raise ExpertExists(f"an expert named {spec.name!r} already exists; use PUT to replace it")
+            return await self._install(spec, previous=None)
+
+    async def replace(self, spec: ExpertSpec) -> Expert:
+        async with self._write_lock:
+            previous = self._snapshot.experts.get(spec.name)
+            if previous is None:
+                raise ExpertNotFound(f"no expert named {spec.name!r}")
+            return await self._install(spec, previous=previous)
+
+    async def remove(self, name: str) -> Expert:
+        async with self._write_lock:
+            expert = self._snapshot.experts.get(name)
+            if expert is None:
+                raise ExpertNotFound(f"no expert named {name!r}")
+            version = self._snapshot.version + 1
+            if self._manifest is not None:
+                self._manifest.delete(name, version)
+            self._publish({k: v for k, v in self._snapshot.experts.items() if k != name}, version)
+            self._retire(expert)
+            self.failed.pop(name, None)
+            return expert
+
+    async def _install(self, spec: ExpertSpec, previous: Expert | None) -> Expert:
+        version = self._snapshot.version + 1
+        expert = await self._load(spec, version)
+        try:
+            if self._manifest is not None:
+                self._manifest.put(spec, version)
+        except Exception:
+            self._host.unload_adapter(expert.backend_key)
+            raise
+        self._publish({**self._snapshot.experts, spec.name: expert}, version)
+        if previous is not None:
+            self._retire(previous)
+        self.failed.pop(spec.name, None)
+        return expert
+
+    async def _load(self, spec: ExpertSpec, version: int) -> Expert:
+        """Check, embed and load one expert version; nothing is published here."""
+        directory = resolve_within_roots(spec.adapter_path, self._adapter_roots)
+        files = check_adapter_files(directory, self._max_rank)
+        embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+        expert = Expert(spec=spec, version=version, example_embeddings=embeddings, files=files)
+        await self._host.load_adapter(expert.backend_key, files)
+        return expert
+
+    def _publish(self, experts: Mapping[str, Expert], version: int) -> None:
+        ordered = sorted(experts.values(), key=lambda e: e.name)
+        index = self._build_index(ordered)
+        self._snapshot = Snapshot(version=version, experts=MappingProxyType(dict(experts)), index=index)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up with the test extras, then lint, check the import layers and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+. .venv/bin/activate
+ruff check .
+lint-imports
+python -m pytest -q "$@"

@@ -1,0 +1,82 @@
+"""Admin endpoints: register, replace, list and remove experts while the server serves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fastapi import APIRouter, Response
+
+from experts.errors import ExpertNotFound
+from experts.registry import Expert
+from experts.spec import ExpertSpec
+from server.api.deps import AdminAccess, State
+from server.errors import APIError
+from server.protocol import ExpertCreate, ExpertList, ExpertOut
+from server.state import AppState
+
+api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
+
+
+def _out(expert: Expert) -> ExpertOut:
+    spec = expert.spec
+    return ExpertOut(
+        name=spec.name, description=spec.description, kind=spec.kind, adapter_path=spec.adapter_path,
+        examples=list(spec.examples), version=expert.version, state="ready",
+        active_requests=expert.leases, registered_at=expert.registered_at,
+    )
+
+
+@api.get("/experts")
+async def list_experts(state: State) -> ExpertList:
+    snapshot = state.registry.snapshot
+    data = [_out(e) for e in sorted(snapshot.experts.values(), key=lambda e: e.name)]
+    data += [
+        ExpertOut(name=name, description="", kind="adapter", adapter_path="", examples=[], version=0,
+                  state="failed", active_requests=0, registered_at=None, error=error)
+        for name, error in sorted(state.registry.failed.items())
+    ]
+    return ExpertList(registry_version=snapshot.version, data=data)
+
+
+@api.get("/experts/{name}")
+async def get_expert(name: str, state: State) -> ExpertOut:
+    expert = state.registry.snapshot.experts.get(name)
+    if expert is None:
+        raise ExpertNotFound(f"no expert named {name!r}")
+    return _out(expert)
+
+
+@api.post("/experts", status_code=201)
+async def add_expert(body: ExpertCreate, state: State) -> ExpertOut:
+    with admin_operation(state, "add"):
+        return _out(await state.registry.add(ExpertSpec(**body.model_dump())))
+
+
+@api.put("/experts/{name}")
+async def replace_expert(name: str, body: ExpertCreate, state: State) -> ExpertOut:
+    if body.name != name:
+        raise APIError(400, "the body's name must match the URL", "invalid_request_error", "name_mismatch", "name")
+    with admin_operation(state, "replace"):
+        return _out(await state.registry.replace(ExpertSpec(**body.model_dump())))
+
+
+@api.delete("/experts/{name}", status_code=204)
+async def remove_expert(name: str, state: State) -> Response:
+    with admin_operation(state, "remove"):
+        await state.registry.remove(name)
+    return Response(status_code=204)
+
+
+@contextmanager
+def admin_operation(state: AppState, operation: str) -> Iterator[None]:
+    """Count an admin operation's outcome and refresh the registry gauges, whatever happens."""
+    status = "error"
+    try:
+        yield
+        status = "ok"
+    finally:
+        state.metrics.admin_operations.labels(operation, status).inc()
+        snapshot = state.registry.snapshot
+        state.metrics.experts.set(len(snapshot.experts))
+        state.metrics.registry_version.set(snapshot.version)

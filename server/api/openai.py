@@ -1,0 +1,53 @@
+"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/models`) and `/v1/route`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.api.deps import State
+from server.chat_service import routing_headers
+from server.protocol import (
+    ChatCompletionRequest,
+    ModelCard,
+    ModelList,
+    RouteRequest,
+    RouteResponse,
+    ScoredExpertOut,
+)
+from server.routing_service import AUTO_MODEL
+
+api = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@api.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, state: State) -> JSONResponse | StreamingResponse:
+    run = await state.chat.start(body)
+    if body.stream:
+        return StreamingResponse(state.chat.stream(run), media_type="text/event-stream", headers=run.headers)
+    completion = await state.chat.complete(run)
+    return JSONResponse(completion.model_dump(), headers=run.headers)
+
+
+@api.get("/models")
+async def list_models(state: State) -> ModelList:
+    created = int(state.started_at)
+    cards = [
+        ModelCard(id=AUTO_MODEL, created=created, kind="router",
+                  description="routes each request to the best expert, or the generalist"),
+        ModelCard(id=state.settings.generalist_name, created=created, kind="generalist",
+                  description=f"the base model alone ({state.backend.model_id})"),
+    ]
+    for expert in sorted(state.registry.snapshot.experts.values(), key=lambda e: e.name):
+        cards.append(ModelCard(id=expert.name, created=int(expert.registered_at), kind="adapter",
+                               description=expert.spec.description))
+    return ModelList(data=cards)
+
+
+@api.post("/route")
+async def route(body: RouteRequest, state: State) -> JSONResponse:
+    decision, snapshot, routing_ms = await state.routing.rank(body.query)
+    info = state.routing.routing_info(decision, snapshot.version, routing_ms)
+    ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
+    response = RouteResponse(query=body.query, decision=info, ranking=ranking)
+    return JSONResponse(response.model_dump(), headers=routing_headers(info))

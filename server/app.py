@@ -1,0 +1,90 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; its lifespan builds the long-lived
+objects (encoder, backend, registry, services) once and tears them down on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from experts.backends import create_backend
+from experts.manifest import Manifest
+from experts.models import resolve_base_model
+from experts.registry import Expert, ExpertRegistry
+from routers.base import ExpertVectors, Router
+from routers.encoder import QueryEncoder, resolve_encoder
+from routers.policies import create_router
+from server.api import admin, openai, ops
+from server.chat_service import ChatService
+from server.errors import install_error_handlers
+from server.limits import BodySizeLimit
+from server.metrics import Metrics
+from server.routing_service import RoutingService
+from server.seeding import seed_registry
+from server.settings import Settings
+from server.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's IndexBuilder
+    """Adapt registry experts to the routing policy's input; this is where server/ joins the two layers."""
+
+    def build(experts: list[Expert]) -> object:
+        return router.build_index([ExpertVectors(e.name, e.example_embeddings) for e in experts])
+
+    return build
+
+
+async def build_state(settings: Settings) -> AppState:
+    device = settings.resolved_device()
+    router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
+    encoder = await asyncio.to_thread(QueryEncoder, resolve_encoder(settings.encoder_model), device)
+    model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
+    backend = await asyncio.to_thread(
+        create_backend, settings.backend, model_dir, device, settings.max_context_tokens
+    )
+    metrics = Metrics()
+    manifest = Manifest(settings.data_dir / "manifest.sqlite3")
+    registry = ExpertRegistry(
+        host=backend,
+        index_builder=_index_builder(router),
+        embed_examples=encoder.encode,
+        adapter_roots=[*settings.adapter_roots, settings.data_dir / "adapters"],
+        max_adapter_rank=settings.max_adapter_rank,
+        manifest=manifest,
+    )
+    await registry.restore()
+    await seed_registry(registry, settings.seed_experts)
+    metrics.experts.set(len(registry.snapshot.experts))
+    metrics.registry_version.set(registry.snapshot.version)
+    routing = RoutingService(encoder, router, registry, metrics, settings.generalist_name)
+    chat = ChatService(routing, backend, settings, metrics)
+    if settings.admin_token is None and not settings.insecure_dev_admin:
+        log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
+    return AppState(settings, metrics, encoder, backend, registry, manifest, routing, chat, time.time())
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await build_state(settings)
+        app.state.switchyard = state
+        log.info("switchyard ready: %d experts, router %s", len(state.registry.snapshot.experts), settings.router)
+        try:
+            yield
+        finally:
+            await state.backend.close()
+            state.manifest.close()
+
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.include_router(openai.api)
+    app.include_router(admin.api)
+    app.include_router(ops.api)
+    return app

@@ -1,0 +1,187 @@
+"""The chat service: validate, route and lease, generate, and shape the answer as OpenAI JSON or SSE.
+
+This is the seam between HTTP (`server/api/openai.py`) and the core: routing comes from
+`RoutingService`, text from the backend, and every answer carries the routing decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
+from server.errors import APIError
+from server.metrics import Metrics
+from server.protocol import (
+    MAX_STOP_SEQUENCES,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    RoutingInfo,
+    Usage,
+    new_id,
+)
+from server.routing_service import RoutingService, Target
+from server.settings import Settings
+
+
+def routing_headers(info: RoutingInfo) -> dict[str, str]:
+    """The decision as response headers, for clients that cannot read the body's extension field."""
+    headers = {
+        "x-switchyard-expert": info.expert,
+        "x-switchyard-fallback": str(info.fallback).lower(),
+        "x-switchyard-router": info.router,
+        "x-switchyard-registry-version": str(info.registry_version),
+    }
+    if info.score is not None:
+        headers["x-switchyard-score"] = f"{info.score:.4f}"
+    if info.runner_up is not None:
+        headers["x-switchyard-runner-up"] = info.runner_up
+    return headers
+
+
+@dataclass
+class ChatRun:
+    """A chat request that has been routed, leased and has produced its first chunk."""
+
+    request: ChatCompletionRequest
+    target: Target
+    chunks: AsyncIterator[GenerationChunk]
+    first: GenerationChunk
+    completion_id: str
+    created: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return routing_headers(self.target.info)
+
+
+class ChatService:
+    def __init__(self, routing: RoutingService, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+        self._routing = routing
+        self._backend = backend
+        self._settings = settings
+        self._metrics = metrics
+
+    async def start(self, request: ChatCompletionRequest) -> ChatRun:
+        """Route, lease and start generating. Errors surface here, before any byte is sent."""
+        query = self._query_of(request)
+        sampling = self._sampling(request)
+        target = await self._routing.resolve(request.model, query)
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        chunks = self._backend.generate(GenerationRequest(messages, target.adapter_key, sampling))
+        try:
+            first = await anext(chunks)
+        except BaseException:
+            target.release()
+            self._count(target, "error")
+            raise
+        return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()))
+
+    async def complete(self, run: ChatRun) -> ChatCompletion:
+        """Collect the whole answer (non-streaming)."""
+        try:
+            parts, last = [run.first.text], run.first
+            async for chunk in run.chunks:
+                parts.append(chunk.text)
+                last = chunk
+        finally:
+            run.target.release()
+        self._finish(run, last)
+        return ChatCompletion(
+            id=run.completion_id,
+            created=run.created,
+            model=run.target.info.expert,
+            choices=[Choice(message=AssistantMessage(content="".join(parts)), finish_reason=last.finish_reason)],
+            usage=_usage(last),
+            switchyard=run.target.info,
+        )
+
+    async def stream(self, run: ChatRun) -> AsyncIterator[str]:
+        """Server-sent events in OpenAI's chunk format; the last content chunk carries the decision."""
+        include_usage = bool(run.request.stream_options and run.request.stream_options.include_usage)
+        try:
+            yield self._sse(run, Delta(role="assistant", content=""), None)
+            chunk = run.first
+            while True:
+                if chunk.finish_reason is not None:
+                    self._finish(run, chunk)
+                    yield self._sse(run, Delta(content=chunk.text or None), chunk.finish_reason, run.target.info)
+                    if include_usage:
+                        yield _event(self._chunk(run, [], usage=_usage(chunk), info=run.target.info))
+                    break
+                if chunk.text:
+                    yield self._sse(run, Delta(content=chunk.text), None)
+                chunk = await anext(run.chunks)
+            yield "data: [DONE]\n\n"
+        finally:
+            run.target.release()
+            await run.chunks.aclose()  # stops generation when the client went away mid-stream
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _query_of(self, request: ChatCompletionRequest) -> str:
+        if not request.messages:
+            raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
+        for message in reversed(request.messages):
+            if message.role == "user" and message.text().strip():
+                return message.text()
+        raise APIError(
+            400, "messages must contain a user message with text", "invalid_request_error",
+            "no_user_message", "messages",
+        )
+
+    def _sampling(self, request: ChatCompletionRequest) -> SamplingParams:
+        s = self._settings
+        max_tokens = request.max_completion_tokens or request.max_tokens or s.default_max_tokens
+        if max_tokens > s.max_tokens_limit:
+            raise APIError(
+                400, f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}",
+                "invalid_request_error", "max_tokens_too_large", "max_tokens",
+            )
+        stop = request.stop_sequences()
+        if len(stop) > MAX_STOP_SEQUENCES:
+            raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "invalid_request_error",
+                           "too_many_stop_sequences", "stop")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=s.default_temperature if request.temperature is None else request.temperature,
+            top_p=s.default_top_p if request.top_p is None else request.top_p,
+            stop=stop,
+            seed=request.seed,
+        )
+
+    def _finish(self, run: ChatRun, last: GenerationChunk) -> None:
+        self._count(run.target, "ok")
+        self._metrics.generated_tokens.labels(run.target.info.expert).inc(last.completion_tokens)
+
+    def _count(self, target: Target, status: str) -> None:
+        self._metrics.requests.labels("chat.completions", target.info.expert, status).inc()
+
+    def _chunk(
+        self, run: ChatRun, choices: list[ChunkChoice], usage: Usage | None = None, info: RoutingInfo | None = None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=run.completion_id, created=run.created, model=run.target.info.expert,
+            choices=choices, usage=usage, switchyard=info,
+        )
+
+    def _sse(self, run: ChatRun, delta: Delta, finish: str | None, info: RoutingInfo | None = None) -> str:
+        return _event(self._chunk(run, [ChunkChoice(delta=delta, finish_reason=finish)], info=info))
+
+
+def _event(chunk: ChatCompletionChunk) -> str:
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+def _usage(last: GenerationChunk) -> Usage:
+    return Usage(
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        total_tokens=last.prompt_tokens + last.completion_tokens,
+    )

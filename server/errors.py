@@ -1,0 +1,105 @@
+"""One error shape for every failure: OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+
+Core layers raise typed exceptions (`experts.errors`, `APIError`); this module is the one place that
+turns them into HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from experts.errors import (
+    AdapterRejected,
+    ExpertError,
+    ExpertExists,
+    ExpertGone,
+    ExpertNotFound,
+    ManifestError,
+    PromptTooLong,
+)
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error raised by the HTTP layer itself, already carrying its status and OpenAI error fields."""
+
+    def __init__(
+        self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = error_body(error.message, error.type, error.code, error.param)
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+_EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
+    ExpertNotFound: (404, "not_found_error", "expert_not_found"),
+    ExpertGone: (404, "not_found_error", "expert_not_found"),
+    ExpertExists: (409, "conflict_error", "expert_exists"),
+    AdapterRejected: (400, "invalid_request_error", "adapter_rejected"),
+    PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
+    ManifestError: (503, "server_error", "storage_unavailable"),
+}
+
+
+def to_api_error(exc: ExpertError) -> APIError:
+    for cls in type(exc).__mro__:
+        if cls in _EXPERT_ERRORS:
+            status, type_, code = _EXPERT_ERRORS[cls]
+            return APIError(status, str(exc), type_, code)
+    return APIError(500, str(exc), "server_error")
+
+
+def _describe_validation(errors: list) -> tuple[str, str | None]:
+    first = errors[0] if errors else {}
+    location = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(location) or None
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+        for e in errors[:5]
+    )
+    return message or "invalid request body", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(ExpertError)
+    async def _expert_error(_: Request, exc: ExpertError) -> JSONResponse:
+        return error_response(to_api_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation(list(exc.errors()))
+        return error_response(APIError(400, message, "invalid_request_error", "invalid_request", param))
+
+    @app.exception_handler(ValidationError)
+    async def _model_invalid(_: Request, exc: ValidationError) -> JSONResponse:
+        message, param = _describe_validation(list(exc.errors()))
+        return error_response(APIError(400, message, "invalid_request_error", "invalid_request", param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(APIError(exc.status_code, str(exc.detail), type_), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(APIError(500, "internal server error", "server_error", "internal_error"))

@@ -1,0 +1,202 @@
+"""Request and response schemas of the public API (OpenAI-compatible, routing and admin).
+
+The OpenAI shapes follow the official API closely enough that the `openai` client parses them unchanged;
+Switchyard's explanation of each answer travels in the extension field `switchyard` (a `RoutingInfo`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from experts.spec import EXPERT_NAME_PATTERN, MAX_EXAMPLES
+
+MAX_MESSAGES = 256
+MAX_STOP_SEQUENCES = 4
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+# -- chat completions ------------------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """Plain text of the message; content parts other than text are not supported by these models."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat request that these models honour; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=128)
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+    user: str | None = None
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ScoredExpertOut(BaseModel):
+    name: str
+    score: float
+
+
+class RoutingInfo(BaseModel):
+    """The decision record: which expert served the request, with what score and why."""
+
+    expert: str = Field(description="the expert that answered, or the generalist's name")
+    kind: Literal["adapter", "generalist"]
+    score: float | None
+    runner_up: str | None
+    runner_up_score: float | None
+    fallback: bool
+    reason: str
+    router: str
+    threshold: float | None
+    registry_version: int
+    routing_ms: float
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    switchyard: RoutingInfo
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    switchyard: RoutingInfo | None = None
+
+
+# -- models and routing ------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "switchyard"
+    kind: Literal["router", "generalist", "adapter"]
+    description: str = ""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1)
+
+
+class RouteResponse(BaseModel):
+    query: str
+    decision: RoutingInfo
+    ranking: list[ScoredExpertOut]
+
+
+# -- admin -------------------------------------------------------------------------------------------
+
+
+class ExpertCreate(BaseModel):
+    """Body of POST /admin/experts and PUT /admin/experts/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=EXPERT_NAME_PATTERN)
+    description: str = Field("", max_length=2000)
+    kind: Literal["adapter"] = "adapter"
+    adapter_path: str = Field(min_length=1, max_length=4096)
+    examples: list[str] = Field(min_length=1, max_length=MAX_EXAMPLES)
+
+
+class ExpertOut(BaseModel):
+    name: str
+    description: str
+    kind: str
+    adapter_path: str
+    examples: list[str]
+    version: int
+    state: Literal["ready", "failed"]
+    active_requests: int
+    registered_at: float | None
+    error: str | None = None
+
+
+class ExpertList(BaseModel):
+    object: Literal["list"] = "list"
+    registry_version: int
+    data: list[ExpertOut]

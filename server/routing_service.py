@@ -1,0 +1,130 @@
+"""From a request's `model` and query to a leased target: an expert version or the generalist.
+
+`auto` encodes the query and asks the routing policy; an expert name pins that expert and skips routing;
+the generalist's name forces the base model alone. The lease is taken on the exact expert version the
+decision saw; if that version was removed in between, `auto` routes again on the fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from experts.errors import ExpertGone
+from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
+from routers.base import Decision, Router, ScoredExpert
+from routers.encoder import QueryEncoder
+from server.errors import APIError
+from server.metrics import Metrics
+from server.protocol import RoutingInfo
+
+AUTO_MODEL = "auto"
+_MAX_REROUTES = 3
+
+
+@dataclass
+class Target:
+    """Where one request runs. `expert` None means the generalist; `lease` must be released."""
+
+    expert: Expert | None
+    info: RoutingInfo
+    ranking: tuple[ScoredExpert, ...]
+    lease: Lease | None
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+    @property
+    def adapter_key(self) -> str | None:
+        return self.expert.backend_key if self.expert is not None else None
+
+
+class RoutingService:
+    def __init__(
+        self,
+        encoder: QueryEncoder,
+        router: Router,
+        registry: ExpertRegistry,
+        metrics: Metrics,
+        generalist_name: str,
+    ) -> None:
+        self._encoder = encoder
+        self._router = router
+        self._registry = registry
+        self._metrics = metrics
+        self.generalist_name = generalist_name
+
+    async def rank(self, query: str) -> tuple[Decision, Snapshot, float]:
+        """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds)."""
+        started = time.perf_counter()
+        vector = await asyncio.to_thread(self._encoder.encode_one, query)
+        snapshot = self._registry.snapshot
+        decision = self._router.decide(vector, snapshot.index)
+        elapsed = time.perf_counter() - started
+        self._metrics.routing_latency.observe(elapsed)
+        return decision, snapshot, elapsed * 1000.0
+
+    async def resolve(self, model: str, query: str) -> Target:
+        """Pick and lease the target for `model`; raises a 404 `APIError` for an unknown model name."""
+        if model == self.generalist_name:
+            return self._generalist(reason="the generalist was requested by name", fallback=False)
+        if model != AUTO_MODEL:
+            return self._pinned(model)
+        for _ in range(_MAX_REROUTES):
+            decision, snapshot, routing_ms = await self.rank(query)
+            expert = snapshot.experts.get(decision.expert) if decision.expert else None
+            lease = None
+            if expert is not None:
+                try:
+                    lease = self._registry.lease(expert)
+                except ExpertGone:
+                    continue  # removed between ranking and leasing: rank again on the new snapshot
+            info = self.routing_info(decision, snapshot.version, routing_ms)
+            self._metrics.routing_decisions.labels(info.expert, str(decision.fallback).lower()).inc()
+            return Target(expert=expert, info=info, ranking=decision.ranking, lease=lease)
+        return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
+
+    def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
+        return RoutingInfo(
+            expert=decision.expert or self.generalist_name,
+            kind="adapter" if decision.expert else "generalist",
+            score=decision.score,
+            runner_up=decision.runner_up,
+            runner_up_score=decision.runner_up_score,
+            fallback=decision.fallback,
+            reason=decision.reason,
+            router=decision.router,
+            threshold=decision.threshold,
+            registry_version=version,
+            routing_ms=round(routing_ms, 3),
+        )
+
+    def _pinned(self, name: str) -> Target:
+        snapshot = self._registry.snapshot
+        expert = snapshot.experts.get(name)
+        if expert is None:
+            raise APIError(
+                404,
+                f"model {name!r} does not exist; use 'auto', '{self.generalist_name}' or an expert name "
+                "from GET /v1/models",
+                "not_found_error",
+                "model_not_found",
+                "model",
+            )
+        lease = self._registry.lease(expert)  # ExpertGone -> 404 through the error handlers
+        info = RoutingInfo(
+            expert=name, kind="adapter", score=None, runner_up=None, runner_up_score=None, fallback=False,
+            reason="the expert was pinned by name; routing skipped", router="pinned", threshold=None,
+            registry_version=snapshot.version, routing_ms=0.0,
+        )
+        return Target(expert=expert, info=info, ranking=(), lease=lease)
+
+    def _generalist(self, reason: str, fallback: bool) -> Target:
+        info = RoutingInfo(
+            expert=self.generalist_name, kind="generalist", score=None, runner_up=None, runner_up_score=None,
+            fallback=fallback, reason=reason, router="pinned", threshold=None,
+            registry_version=self._registry.snapshot.version, routing_ms=0.0,
+        )
+        return Target(expert=None, info=info, ranking=(), lease=None)

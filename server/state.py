@@ -1,0 +1,27 @@
+"""The long-lived objects of one running server, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from experts.backends import Backend
+from experts.manifest import Manifest
+from experts.registry import ExpertRegistry
+from routers.encoder import QueryEncoder
+from server.chat_service import ChatService
+from server.metrics import Metrics
+from server.routing_service import RoutingService
+from server.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    encoder: QueryEncoder
+    backend: Backend
+    registry: ExpertRegistry
+    manifest: Manifest
+    routing: RoutingService
+    chat: ChatService
+    started_at: float

@@ -1,0 +1,52 @@
+"""Shared fixtures. The e2e fixtures start one real server per session (real models, loopback only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("server")
+    proc = ServerProcess(write_config(directory), directory / "server.log").start()
+    proc.directory = directory  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def admin(server: ServerProcess) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=server.base_url, timeout=120, headers=headers) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def demo_experts() -> list[dict]:
+    return yaml.safe_load((REPO / "demo" / "experts.yaml").read_text())["experts"]
+
+
+@pytest.fixture(scope="session")
+def adapter_root(server: ServerProcess) -> Path:
+    return server.directory / "adapters"  # type: ignore[attr-defined]

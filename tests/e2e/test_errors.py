@@ -1,0 +1,57 @@
+"""Bad input: OpenAI-shaped errors with the right status, through the official client and raw HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.test_admin import assert_error
+
+pytestmark = pytest.mark.e2e
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_empty_messages_is_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="auto", messages=[])
+    assert caught.value.body["code"] == "empty_messages"
+
+
+def test_malformed_bodies_are_400(http: httpx.Client) -> None:
+    assert_error(http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}),
+                 400)
+    assert_error(http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}), 400)
+    assert_error(http.post("/v1/chat/completions", json={"model": "auto", "messages": [{"role": "wizard"}]}), 400)
+    assert_error(http.post("/v1/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": 9}), 400)
+    assert_error(http.post("/v1/chat/completions", json={
+        "model": "auto", "messages": [{"role": "system", "content": "only a system prompt"}]}), 400,
+        "no_user_message")
+
+
+def test_max_tokens_over_the_limit_is_400(http: httpx.Client) -> None:
+    assert_error(http.post("/v1/chat/completions", json={
+        "model": "auto", "max_tokens": 100_000, "messages": [{"role": "user", "content": "x"}]}), 400,
+        "max_tokens_too_large")
+
+
+def test_oversize_body_is_413(http: httpx.Client) -> None:
+    huge = "word " * 100_000  # 500 kB, over the test server's 200 kB limit
+    assert_error(http.post("/v1/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": huge}]}), 413, "request_too_large")
+
+
+def test_prompt_longer_than_the_context_is_400(http: httpx.Client) -> None:
+    long = "token " * 30_000  # fits the byte limit, not the 2,048-token context
+    assert_error(http.post("/v1/chat/completions", json={
+        "model": "base", "messages": [{"role": "user", "content": long}]}), 400, "context_length_exceeded")
+
+
+def test_unknown_path_is_404_in_the_error_shape(http: httpx.Client) -> None:
+    assert_error(http.get("/v1/nothing-here"), 404)

@@ -1,0 +1,84 @@
+"""Start the real server (`switchyard serve`) in a subprocess on a free loopback port, for e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(directory: Path, **overrides: object) -> Path:
+    """A config for a test server: its own data dir, the demo experts, a writable adapter root."""
+    (directory / "adapters").mkdir(parents=True, exist_ok=True)
+    config = {
+        "data_dir": str(directory / "data"),
+        "seed_experts": str(REPO / "demo" / "experts.yaml"),
+        "adapter_roots": [str(REPO / "demo" / "adapters"), str(directory / "adapters")],
+        "max_request_bytes": 200_000,
+        "max_tokens_limit": 512,
+        **overrides,
+    }
+    path = directory / "switchyard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class ServerProcess:
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 300.0) -> ServerProcess:
+        env = {**os.environ, "SWITCHYARD_ADMIN_TOKEN": ADMIN_TOKEN, "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+        log = self._log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config), "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self._proc.returncode}; log: {self._log_path}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy in {timeout} s; log: {self._log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(sig)
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def log_text(self) -> str:
+        return self._log_path.read_text(errors="replace")

@@ -1,0 +1,71 @@
+"""Routing policies on hand-made vectors: ranking, aggregation, threshold and empty registries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from routers.base import ExpertVectors
+from routers.policies import create_router
+
+
+def unit(*values: float) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.tensor(values, dtype=torch.float32), dim=-1)
+
+
+EXPERTS = [
+    # "broad" has two far-apart sub-topics; its centroid sits between them.
+    ExpertVectors("broad", torch.stack([unit(1, 0, 0), unit(0, 1, 0)])),
+    ExpertVectors("narrow", torch.stack([unit(0.9, 0.4, 0.1)])),
+]
+
+
+def test_knn_keeps_sub_topics_that_a_centroid_blurs() -> None:
+    query = unit(1, 0.05, 0)
+    knn = create_router("knn", threshold=0.0, params={"k": 1})
+    centroid = create_router("centroid", threshold=0.0)
+    assert knn.decide(query, knn.build_index(EXPERTS)).expert == "broad"
+    assert centroid.decide(query, centroid.build_index(EXPERTS)).expert == "narrow"
+
+
+def test_knn_aggregations_over_uneven_example_counts() -> None:
+    query = unit(1, 0, 0)
+    scores = {}
+    for aggregation in ("mean", "max", "sum"):
+        router = create_router("knn", threshold=0.0, params={"k": 2, "aggregation": aggregation})
+        scores[aggregation] = router.score(query[None], router.build_index(EXPERTS))[0]
+    assert scores["max"][0] == pytest.approx(1.0)
+    assert scores["mean"][0] == pytest.approx(0.5)  # (1 + 0) / 2
+    assert scores["sum"][0] == pytest.approx(1.0)
+    # "narrow" has one example: its mean over k=2 uses only the one that exists.
+    assert scores["mean"][1] == pytest.approx(float(unit(0.9, 0.4, 0.1) @ query))
+
+
+def test_decision_records_runner_up_and_falls_back_below_threshold() -> None:
+    router = create_router("knn", threshold=0.9, params={"k": 1})
+    index = router.build_index(EXPERTS)
+    confident = router.decide(unit(0, 1, 0), index)
+    assert (confident.expert, confident.fallback, confident.runner_up) == ("broad", False, "narrow")
+    assert confident.score == pytest.approx(1.0) and confident.runner_up_score < confident.score
+    unsure = router.decide(unit(0, 0, 1), index)
+    assert unsure.fallback and unsure.expert is None and "below the threshold" in unsure.reason
+    assert [s.name for s in unsure.ranking] == ["narrow", "broad"]
+
+
+def test_empty_index_falls_back() -> None:
+    router = create_router("knn", threshold=0.1)
+    decision = router.decide(unit(1, 0, 0), router.build_index([]))
+    assert decision.fallback and decision.expert is None and decision.ranking == ()
+
+
+def test_batch_decisions_equal_single_decisions() -> None:
+    router = create_router("knn", threshold=0.0)
+    index = router.build_index(EXPERTS)
+    queries = torch.stack([unit(1, 0, 0), unit(0, 0, 1), unit(0.5, 0.5, 0.5)])
+    batch = router.decide_batch(queries, index)
+    assert batch == [router.decide(q, index) for q in queries]
+
+
+def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown routing policy"):
+        create_router("oracle", threshold=0.0)
