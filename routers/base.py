@@ -65,18 +65,23 @@ class Router(ABC):
     def score(self, queries: torch.Tensor, index: RoutingIndex) -> torch.Tensor:
         """Score a batch of normalised queries [batch, dim] against every expert: [batch, n_experts]."""
 
-    def decide(self, query: torch.Tensor, index: RoutingIndex) -> Decision:
-        """Rank the experts for one query and apply the confidence threshold."""
-        return self.decide_batch(query.unsqueeze(0), index)[0]
+    def decide(self, query: torch.Tensor, index: RoutingIndex, top_n: int | None = 2) -> Decision:
+        """Rank the experts for one query and apply the confidence threshold.
 
-    def decide_batch(self, queries: torch.Tensor, index: RoutingIndex) -> list[Decision]:
+        Only the `top_n` best experts are materialised in the decision (None: all of them); a chat request
+        needs two, and building thousands of Python objects per request would cost more than scoring.
+        """
+        return self.decide_batch(query.unsqueeze(0), index, top_n)[0]
+
+    def decide_batch(self, queries: torch.Tensor, index: RoutingIndex, top_n: int | None = 2) -> list[Decision]:
         if not index.names:
             return [self._decision((), "no experts are registered") for _ in range(queries.shape[0])]
-        scores = self.score(queries, index).float().cpu()
-        order = torch.argsort(scores, dim=1, descending=True)
+        scores = self.score(queries, index).float()
+        keep = len(index.names) if top_n is None else max(1, min(top_n, len(index.names)))
+        best = torch.topk(scores, keep, dim=1)
         decisions = []
-        for row, ranks in zip(scores.tolist(), order.tolist(), strict=True):
-            ranking = tuple(ScoredExpert(index.names[i], row[i]) for i in ranks)
+        for values, ranks in zip(best.values.tolist(), best.indices.tolist(), strict=True):
+            ranking = tuple(ScoredExpert(index.names[i], v) for i, v in zip(ranks, values, strict=True))
             decisions.append(self._decision(ranking, ""))
         return decisions
 

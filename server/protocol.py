@@ -160,6 +160,7 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1)
+    top_n: int | None = Field(None, ge=1, description="how many experts to return; all when omitted")
 
 
 class RouteResponse(BaseModel):

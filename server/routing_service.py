@@ -56,12 +56,12 @@ class RoutingService:
         self._metrics = metrics
         self.generalist_name = generalist_name
 
-    async def rank(self, query: str) -> tuple[Decision, Snapshot, float]:
+    async def rank(self, query: str, top_n: int | None = 2) -> tuple[Decision, Snapshot, float]:
         """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds)."""
         started = time.perf_counter()
         vector = await asyncio.to_thread(self._encoder.encode_one, query)
         snapshot = self._registry.snapshot
-        decision = self._router.decide(vector, snapshot.index)
+        decision = self._router.decide(vector, snapshot.index, top_n)
         elapsed = time.perf_counter() - started
         self._metrics.routing_latency.observe(elapsed)
         return decision, snapshot, elapsed * 1000.0

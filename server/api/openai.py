@@ -46,7 +46,7 @@ async def list_models(state: State) -> ModelList:
 
 @api.post("/route")
 async def route(body: RouteRequest, state: State) -> JSONResponse:
-    decision, snapshot, routing_ms = await state.routing.rank(body.query)
+    decision, snapshot, routing_ms = await state.routing.rank(body.query, body.top_n)
     info = state.routing.routing_info(decision, snapshot.version, routing_ms)
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
     response = RouteResponse(query=body.query, decision=info, ranking=ranking)

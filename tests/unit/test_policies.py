@@ -47,7 +47,7 @@ def test_decision_records_runner_up_and_falls_back_below_threshold() -> None:
     confident = router.decide(unit(0, 1, 0), index)
     assert (confident.expert, confident.fallback, confident.runner_up) == ("broad", False, "narrow")
     assert confident.score == pytest.approx(1.0) and confident.runner_up_score < confident.score
-    unsure = router.decide(unit(0, 0, 1), index)
+    unsure = router.decide(unit(0, 0, 1), index, top_n=None)
     assert unsure.fallback and unsure.expert is None and "below the threshold" in unsure.reason
     assert [s.name for s in unsure.ranking] == ["narrow", "broad"]
 
@@ -62,8 +62,9 @@ def test_batch_decisions_equal_single_decisions() -> None:
     router = create_router("knn", threshold=0.0)
     index = router.build_index(EXPERTS)
     queries = torch.stack([unit(1, 0, 0), unit(0, 0, 1), unit(0.5, 0.5, 0.5)])
-    batch = router.decide_batch(queries, index)
-    assert batch == [router.decide(q, index) for q in queries]
+    batch = router.decide_batch(queries, index, top_n=None)
+    assert batch == [router.decide(q, index, top_n=None) for q in queries]
+    assert [len(d.ranking) for d in router.decide_batch(queries, index, top_n=1)] == [1, 1, 1]
 
 
 def test_unknown_policy_is_refused() -> None:
