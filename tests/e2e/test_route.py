@@ -7,6 +7,7 @@ import sys
 
 import httpx
 import pytest
+import yaml
 
 from tests.serverproc import REPO, ServerProcess
 
@@ -25,6 +26,18 @@ def test_each_demo_expert_ranks_first_on_its_held_out_queries(http: httpx.Client
             total += 1
             correct += ranking[0] == expert["name"] and body["decision"]["expert"] == expert["name"]
     assert correct == total, f"{correct}/{total} held-out queries routed to their own expert"
+
+
+def test_off_domain_queries_fall_back_to_the_generalist(http: httpx.Client) -> None:
+    off_domain = yaml.safe_load((REPO / "demo" / "experts.yaml").read_text())["off_domain"]
+    for query in off_domain:
+        decision = http.post("/v1/route", json={"query": query}).json()["decision"]
+        assert decision["fallback"] is True and decision["expert"] == "base", query
+
+
+def test_route_top_n_limits_the_ranking(http: httpx.Client) -> None:
+    body = http.post("/v1/route", json={"query": "SQL to count rows", "top_n": 1}).json()
+    assert [e["name"] for e in body["ranking"]] == ["sql"]
 
 
 def test_route_rejects_an_empty_query(http: httpx.Client) -> None:
