@@ -52,7 +52,8 @@ class KnnRouter(Router):
         assert isinstance(index, KnnIndex)
         experts, width, dim = index.vectors.shape
         # One GEMM over the flattened examples is faster than a batched einsum over experts.
-        sims = (queries.to(index.vectors.dtype) @ index.vectors.reshape(experts * width, dim).T).view(-1, experts, width)
+        flat = index.vectors.reshape(experts * width, dim)
+        sims = (queries.to(flat.dtype) @ flat.T).view(-1, experts, width)
         sims = sims.masked_fill(~index.mask, float("-inf"))
         top = sims.topk(min(self.k, sims.shape[-1]), dim=-1).values  # [batch, experts, k]
         if self.aggregation == "max":

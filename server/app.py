@@ -46,7 +46,8 @@ async def build_state(settings: Settings) -> AppState:
     encoder = await asyncio.to_thread(QueryEncoder, resolve_encoder(settings.encoder_model), device)
     model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
     backend = await asyncio.to_thread(
-        create_backend, settings.backend, model_dir, device, settings.max_context_tokens
+        create_backend, settings.backend, model_dir, device, settings.max_context_tokens,
+        settings.max_loras, settings.max_cpu_loras,
     )
     metrics = Metrics()
     manifest = Manifest(settings.data_dir / "manifest.sqlite3")

@@ -42,6 +42,8 @@ def routing_headers(info: RoutingInfo) -> dict[str, str]:
         headers["x-switchyard-score"] = f"{info.score:.4f}"
     if info.runner_up is not None:
         headers["x-switchyard-runner-up"] = info.runner_up
+    if info.adapter_tier is not None:
+        headers["x-switchyard-adapter-tier"] = info.adapter_tier
     return headers
 
 
@@ -59,6 +61,11 @@ class ChatRun:
     @property
     def headers(self) -> dict[str, str]:
         return routing_headers(self.target.info)
+
+    async def close(self) -> None:
+        """Release the lease and stop generation; idempotent, so every exit path may call it."""
+        self.target.release()
+        await self.chunks.aclose()
 
 
 class ChatService:
@@ -81,6 +88,11 @@ class ChatService:
             target.release()
             self._count(target, "error")
             raise
+        if first.activation is not None:
+            target.info = target.info.model_copy(update={
+                "adapter_tier": first.activation.tier.value,
+                "adapter_load_ms": round(first.activation.load_ms, 3),
+            })
         return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()))
 
     async def complete(self, run: ChatRun) -> ChatCompletion:
@@ -91,7 +103,7 @@ class ChatService:
                 parts.append(chunk.text)
                 last = chunk
         finally:
-            run.target.release()
+            await run.close()
         self._finish(run, last)
         return ChatCompletion(
             id=run.completion_id,
@@ -120,8 +132,7 @@ class ChatService:
                 chunk = await anext(run.chunks)
             yield "data: [DONE]\n\n"
         finally:
-            run.target.release()
-            await run.chunks.aclose()  # stops generation when the client went away mid-stream
+            await run.close()  # stops generation when the client went away mid-stream
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -43,6 +43,9 @@ class Metrics:
         self.registry_version = Gauge(
             "switchyard_registry_version", "Version of the current registry snapshot.", registry=self.registry
         )
+        self.adapters = Gauge(
+            "switchyard_adapters", "Registered adapters by residency tier.", ["tier"], registry=self.registry
+        )
         self.admin_operations = Counter(
             "switchyard_admin_operations_total",
             "Admin registry operations by kind and outcome.",

@@ -87,6 +87,10 @@ class RoutingInfo(BaseModel):
     threshold: float | None
     registry_version: int
     routing_ms: float
+    adapter_tier: Literal["device", "host", "disk"] | None = Field(
+        None, description="where the expert's adapter was when this request needed it"
+    )
+    adapter_load_ms: float | None = Field(None, description="time to bring the adapter onto the device")
 
 
 class Usage(BaseModel):
@@ -193,6 +197,7 @@ class ExpertOut(BaseModel):
     version: int
     state: Literal["ready", "failed"]
     active_requests: int
+    tier: Literal["device", "host", "disk"] | None = None
     registered_at: float | None
     error: str | None = None
 

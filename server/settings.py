@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     router_params: dict[str, Any] = Field(default_factory=lambda: {"k": 3, "aggregation": "mean"})
     fallback_threshold: float = Field(0.3, description="below this best score the generalist answers")
 
+    # Adapter residency (as vLLM's max_loras / max_cpu_loras): on the device, in host memory, else disk
+    max_loras: int = Field(8, ge=1, description="adapters kept on the device at once")
+    max_cpu_loras: int = Field(16, ge=0, description="further adapters kept in host memory")
+
     # Experts
     adapter_roots: list[Path] = Field(default_factory=list, description="directories adapters may load from")
     max_adapter_rank: int = 64

@@ -12,12 +12,14 @@ from experts.backends.base import Backend, GenerationChunk, GenerationRequest, S
 __all__ = ["Backend", "GenerationChunk", "GenerationRequest", "SamplingParams", "create_backend"]
 
 
-def create_backend(kind: str, model_dir: Path, device: str, max_context: int) -> Backend:
+def create_backend(
+    kind: str, model_dir: Path, device: str, max_context: int, max_loras: int, max_cpu_loras: int
+) -> Backend:
     """Build the backend named in the settings. Blocking: loads the base model."""
     if kind == "transformers":
         from experts.backends.transformers_peft import TransformersBackend
 
-        return TransformersBackend(model_dir=model_dir, device=device, max_context=max_context)
+        return TransformersBackend(model_dir, device, max_context, max_loras, max_cpu_loras)
     if kind == "vllm":
         raise NotImplementedError("the vLLM backend is not implemented yet (tracked in issue 7)")
     raise ValueError(f"unknown backend {kind!r}; expected 'transformers' or 'vllm'")

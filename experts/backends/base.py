@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from experts.adapters import AdapterFiles
+from experts.backends.residency import Activation
 
 FinishReason = Literal["stop", "length"]
 
@@ -44,6 +45,7 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    activation: Activation | None = None  # on the first chunk of an adapter request: where it came from
 
 
 class Backend(Protocol):
@@ -58,6 +60,14 @@ class Backend(Protocol):
 
     def unload_adapter(self, key: str) -> None:
         """Schedule the adapter's removal; returns at once (called when the last lease is released)."""
+        ...
+
+    def residency(self, key: str) -> str | None:
+        """The adapter's tier now: 'device', 'host', 'disk', or None when unknown."""
+        ...
+
+    def tier_counts(self) -> dict[str, int]:
+        """How many adapters sit in each tier."""
         ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:

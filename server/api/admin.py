@@ -18,19 +18,20 @@ from server.state import AppState
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
 
 
-def _out(expert: Expert) -> ExpertOut:
+def _out(expert: Expert, state: AppState) -> ExpertOut:
     spec = expert.spec
     return ExpertOut(
         name=spec.name, description=spec.description, kind=spec.kind, adapter_path=spec.adapter_path,
         examples=list(spec.examples), version=expert.version, state="ready",
-        active_requests=expert.leases, registered_at=expert.registered_at,
+        active_requests=expert.leases, tier=state.backend.residency(expert.backend_key),
+        registered_at=expert.registered_at,
     )
 
 
 @api.get("/experts")
 async def list_experts(state: State) -> ExpertList:
     snapshot = state.registry.snapshot
-    data = [_out(e) for e in sorted(snapshot.experts.values(), key=lambda e: e.name)]
+    data = [_out(e, state) for e in sorted(snapshot.experts.values(), key=lambda e: e.name)]
     data += [
         ExpertOut(name=name, description="", kind="adapter", adapter_path="", examples=[], version=0,
                   state="failed", active_requests=0, registered_at=None, error=error)
@@ -44,13 +45,13 @@ async def get_expert(name: str, state: State) -> ExpertOut:
     expert = state.registry.snapshot.experts.get(name)
     if expert is None:
         raise ExpertNotFound(f"no expert named {name!r}")
-    return _out(expert)
+    return _out(expert, state)
 
 
 @api.post("/experts", status_code=201)
 async def add_expert(body: ExpertCreate, state: State) -> ExpertOut:
     with admin_operation(state, "add"):
-        return _out(await state.registry.add(ExpertSpec(**body.model_dump())))
+        return _out(await state.registry.add(ExpertSpec(**body.model_dump())), state)
 
 
 @api.put("/experts/{name}")
@@ -58,7 +59,7 @@ async def replace_expert(name: str, body: ExpertCreate, state: State) -> ExpertO
     if body.name != name:
         raise APIError(400, "the body's name must match the URL", "invalid_request_error", "name_mismatch", "name")
     with admin_operation(state, "replace"):
-        return _out(await state.registry.replace(ExpertSpec(**body.model_dump())))
+        return _out(await state.registry.replace(ExpertSpec(**body.model_dump())), state)
 
 
 @api.delete("/experts/{name}", status_code=204)

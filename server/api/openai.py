@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from server.api.deps import State
 from server.chat_service import routing_headers
@@ -24,7 +25,9 @@ api = APIRouter(prefix="/v1", tags=["openai"])
 async def chat_completions(body: ChatCompletionRequest, state: State) -> JSONResponse | StreamingResponse:
     run = await state.chat.start(body)
     if body.stream:
-        return StreamingResponse(state.chat.stream(run), media_type="text/event-stream", headers=run.headers)
+        # The background close covers a client that disconnects before the first byte is sent.
+        return StreamingResponse(state.chat.stream(run), media_type="text/event-stream", headers=run.headers,
+                                 background=BackgroundTask(run.close))
     completion = await state.chat.complete(run)
     return JSONResponse(completion.model_dump(), headers=run.headers)
 

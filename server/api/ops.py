@@ -18,4 +18,6 @@ async def health(state: State) -> dict[str, object]:
 
 @api.get("/metrics")
 async def metrics(state: State) -> Response:
+    for tier, count in state.backend.tier_counts().items():
+        state.metrics.adapters.labels(tier).set(count)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
