@@ -25,6 +25,7 @@ from typing import Protocol
 
 import torch
 
+from experts.adapter_store import AdapterStore
 from experts.adapters import AdapterFiles, check_adapter_files, resolve_within_roots
 from experts.errors import AdapterRejected, ExpertExists, ExpertGone, ExpertNotFound
 from experts.manifest import Manifest
@@ -59,8 +60,12 @@ class Expert:
 
     @property
     def backend_key(self) -> str:
-        """Unique per version, so a replacement never shares adapter weights or caches with the old one."""
-        return f"{self.spec.name}-v{self.version}"
+        return version_key(self.spec.name, self.version)
+
+
+def version_key(name: str, version: int) -> str:
+    """Unique per expert version, so a replacement never shares adapter weights or caches with the old one."""
+    return f"{name}-v{version}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class ExpertRegistry:
         adapter_roots: Sequence[Path],
         max_adapter_rank: int,
         manifest: Manifest | None = None,
+        store: AdapterStore | None = None,
     ) -> None:
         self._host = host
         self._build_index = index_builder
@@ -107,6 +113,7 @@ class ExpertRegistry:
         self._adapter_roots = list(adapter_roots)
         self._max_rank = max_adapter_rank
         self._manifest = manifest
+        self._store = store
         self._write_lock = asyncio.Lock()
         self._lease_lock = threading.Lock()
         self._snapshot = Snapshot(version=0, experts=MappingProxyType({}), index=index_builder([]))
@@ -131,14 +138,20 @@ class ExpertRegistry:
             expert.leases -= 1
             drained = expert.retired and expert.leases == 0
         if drained:
-            self._host.unload_adapter(expert.backend_key)
+            self._free(expert.backend_key)
 
     def _retire(self, expert: Expert) -> None:
         with self._lease_lock:
             expert.retired = True
             drained = expert.leases == 0
         if drained:
-            self._host.unload_adapter(expert.backend_key)
+            self._free(expert.backend_key)
+
+    def _free(self, key: str) -> None:
+        """Unload an adapter version and delete the registry's copy of its files."""
+        self._host.unload_adapter(key)
+        if self._store is not None:
+            self._store.discard(key)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -151,7 +164,7 @@ class ExpertRegistry:
             experts = dict(self._snapshot.experts)
             for record in records:
                 try:
-                    experts[record.spec.name] = await self._load(record.spec, record.version)
+                    experts[record.spec.name] = await self._load(record.spec, record.version, restoring=True)
                 except AdapterRejected as exc:
                     log.error("expert %r could not be restored: %s", record.spec.name, exc)
                     self.failed[record.spec.name] = str(exc)
@@ -190,7 +203,7 @@ class ExpertRegistry:
             if self._manifest is not None:
                 self._manifest.put(spec, version)
         except Exception:
-            self._host.unload_adapter(expert.backend_key)
+            self._free(expert.backend_key)
             raise
         self._publish({**self._snapshot.experts, spec.name: expert}, version)
         if previous is not None:
@@ -198,14 +211,28 @@ class ExpertRegistry:
         self.failed.pop(spec.name, None)
         return expert
 
-    async def _load(self, spec: ExpertSpec, version: int) -> Expert:
-        """Check, embed and load one expert version; nothing is published here."""
-        directory = resolve_within_roots(spec.adapter_path, self._adapter_roots)
-        files = check_adapter_files(directory, self._max_rank)
-        embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
-        expert = Expert(spec=spec, version=version, example_embeddings=embeddings, files=files)
-        await self._host.load_adapter(expert.backend_key, files)
-        return expert
+    async def _load(self, spec: ExpertSpec, version: int, restoring: bool = False) -> Expert:
+        """Check, copy, embed and load one expert version; nothing is published here.
+
+        On restore the registry's own copy is loaded; otherwise the source (within the allowed roots) is
+        checked and copied into the store first. Any failure removes what this call created.
+        """
+        key = version_key(spec.name, version)
+        if restoring and self._store is not None:
+            files = check_adapter_files(self._store.path_for(key), self._max_rank)
+        else:
+            directory = resolve_within_roots(spec.adapter_path, self._adapter_roots)
+            files = check_adapter_files(directory, self._max_rank)
+            if self._store is not None:
+                files = self._store.keep_copy(files, key)
+        try:
+            embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+            await self._host.load_adapter(key, files)
+        except BaseException:
+            if self._store is not None and not restoring:
+                self._store.discard(key)
+            raise
+        return Expert(spec=spec, version=version, example_embeddings=embeddings, files=files)
 
     def _publish(self, experts: Mapping[str, Expert], version: int) -> None:
         ordered = sorted(experts.values(), key=lambda e: e.name)

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from experts.adapter_store import AdapterStore
 from experts.backends import create_backend
 from experts.manifest import Manifest
 from experts.models import resolve_base_model
@@ -58,6 +59,7 @@ async def build_state(settings: Settings) -> AppState:
         adapter_roots=[*settings.adapter_roots, settings.data_dir / "adapters"],
         max_adapter_rank=settings.max_adapter_rank,
         manifest=manifest,
+        store=AdapterStore(settings.data_dir / "experts"),
     )
     await registry.restore()
     await seed_registry(registry, settings.seed_experts)
@@ -84,7 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes,
+                       overrides={admin.UPLOAD_PREFIX: settings.max_upload_bytes})
     app.include_router(openai.api)
     app.include_router(admin.api)
     app.include_router(ops.api)

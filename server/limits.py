@@ -14,19 +14,24 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimit:
-    """Answers 413 in the OpenAI error shape for bodies over `max_bytes`, declared or streamed."""
+    """Answers 413 in the OpenAI error shape for bodies over the limit, declared or streamed.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `max_bytes` applies everywhere except under the path prefixes in `overrides` (adapter uploads).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = overrides or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((v for p, v in self.overrides.items() if scope["path"].startswith(p)), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
         response_started = False
@@ -36,7 +41,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise _TooLarge
             return message
 
@@ -49,12 +54,12 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not response_started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, limit: int) -> None:
         body = json.dumps(
             error_body(
-                f"request body exceeds the limit of {self.max_bytes} bytes", "invalid_request_error",
+                f"request body exceeds the limit of {limit} bytes", "invalid_request_error",
                 "request_too_large",
             )
         ).encode()

@@ -202,6 +202,12 @@ class ExpertOut(BaseModel):
     error: str | None = None
 
 
+class AdapterUploaded(BaseModel):
+    name: str
+    adapter_path: str = Field(description="use as `adapter_path` when registering the expert")
+    bytes: int
+
+
 class ExpertList(BaseModel):
     object: Literal["list"] = "list"
     registry_version: int

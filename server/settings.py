@@ -53,6 +53,7 @@ class Settings(BaseSettings):
 
     # Limits
     max_request_bytes: int = 1_000_000
+    max_upload_bytes: int = Field(64_000_000, description="adapter archive uploads (POST /admin/adapters/...)")
     max_tokens_limit: int = 1024
     default_max_tokens: int = 256
     default_temperature: float = 0.7

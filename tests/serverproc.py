@@ -31,6 +31,7 @@ def write_config(directory: Path, **overrides: object) -> Path:
         "seed_experts": str(REPO / "demo" / "experts.yaml"),
         "adapter_roots": [str(REPO / "demo" / "adapters"), str(directory / "adapters")],
         "max_request_bytes": 200_000,
+        "max_upload_bytes": 5_000_000,
         "max_tokens_limit": 512,
         **overrides,
     }

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Request, Response
 
+from experts.adapter_store import unpack_adapter_archive
 from experts.errors import ExpertNotFound
 from experts.registry import Expert
-from experts.spec import ExpertSpec
+from experts.spec import EXPERT_NAME_PATTERN, ExpertSpec
 from server.api.deps import AdminAccess, State
 from server.errors import APIError
-from server.protocol import ExpertCreate, ExpertList, ExpertOut
+from server.protocol import AdapterUploaded, ExpertCreate, ExpertList, ExpertOut
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
+UPLOAD_PREFIX = "/admin/adapters/"
 
 
 def _out(expert: Expert, state: AppState) -> ExpertOut:
@@ -66,6 +70,31 @@ async def replace_expert(name: str, body: ExpertCreate, state: State) -> ExpertO
 async def remove_expert(name: str, state: State) -> Response:
     with admin_operation(state, "remove"):
         await state.registry.remove(name)
+    return Response(status_code=204)
+
+
+@api.post("/adapters/{name}", status_code=201)
+async def upload_adapter(
+    request: Request, state: State, name: str = Path(pattern=EXPERT_NAME_PATTERN)
+) -> AdapterUploaded:
+    """Upload a zip or tar(.gz) with adapter_config.json and adapter_model.safetensors (raw body).
+
+    The files land in `data_dir/adapters/uploads/<name>/`; register an expert with that `adapter_path`.
+    """
+    data = await request.body()
+    target = state.settings.data_dir / "adapters" / "uploads" / name
+    with admin_operation(state, "upload"):
+        path = await asyncio.to_thread(unpack_adapter_archive, data, target, state.settings.max_upload_bytes)
+    return AdapterUploaded(name=name, adapter_path=str(path.resolve()), bytes=len(data))
+
+
+@api.delete("/adapters/{name}", status_code=204)
+async def delete_upload(state: State, name: str = Path(pattern=EXPERT_NAME_PATTERN)) -> Response:
+    """Delete an uploaded adapter's files. Registered experts are unaffected: they use their own copy."""
+    target = state.settings.data_dir / "adapters" / "uploads" / name
+    if not target.is_dir():
+        raise APIError(404, f"no uploaded adapter named {name!r}", "not_found_error", "upload_not_found")
+    await asyncio.to_thread(shutil.rmtree, target)
     return Response(status_code=204)
 
 

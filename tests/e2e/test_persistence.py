@@ -32,6 +32,7 @@ def test_acknowledged_registrations_survive_a_crash(tmp_path: Path) -> None:
         version = httpx.get(f"{first.base_url}/health").json()["registry_version"]
     finally:
         first.stop(signal.SIGKILL)
+    shutil.rmtree(tmp_path / "adapters" / "cooking")  # the registry kept its own copy
 
     second = ServerProcess(config, tmp_path / "server.log").start()
     try:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from experts.adapter_store import AdapterStore
 from experts.adapters import AdapterFiles
 from experts.errors import AdapterRejected, ExpertExists, ExpertGone, ExpertNotFound
 from experts.manifest import Manifest
@@ -19,14 +20,14 @@ from experts.spec import ExpertSpec
 
 
 class FakeHost:
-    """Records loads and unloads; refuses adapters whose directory name starts with 'bad'."""
+    """Records loads and unloads; refuses experts whose name starts with 'bad'."""
 
     def __init__(self) -> None:
         self.loaded: set[str] = set()
         self.unloaded: list[str] = []
 
     async def load_adapter(self, key: str, files: AdapterFiles) -> None:
-        if files.directory.name.startswith("bad"):
+        if key.startswith("bad"):
             raise AdapterRejected("does not fit")
         self.loaded.add(key)
 
@@ -51,9 +52,12 @@ def embed(texts: list[str]) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(len(texts), 4, generator=torch.Generator().manual_seed(0)), dim=-1)
 
 
-def new_registry(tmp_path: Path, host: FakeHost, manifest: Manifest | None = None) -> ExpertRegistry:
+def new_registry(
+    tmp_path: Path, host: FakeHost, manifest: Manifest | None = None, store: AdapterStore | None = None
+) -> ExpertRegistry:
     return ExpertRegistry(host=host, index_builder=lambda experts: tuple(e.name for e in experts),
-                          embed_examples=embed, adapter_roots=[tmp_path], max_adapter_rank=16, manifest=manifest)
+                          embed_examples=embed, adapter_roots=[tmp_path], max_adapter_rank=16, manifest=manifest,
+                          store=store)
 
 
 def run(coro):  # noqa: ANN001, ANN201
@@ -75,7 +79,7 @@ def test_failed_load_and_duplicates_change_nothing(tmp_path: Path) -> None:
     run(registry.add(spec("a", make_adapter(tmp_path, "a"))))
     snapshot = registry.snapshot
     with pytest.raises(AdapterRejected):
-        run(registry.add(spec("b", make_adapter(tmp_path, "bad-b"))))
+        run(registry.add(spec("bad", make_adapter(tmp_path, "b"))))
     with pytest.raises(ExpertExists):
         run(registry.add(spec("a", make_adapter(tmp_path, "a2"))))
     with pytest.raises(AdapterRejected, match="outside the allowed"):
