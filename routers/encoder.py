@@ -44,7 +44,7 @@ class QueryEncoder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Embed `texts` into a [len(texts), dim] float32 tensor of unit vectors."""
         if not texts:
-            return torch.zeros(0, self.dim)
+            return torch.zeros(0, self.dim, device=self._device)
         with self._lock:
             batch = self._tokenizer(
                 texts, padding=True, truncation=True, max_length=self._max_tokens, return_tensors="pt"
@@ -53,7 +53,8 @@ class QueryEncoder:
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
+            # Stays on the encoder's device: expert prototypes and the routing index live there too.
+            return torch.nn.functional.normalize(pooled, dim=-1).float()
 
     def encode_one(self, text: str) -> torch.Tensor:
         return self.encode([text])[0]

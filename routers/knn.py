@@ -40,8 +40,9 @@ class KnnRouter(Router):
             return KnnIndex((), torch.zeros(0, 1, 1), torch.zeros(0, 1, dtype=torch.bool))
         dim = experts[0].vectors.shape[1]
         longest = max(e.vectors.shape[0] for e in experts)
-        vectors = torch.zeros(len(experts), longest, dim, dtype=experts[0].vectors.dtype)
-        mask = torch.zeros(len(experts), longest, dtype=torch.bool)
+        device = experts[0].vectors.device  # the index lives where the encoder puts the vectors
+        vectors = torch.zeros(len(experts), longest, dim, dtype=experts[0].vectors.dtype, device=device)
+        mask = torch.zeros(len(experts), longest, dtype=torch.bool, device=device)
         for i, expert in enumerate(experts):
             n = expert.vectors.shape[0]
             vectors[i, :n] = expert.vectors

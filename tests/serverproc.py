@@ -81,5 +81,10 @@ class ServerProcess:
                 self._proc.wait()
         self._proc = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def log_text(self) -> str:
         return self._log_path.read_text(errors="replace")

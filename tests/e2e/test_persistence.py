@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -42,3 +44,49 @@ def test_acknowledged_registrations_survive_a_crash(tmp_path: Path) -> None:
         assert routed["decision"]["expert"] == "cooking"
     finally:
         second.stop()
+
+
+def test_sigkill_during_registrations_loses_no_acknowledged_expert(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    source = tmp_path / "adapters" / "src"
+    shutil.copytree(REPO / "demo" / "adapters" / "support", source)
+    proc = ServerProcess(config, tmp_path / "server.log").start()
+    acknowledged: list[str] = []
+    attempted: list[str] = []
+    killed = threading.Event()
+
+    def register_many() -> None:
+        with httpx.Client(base_url=proc.base_url, headers=AUTH, timeout=60) as admin:
+            for i in range(40):
+                name = f"crash-{i}"
+                attempted.append(name)
+                try:
+                    response = admin.post("/admin/experts", json=expert_body(name, source, COOKING_EXAMPLES))
+                except httpx.HTTPError:
+                    return  # the server died mid-request: this one was never acknowledged
+                if response.status_code == 201:
+                    acknowledged.append(name)
+                if killed.is_set():
+                    return
+
+    worker = threading.Thread(target=register_many)
+    worker.start()
+    while len(acknowledged) < 3 and worker.is_alive():
+        time.sleep(0.05)
+    proc.stop(signal.SIGKILL)
+    killed.set()
+    worker.join()
+    assert len(acknowledged) >= 3
+
+    restarted = ServerProcess(config, tmp_path / "server.log").start()
+    try:
+        visible = names(restarted.base_url) - {"sql", "math", "support"}
+        assert set(acknowledged) <= visible <= set(attempted)
+        listed = httpx.get(f"{restarted.base_url}/admin/experts", headers=AUTH).json()["data"]
+        assert all(e["state"] == "ready" for e in listed)
+        for name in sorted(visible):  # nothing half-registered: every visible expert really serves
+            reply = httpx.post(f"{restarted.base_url}/v1/chat/completions", timeout=60, json={
+                "model": name, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 200, reply.text
+    finally:
+        restarted.stop()
