@@ -52,6 +52,26 @@ class Manifest:
         records = [ManifestRecord(ExpertSpec.model_validate_json(spec), version) for spec, version in rows]
         return (int(row[0]) if row else 0), records
 
+    def get_setting(self, key: str) -> str | None:
+        """A value stored beside the experts (e.g. the calibrated fallback rule), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"setting:{key}",)).fetchone()
+        return row[0] if row else None
+
+    def put_setting(self, key: str, value: str | None) -> None:
+        with self._lock:
+            try:
+                if value is None:
+                    self._db.execute("DELETE FROM meta WHERE key=?", (f"setting:{key}",))
+                else:
+                    self._db.execute(
+                        "INSERT INTO meta(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (f"setting:{key}", value),
+                    )
+            except sqlite3.Error as exc:
+                raise ManifestError(f"the setting {key!r} could not be stored: {exc}") from exc
+
     def put(self, spec: ExpertSpec, version: int) -> None:
         self._write(
             "INSERT INTO experts(name, version, spec_json, registered_at) VALUES (?, ?, ?, ?) "

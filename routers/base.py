@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import torch
 
+from routers.calibration import FallbackRule
+
 
 @dataclass(frozen=True)
 class ExpertVectors:
@@ -50,12 +52,17 @@ class RoutingIndex(ABC):
 
 
 class Router(ABC):
-    """A routing policy. Subclasses set `name` and implement `build_index` and `score`."""
+    """A routing policy. Subclasses set `name` and implement `build_index` and `score`.
+
+    The fallback rule (thresholds, margin) is separate from the policy: `decide` takes the rule in force,
+    so calibration can change it without rebuilding any index.
+    """
 
     name: ClassVar[str]
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
+        self.rule = FallbackRule(threshold)
 
     @abstractmethod
     def build_index(self, experts: Sequence[ExpertVectors]) -> RoutingIndex:
@@ -65,44 +72,52 @@ class Router(ABC):
     def score(self, queries: torch.Tensor, index: RoutingIndex) -> torch.Tensor:
         """Score a batch of normalised queries [batch, dim] against every expert: [batch, n_experts]."""
 
-    def decide(self, query: torch.Tensor, index: RoutingIndex, top_n: int | None = 2) -> Decision:
-        """Rank the experts for one query and apply the confidence threshold.
+    def serving_name(self, index: RoutingIndex) -> str:
+        """The policy that actually scored (a policy may serve through a fallback while it warms up)."""
+        return self.name
+
+    def decide(
+        self, query: torch.Tensor, index: RoutingIndex, top_n: int | None = 2, rule: FallbackRule | None = None
+    ) -> Decision:
+        """Rank the experts for one query and apply the fallback rule.
 
         Only the `top_n` best experts are materialised in the decision (None: all of them); a chat request
         needs two, and building thousands of Python objects per request would cost more than scoring.
         """
-        return self.decide_batch(query.unsqueeze(0), index, top_n)[0]
+        return self.decide_batch(query.unsqueeze(0), index, top_n, rule)[0]
 
-    def decide_batch(self, queries: torch.Tensor, index: RoutingIndex, top_n: int | None = 2) -> list[Decision]:
+    def decide_batch(
+        self, queries: torch.Tensor, index: RoutingIndex, top_n: int | None = 2, rule: FallbackRule | None = None
+    ) -> list[Decision]:
+        rule = rule or self.rule
         if not index.names:
-            return [self._decision((), "no experts are registered") for _ in range(queries.shape[0])]
+            return [self._decision((), rule, index) for _ in range(queries.shape[0])]
         scores = self.score(queries, index).float()
         keep = len(index.names) if top_n is None else max(1, min(top_n, len(index.names)))
-        best = torch.topk(scores, keep, dim=1)
+        best = torch.topk(scores, max(keep, min(2, len(index.names))), dim=1)
         decisions = []
         for values, ranks in zip(best.values.tolist(), best.indices.tolist(), strict=True):
             ranking = tuple(ScoredExpert(index.names[i], v) for i, v in zip(ranks, values, strict=True))
-            decisions.append(self._decision(ranking, ""))
+            decisions.append(self._decision(ranking, rule, index, keep))
         return decisions
 
-    def _decision(self, ranking: tuple[ScoredExpert, ...], reason: str) -> Decision:
+    def _decision(
+        self, ranking: tuple[ScoredExpert, ...], rule: FallbackRule, index: RoutingIndex, keep: int = 0
+    ) -> Decision:
         best = ranking[0] if ranking else None
         second = ranking[1] if len(ranking) > 1 else None
-        fallback = best is None or best.score < self.threshold
-        if best is not None:
-            reason = (
-                f"best score {best.score:.3f} is below the threshold {self.threshold:.3f}"
-                if fallback
-                else f"best score {best.score:.3f} clears the threshold {self.threshold:.3f}"
-            )
+        if best is None:
+            fallback, threshold, reason = True, rule.threshold, "no experts are registered"
+        else:
+            fallback, threshold, reason = rule.check(best.name, best.score, second.score if second else None)
         return Decision(
-            router=self.name,
+            router=self.serving_name(index),
             expert=None if fallback or best is None else best.name,
             score=best.score if best else None,
             runner_up=second.name if second else None,
             runner_up_score=second.score if second else None,
             fallback=fallback,
             reason=reason,
-            threshold=self.threshold,
-            ranking=ranking,
+            threshold=threshold,
+            ranking=ranking[:keep] if keep else ranking,
         )

@@ -20,6 +20,7 @@ from routers.base import ExpertVectors, Router
 from routers.encoder import QueryEncoder, resolve_encoder
 from routers.policies import create_router
 from server.api import admin, openai, ops
+from server.calibration_service import restore_rule
 from server.chat_service import ChatService
 from server.errors import install_error_handlers
 from server.limits import BodySizeLimit
@@ -66,6 +67,7 @@ async def build_state(settings: Settings) -> AppState:
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
     routing = RoutingService(encoder, router, registry, metrics, settings.generalist_name)
+    restore_rule(manifest, routing)
     chat = ChatService(routing, backend, settings, metrics)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")

@@ -202,6 +202,27 @@ class ExpertOut(BaseModel):
     error: str | None = None
 
 
+class LabelledQuery(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+    label: str = Field(min_length=1, max_length=128, description="an expert name, or 'generalist' / 'oos'")
+
+
+class CalibrationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    examples: list[LabelledQuery] = Field(min_length=1, max_length=50_000)
+
+
+class CalibrationOut(BaseModel):
+    calibrated: bool
+    threshold: float
+    per_expert: dict[str, float]
+    margin: float
+    fitted_on: int = 0
+    in_scope_accuracy: float | None = Field(None, description="on the calibration data, fallback counted wrong")
+    oos_recall: float | None = None
+
+
 class AdapterUploaded(BaseModel):
     name: str
     adapter_path: str = Field(description="use as `adapter_path` when registering the expert")

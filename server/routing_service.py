@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from routers.base import Decision, Router, ScoredExpert
+from routers.calibration import FallbackRule
 from routers.encoder import QueryEncoder
 from server.errors import APIError
 from server.metrics import Metrics
@@ -55,13 +56,15 @@ class RoutingService:
         self._registry = registry
         self._metrics = metrics
         self.generalist_name = generalist_name
+        self.default_rule = router.rule
+        self.rule: FallbackRule = router.rule  # replaced whole by calibration; readers never lock
 
     async def rank(self, query: str, top_n: int | None = 2) -> tuple[Decision, Snapshot, float]:
         """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds)."""
         started = time.perf_counter()
         vector = await asyncio.to_thread(self._encoder.encode_one, query)
         snapshot = self._registry.snapshot
-        decision = self._router.decide(vector, snapshot.index, top_n)
+        decision = self._router.decide(vector, snapshot.index, top_n, self.rule)
         elapsed = time.perf_counter() - started
         self._metrics.routing_latency.observe(elapsed)
         return decision, snapshot, elapsed * 1000.0
@@ -85,6 +88,15 @@ class RoutingService:
             self._metrics.routing_decisions.labels(info.expert, str(decision.fallback).lower()).inc()
             return Target(expert=expert, info=info, ranking=decision.ranking, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
+
+    def expert_names(self) -> list[str]:
+        return list(self._registry.snapshot.experts)
+
+    async def rank_without_fallback(self, queries: list[str]) -> list[Decision]:
+        """Top-2 decisions with no threshold applied, for calibration and evaluation."""
+        vectors = await asyncio.to_thread(self._encoder.encode, queries)
+        index = self._registry.snapshot.index
+        return self._router.decide_batch(vectors, index, top_n=2, rule=FallbackRule(float("-inf")))
 
     def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
         return RoutingInfo(

@@ -13,9 +13,17 @@ from experts.adapter_store import unpack_adapter_archive
 from experts.errors import ExpertNotFound
 from experts.registry import Expert
 from experts.spec import EXPERT_NAME_PATTERN, ExpertSpec
+from server import calibration_service
 from server.api.deps import AdminAccess, State
 from server.errors import APIError
-from server.protocol import AdapterUploaded, ExpertCreate, ExpertList, ExpertOut
+from server.protocol import (
+    AdapterUploaded,
+    CalibrationOut,
+    CalibrationRequest,
+    ExpertCreate,
+    ExpertList,
+    ExpertOut,
+)
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
@@ -96,6 +104,27 @@ async def delete_upload(state: State, name: str = Path(pattern=EXPERT_NAME_PATTE
         raise APIError(404, f"no uploaded adapter named {name!r}", "not_found_error", "upload_not_found")
     await asyncio.to_thread(shutil.rmtree, target)
     return Response(status_code=204)
+
+
+@api.get("/calibration")
+async def get_calibration(state: State) -> CalibrationOut:
+    rule = state.routing.rule
+    return calibration_service.describe(rule, rule is not state.routing.default_rule)
+
+
+@api.post("/calibration")
+async def calibrate(body: CalibrationRequest, state: State) -> CalibrationOut:
+    """Fit per-expert thresholds and the margin on labelled queries; stored and applied at once."""
+    with admin_operation(state, "calibrate"):
+        return await calibration_service.calibrate(
+            state.routing, state.manifest, body.examples, state.settings.generalist_name)
+
+
+@api.delete("/calibration")
+async def reset_calibration(state: State) -> CalibrationOut:
+    """Back to the configured global threshold."""
+    with admin_operation(state, "calibrate"):
+        return await calibration_service.reset(state.routing, state.manifest)
 
 
 @contextmanager

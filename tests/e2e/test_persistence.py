@@ -10,12 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.e2e.test_admin import COOKING_EXAMPLES, COOKING_QUERY, expert_body
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+DEMO = yaml.safe_load((REPO / "demo" / "experts.yaml").read_text())
 
 
 def names(base_url: str) -> set[str]:
@@ -32,6 +34,10 @@ def test_acknowledged_registrations_survive_a_crash(tmp_path: Path) -> None:
         assert created.status_code == 201
         assert httpx.delete(f"{first.base_url}/admin/experts/math", headers=AUTH).status_code == 204
         version = httpx.get(f"{first.base_url}/health").json()["registry_version"]
+        calibration = httpx.post(f"{first.base_url}/admin/calibration", headers=AUTH, timeout=60, json={
+            "examples": [{"text": q, "label": e["name"]} for e in DEMO["experts"] if e["name"] != "math"
+                         for q in e["held_out"]] + [{"text": q, "label": "generalist"} for q in DEMO["off_domain"]],
+        }).json()
     finally:
         first.stop(signal.SIGKILL)
     shutil.rmtree(tmp_path / "adapters" / "cooking")  # the registry kept its own copy
@@ -41,7 +47,9 @@ def test_acknowledged_registrations_survive_a_crash(tmp_path: Path) -> None:
         assert names(second.base_url) == {"sql", "support", "cooking"}  # math stays removed, no re-seed
         assert httpx.get(f"{second.base_url}/health").json()["registry_version"] == version
         routed = httpx.post(f"{second.base_url}/v1/route", json={"query": COOKING_QUERY}).json()
-        assert routed["decision"]["expert"] == "cooking"
+        assert routed["ranking"][0]["name"] == "cooking"  # whether it clears the calibrated threshold or not
+        restored = httpx.get(f"{second.base_url}/admin/calibration", headers=AUTH).json()
+        assert restored["calibrated"] and restored["threshold"] == pytest.approx(calibration["threshold"])
     finally:
         second.stop()
 

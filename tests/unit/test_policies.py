@@ -48,7 +48,7 @@ def test_decision_records_runner_up_and_falls_back_below_threshold() -> None:
     assert (confident.expert, confident.fallback, confident.runner_up) == ("broad", False, "narrow")
     assert confident.score == pytest.approx(1.0) and confident.runner_up_score < confident.score
     unsure = router.decide(unit(0, 0, 1), index, top_n=None)
-    assert unsure.fallback and unsure.expert is None and "below the threshold" in unsure.reason
+    assert unsure.fallback and unsure.expert is None and "below narrow's threshold 0.900" in unsure.reason
     assert [s.name for s in unsure.ranking] == ["narrow", "broad"]
 
 
@@ -70,3 +70,25 @@ def test_batch_decisions_equal_single_decisions() -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown routing policy"):
         create_router("oracle", threshold=0.0)
+
+
+def test_fallback_rule_per_expert_thresholds_and_margin() -> None:
+    from routers.calibration import FallbackRule
+
+    router = create_router("knn", threshold=0.5, params={"k": 1})
+    index = router.build_index(EXPERTS)
+    query = unit(0.9, 0.4, 0.1)  # exactly "narrow"'s example; "broad" scores about 0.91
+    assert router.decide(query, index).expert == "narrow"
+    strict = FallbackRule(0.5, per_expert={"narrow": 1.01})
+    decision = router.decide(query, index, rule=strict)
+    assert decision.fallback and decision.threshold == 1.01
+    margin = FallbackRule(0.5, margin=0.2)
+    decision = router.decide(query, index, top_n=1, rule=margin)  # the margin still sees the runner-up
+    assert decision.fallback and "margin" in decision.reason and len(decision.ranking) == 1
+
+
+def test_prototypes_policy_routes_sub_topics() -> None:
+    router = create_router("prototypes", threshold=0.0, params={"prototypes": 2})
+    index = router.build_index(EXPERTS)
+    assert router.decide(unit(0, 1, 0.02), index).expert == "broad"
+    assert router.decide(unit(0.9, 0.4, 0.1), index).expert == "narrow"

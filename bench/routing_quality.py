@@ -1,0 +1,109 @@
+"""Routing quality on CLINC150 collapsed to its 10 domains (one expert per domain, `oos` = generalist).
+
+For 5, 20, 100 and all training examples per domain (sampled with a fixed seed), every policy is built
+from those examples and scored on `test`: in-scope domain accuracy with no fallback. Then the fallback
+rule is fitted on `val` + `oos_val` only (`routers.calibration`) and reported on `test` + `oos_test`:
+in-scope accuracy counting a fallback as wrong, out-of-scope recall, and the AUROC of the abstain score
+(minus the best routing score). Prints a markdown table and writes JSON.
+
+Run: python bench/routing_quality.py [--out bench/results/routing_quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from routers.base import ExpertVectors, Router
+from routers.calibration import ScoredQuery, fit_fallback_rule, outcome
+from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
+from routers.evaluation import OUT_OF_SCOPE, auroc
+from routers.policies import create_router
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "clinc150"
+POLICIES = [("centroid", {}), ("knn", {"k": 3, "aggregation": "mean"}), ("knn", {"k": 10, "aggregation": "mean"}),
+            ("prototypes", {"prototypes": 8})]
+SIZES = (5, 20, 100, None)
+
+
+def load_split(encoder: QueryEncoder, rows: list[list[str]], domain_of: dict[str, str]) -> tuple[torch.Tensor, list]:
+    texts = [text for text, _ in rows]
+    labels = [domain_of.get(intent, OUT_OF_SCOPE) for _, intent in rows]
+    vectors = torch.cat([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+    return vectors, labels
+
+
+def sample_experts(vectors: torch.Tensor, labels: list[str], per_domain: int | None) -> list[ExpertVectors]:
+    by_domain: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_domain[label].append(i)
+    rng = random.Random(0)
+    experts = []
+    for domain in sorted(by_domain):
+        rows = by_domain[domain] if per_domain is None else rng.sample(by_domain[domain], per_domain)
+        experts.append(ExpertVectors(domain, vectors[rows]))
+    return experts
+
+
+def scored(router: Router, index, vectors: torch.Tensor, labels: list[str]) -> list[ScoredQuery]:  # noqa: ANN001
+    out = []
+    for start in range(0, len(labels), 512):
+        for decision, label in zip(router.decide_batch(vectors[start:start + 512], index, top_n=2),
+                                   labels[start:start + 512], strict=True):
+            out.append(ScoredQuery(label, decision.ranking[0].name, decision.ranking[0].score,
+                                   decision.runner_up_score))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing_quality.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    data = json.loads((DATA / "data_full.json").read_text())
+    domains = json.loads((DATA / "domains.json").read_text())
+    domain_of = {intent: domain for domain, intents in domains.items() for intent in intents}
+    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER))
+    started = time.time()
+    train = load_split(encoder, data["train"], domain_of)
+    val = load_split(encoder, data["val"] + data["oos_val"], domain_of)
+    test = load_split(encoder, data["test"] + data["oos_test"], domain_of)
+    print(f"encoded {len(train[1]) + len(val[1]) + len(test[1])} queries in {time.time() - started:.0f} s\n")
+    rows = []
+    for per_domain in SIZES:
+        experts = sample_experts(*train, per_domain)
+        for name, params in POLICIES:
+            router = create_router(name, threshold=0.0, params=params)
+            index = router.build_index(experts)
+            test_scored = scored(router, index, *test)
+            in_scope = [q for q in test_scored if q.label != OUT_OF_SCOPE]
+            rule = fit_fallback_rule(scored(router, index, *val))
+            accuracy_with_fallback, oos_recall = outcome(rule, test_scored)
+            area = auroc([-q.score for q in test_scored if q.label == OUT_OF_SCOPE],
+                         [-q.score for q in in_scope])
+            rows.append({
+                "examples_per_expert": per_domain or "all", "policy": name, "params": params,
+                "in_scope_accuracy": sum(q.best == q.label for q in in_scope) / len(in_scope),
+                "calibrated_in_scope_accuracy": accuracy_with_fallback, "oos_recall": oos_recall,
+                "abstain_auroc": area, "margin": rule.margin, "global_threshold": rule.threshold,
+            })
+    print("| examples / expert | policy | in-scope acc. | with fallback: in-scope acc. | OOS recall | AUROC |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        label = r["policy"] + (f" {r['params']}" if r["params"] else "")
+        print(f"| {r['examples_per_expert']} | {label} | {r['in_scope_accuracy']:.1%} | "
+              f"{r['calibrated_in_scope_accuracy']:.1%} | {r['oos_recall']:.1%} | {r['abstain_auroc']:.3f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "routing_quality", "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
