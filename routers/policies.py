@@ -7,9 +7,12 @@ from typing import Any
 from routers.base import Router
 from routers.centroid import CentroidRouter
 from routers.knn import KnnRouter
+from routers.linear import LinearRouter
 from routers.prototypes import PrototypeRouter
 
-POLICIES: dict[str, type[Router]] = {cls.name: cls for cls in (KnnRouter, CentroidRouter, PrototypeRouter)}
+POLICIES: dict[str, type[Router]] = {
+    cls.name: cls for cls in (KnnRouter, CentroidRouter, PrototypeRouter, LinearRouter)
+}
 
 
 def create_router(name: str, threshold: float, params: dict[str, Any] | None = None) -> Router:

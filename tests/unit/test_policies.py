@@ -92,3 +92,22 @@ def test_prototypes_policy_routes_sub_topics() -> None:
     index = router.build_index(EXPERTS)
     assert router.decide(unit(0, 1, 0.02), index).expert == "broad"
     assert router.decide(unit(0.9, 0.4, 0.1), index).expert == "narrow"
+
+
+def test_linear_serves_through_knn_until_its_background_fit_lands() -> None:
+    router = create_router("linear", threshold=0.0)
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.nn.functional.normalize(torch.randn(3, 16, generator=generator), dim=-1)
+    experts = [ExpertVectors(f"e{i}", torch.nn.functional.normalize(
+        c + 0.1 * torch.randn(20, 16, generator=generator), dim=-1)) for i, c in enumerate(centers)]
+    index = router.build_index(experts)
+    index.fit.result(timeout=60)
+    assert router.serving_name(index) == "linear"
+    decisions = router.decide_batch(centers, index, top_n=None)
+    assert [d.expert for d in decisions] == ["e0", "e1", "e2"]
+    assert all(abs(sum(s.score for s in d.ranking) - 1.0) < 1e-4 for d in decisions)  # probabilities
+    warming = router.build_index(experts)
+    warming.fit.result(timeout=60)
+    warming.head = None  # as it is before its fit completes
+    assert router.serving_name(warming) == "linear(warming:knn)"
+    assert router.decide(centers[1], warming).expert == "e1"
