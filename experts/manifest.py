@@ -7,6 +7,7 @@ leaves half of one.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -20,17 +21,35 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experts (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
+    adapter_version INTEGER NOT NULL,
     spec_json TEXT NOT NULL,
     registered_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    undone_at REAL
+);
 """
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    id: int
+    target: str  # an expert name, or GENERALIST
+    text: str
+    created_at: float
+    undone_at: float | None
 
 
 @dataclass(frozen=True)
 class ManifestRecord:
     spec: ExpertSpec
     version: int
+    adapter_version: int  # the registry version whose adapter copy this expert version uses
 
 
 class Manifest:
@@ -48,8 +67,10 @@ class Manifest:
         """Return the last registry version and every registered expert, oldest first."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='registry_version'").fetchone()
-            rows = self._db.execute("SELECT spec_json, version FROM experts ORDER BY version").fetchall()
-        records = [ManifestRecord(ExpertSpec.model_validate_json(spec), version) for spec, version in rows]
+            rows = self._db.execute(
+                "SELECT spec_json, version, adapter_version FROM experts ORDER BY version").fetchall()
+        records = [ManifestRecord(ExpertSpec.model_validate_json(spec), version, adapter)
+                   for spec, version, adapter in rows]
         return (int(row[0]) if row else 0), records
 
     def get_setting(self, key: str) -> str | None:
@@ -72,12 +93,51 @@ class Manifest:
             except sqlite3.Error as exc:
                 raise ManifestError(f"the setting {key!r} could not be stored: {exc}") from exc
 
-    def put(self, spec: ExpertSpec, version: int) -> None:
+    def put_generalist_examples(self, examples: list[str], version: int) -> None:
+        """Queries that feedback said the generalist should answer, with the new registry version."""
         self._write(
-            "INSERT INTO experts(name, version, spec_json, registered_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET version=excluded.version, spec_json=excluded.spec_json, "
-            "registered_at=excluded.registered_at",
-            (spec.name, version, spec.model_dump_json(), time.time()),
+            "INSERT INTO meta(key, value) VALUES ('generalist_examples', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (json.dumps(examples),),
+            version,
+        )
+
+    def generalist_examples(self) -> list[str]:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='generalist_examples'").fetchone()
+        return json.loads(row[0]) if row else []
+
+    def add_feedback(self, target: str, text: str) -> int:
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "INSERT INTO feedback(target, text, created_at) VALUES (?, ?, ?)", (target, text, time.time()))
+            except sqlite3.Error as exc:
+                raise ManifestError(f"feedback could not be stored: {exc}") from exc
+        return int(cursor.lastrowid or 0)
+
+    def feedback(self, feedback_id: int | None = None) -> list[FeedbackRecord]:
+        sql = "SELECT id, target, text, created_at, undone_at FROM feedback"
+        with self._lock:
+            rows = (self._db.execute(sql + " WHERE id=?", (feedback_id,)) if feedback_id is not None
+                    else self._db.execute(sql + " ORDER BY id")).fetchall()
+        return [FeedbackRecord(*row) for row in rows]
+
+    def mark_feedback(self, feedback_id: int, undone: bool) -> None:
+        with self._lock:
+            self._db.execute("UPDATE feedback SET undone_at=? WHERE id=?",
+                             (time.time() if undone else None, feedback_id))
+
+    def delete_feedback(self, feedback_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM feedback WHERE id=?", (feedback_id,))
+
+    def put(self, spec: ExpertSpec, version: int, adapter_version: int) -> None:
+        self._write(
+            "INSERT INTO experts(name, version, adapter_version, spec_json, registered_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET version=excluded.version, adapter_version=excluded.adapter_version, "
+            "spec_json=excluded.spec_json, registered_at=excluded.registered_at",
+            (spec.name, version, adapter_version, spec.model_dump_json(), time.time()),
             version,
         )
 

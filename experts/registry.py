@@ -43,16 +43,26 @@ class AdapterHost(Protocol):
 
 
 @dataclass(eq=False)
+class AdapterHandle:
+    """One loaded adapter. Expert versions that differ only in their examples (feedback) share it, so
+    leases are counted here: the adapter is freed when it is retired and its last request is done."""
+
+    key: str
+    version: int
+    files: AdapterFiles
+    leases: int = 0
+    retired: bool = False
+
+
+@dataclass(eq=False)
 class Expert:
-    """One published version of an expert. Immutable but for its lease count and retirement flag."""
+    """One published version of an expert: its spec, example embeddings and adapter."""
 
     spec: ExpertSpec
     version: int
     example_embeddings: torch.Tensor
-    files: AdapterFiles
+    adapter: AdapterHandle
     registered_at: float = field(default_factory=time.time)
-    leases: int = 0
-    retired: bool = False
 
     @property
     def name(self) -> str:
@@ -60,7 +70,11 @@ class Expert:
 
     @property
     def backend_key(self) -> str:
-        return version_key(self.spec.name, self.version)
+        return self.adapter.key
+
+    @property
+    def leases(self) -> int:
+        return self.adapter.leases
 
 
 def version_key(name: str, version: int) -> str:
@@ -70,11 +84,14 @@ def version_key(name: str, version: int) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What one request sees: a registry version, its experts and the routing index built from them."""
+    """What one request sees: a registry version, its experts and the routing index built from them,
+    and the queries that feedback assigned to the generalist (with their embeddings)."""
 
     version: int
     experts: Mapping[str, Expert]
     index: object
+    generalist_examples: tuple[str, ...] = ()
+    generalist_vectors: torch.Tensor | None = None
 
 
 IndexBuilder = Callable[[Sequence[Expert]], object]
@@ -117,6 +134,7 @@ class ExpertRegistry:
         self._write_lock = asyncio.Lock()
         self._lease_lock = threading.Lock()
         self._snapshot = Snapshot(version=0, experts=MappingProxyType({}), index=index_builder([]))
+        self._generalist: tuple[tuple[str, ...], torch.Tensor | None] = ((), None)
         self.failed: dict[str, str] = {}  # experts from the manifest that could not be restored, with why
 
     @property
@@ -128,22 +146,22 @@ class ExpertRegistry:
     def lease(self, expert: Expert) -> Lease:
         """Pin `expert` for one request; `ExpertGone` if it was retired after the caller's snapshot."""
         with self._lease_lock:
-            if expert.retired:
+            if expert.adapter.retired:
                 raise ExpertGone(f"expert {expert.name!r} version {expert.version} was removed")
-            expert.leases += 1
+            expert.adapter.leases += 1
         return Lease(self, expert)
 
     def _release(self, expert: Expert) -> None:
         with self._lease_lock:
-            expert.leases -= 1
-            drained = expert.retired and expert.leases == 0
+            expert.adapter.leases -= 1
+            drained = expert.adapter.retired and expert.adapter.leases == 0
         if drained:
             self._free(expert.backend_key)
 
     def _retire(self, expert: Expert) -> None:
         with self._lease_lock:
-            expert.retired = True
-            drained = expert.leases == 0
+            expert.adapter.retired = True
+            drained = expert.adapter.leases == 0
         if drained:
             self._free(expert.backend_key)
 
@@ -160,11 +178,15 @@ class ExpertRegistry:
         if self._manifest is None:
             return
         last_version, records = self._manifest.load()
+        generalist = self._manifest.generalist_examples()
         async with self._write_lock:
+            if generalist:
+                await self._set_generalist(generalist)
             experts = dict(self._snapshot.experts)
             for record in records:
                 try:
-                    experts[record.spec.name] = await self._load(record.spec, record.version, restoring=True)
+                    experts[record.spec.name] = await self._load(
+                        record.spec, record.version, restoring=True, adapter_version=record.adapter_version)
                 except AdapterRejected as exc:
                     log.error("expert %r could not be restored: %s", record.spec.name, exc)
                     self.failed[record.spec.name] = str(exc)
@@ -201,7 +223,7 @@ class ExpertRegistry:
         expert = await self._load(spec, version)
         try:
             if self._manifest is not None:
-                self._manifest.put(spec, version)
+                self._manifest.put(spec, version, expert.adapter.version)
         except Exception:
             self._free(expert.backend_key)
             raise
@@ -211,13 +233,16 @@ class ExpertRegistry:
         self.failed.pop(spec.name, None)
         return expert
 
-    async def _load(self, spec: ExpertSpec, version: int, restoring: bool = False) -> Expert:
+    async def _load(
+        self, spec: ExpertSpec, version: int, restoring: bool = False, adapter_version: int | None = None
+    ) -> Expert:
         """Check, copy, embed and load one expert version; nothing is published here.
 
         On restore the registry's own copy is loaded; otherwise the source (within the allowed roots) is
         checked and copied into the store first. Any failure removes what this call created.
         """
-        key = version_key(spec.name, version)
+        adapter_version = adapter_version or version
+        key = version_key(spec.name, adapter_version)
         if restoring and self._store is not None:
             files = check_adapter_files(self._store.path_for(key), self._max_rank)
         else:
@@ -232,9 +257,50 @@ class ExpertRegistry:
             if self._store is not None and not restoring:
                 self._store.discard(key)
             raise
-        return Expert(spec=spec, version=version, example_embeddings=embeddings, files=files)
+        handle = AdapterHandle(key=key, version=adapter_version, files=files)
+        return Expert(spec=spec, version=version, example_embeddings=embeddings, adapter=handle)
+
+    async def update_examples(self, name: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Expert:
+        """Publish a new version of `name` with examples added or removed; the adapter is shared, not reloaded.
+
+        This is how routing feedback takes effect without a restart and stays undoable.
+        """
+        async with self._write_lock:
+            current = self._snapshot.experts.get(name)
+            if current is None:
+                raise ExpertNotFound(f"no expert named {name!r}")
+            dropped = set(remove)
+            examples = [e for e in current.spec.examples if e not in dropped]
+            examples += [e for e in dict.fromkeys(add) if e not in examples]
+            spec = ExpertSpec(**{**current.spec.model_dump(), "examples": examples})  # validates (>= 1 example)
+            version = self._snapshot.version + 1
+            embeddings = await asyncio.to_thread(self._embed_examples, examples)
+            expert = Expert(spec=spec, version=version, example_embeddings=embeddings, adapter=current.adapter)
+            if self._manifest is not None:
+                self._manifest.put(spec, version, current.adapter.version)
+            self._publish({**self._snapshot.experts, name: expert}, version)
+            return expert
+
+    async def update_generalist_examples(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> int:
+        """Add or remove queries that the generalist should answer; returns the new registry version."""
+        async with self._write_lock:
+            dropped = set(remove)
+            examples = [e for e in self._snapshot.generalist_examples if e not in dropped]
+            examples += [e for e in dict.fromkeys(add) if e not in examples]
+            version = self._snapshot.version + 1
+            if self._manifest is not None:
+                self._manifest.put_generalist_examples(examples, version)
+            await self._set_generalist(examples)
+            self._publish(self._snapshot.experts, version)
+            return version
+
+    async def _set_generalist(self, examples: list[str]) -> None:
+        vectors = await asyncio.to_thread(self._embed_examples, examples) if examples else None
+        self._generalist = (tuple(examples), vectors)
 
     def _publish(self, experts: Mapping[str, Expert], version: int) -> None:
         ordered = sorted(experts.values(), key=lambda e: e.name)
         index = self._build_index(ordered)
-        self._snapshot = Snapshot(version=version, experts=MappingProxyType(dict(experts)), index=index)
+        examples, vectors = self._generalist
+        self._snapshot = Snapshot(version=version, experts=MappingProxyType(dict(experts)), index=index,
+                                  generalist_examples=examples, generalist_vectors=vectors)

@@ -23,6 +23,7 @@ from server.api import admin, openai, ops
 from server.calibration_service import restore_rule
 from server.chat_service import ChatService
 from server.errors import install_error_handlers
+from server.feedback_service import FeedbackService
 from server.limits import BodySizeLimit
 from server.metrics import Metrics
 from server.routing_service import RoutingService
@@ -71,7 +72,8 @@ async def build_state(settings: Settings) -> AppState:
     chat = ChatService(routing, backend, settings, metrics)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
-    return AppState(settings, metrics, encoder, backend, registry, manifest, routing, chat, time.time())
+    feedback = FeedbackService(registry, manifest, settings.generalist_name)
+    return AppState(settings, metrics, encoder, backend, registry, manifest, routing, chat, feedback, time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:

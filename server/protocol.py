@@ -223,6 +223,28 @@ class CalibrationOut(BaseModel):
     oos_recall: float | None = None
 
 
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4000)
+    expert: str = Field(min_length=1, max_length=128, description="the expert that should answer, or 'generalist'")
+    response_id: str | None = Field(None, max_length=128, description="the chat completion id, for your records")
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    target: str
+    query: str
+    created_at: float
+    undone: bool
+    registry_version: int | None = Field(None, description="the registry version that applied this change")
+
+
+class FeedbackList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FeedbackOut]
+
+
 class AdapterUploaded(BaseModel):
     name: str
     adapter_path: str = Field(description="use as `adapter_path` when registering the expert")

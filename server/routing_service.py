@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import torch
 
 from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
@@ -64,7 +66,8 @@ class RoutingService:
         started = time.perf_counter()
         vector = await asyncio.to_thread(self._encoder.encode_one, query)
         snapshot = self._registry.snapshot
-        decision = self._router.decide(vector, snapshot.index, top_n, self.rule)
+        decision = _apply_generalist_feedback(
+            self._router.decide(vector, snapshot.index, top_n, self.rule), vector, snapshot.generalist_vectors)
         elapsed = time.perf_counter() - started
         self._metrics.routing_latency.observe(elapsed)
         return decision, snapshot, elapsed * 1000.0
@@ -140,3 +143,16 @@ class RoutingService:
             registry_version=self._registry.snapshot.version, routing_ms=0.0,
         )
         return Target(expert=None, info=info, ranking=(), lease=None)
+
+
+def _apply_generalist_feedback(decision: Decision, query: torch.Tensor, generalist: torch.Tensor | None) -> Decision:
+    """Fall back when the query is at least as close to a query that feedback gave to the generalist as to
+    the chosen expert's examples (semantic-router's negative utterances)."""
+    if generalist is None or decision.expert is None or decision.score is None:
+        return decision
+    nearest = float((generalist @ query.to(generalist.dtype)).max())
+    if nearest < decision.score:
+        return decision
+    return replace(decision, expert=None, fallback=True,
+                   reason=f"closest to a query assigned to the generalist by feedback ({nearest:.3f} >= "
+                          f"{decision.score:.3f})")

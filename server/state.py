@@ -9,6 +9,7 @@ from experts.manifest import Manifest
 from experts.registry import ExpertRegistry
 from routers.encoder import QueryEncoder
 from server.chat_service import ChatService
+from server.feedback_service import FeedbackService
 from server.metrics import Metrics
 from server.routing_service import RoutingService
 from server.settings import Settings
@@ -24,4 +25,5 @@ class AppState:
     manifest: Manifest
     routing: RoutingService
     chat: ChatService
+    feedback: FeedbackService
     started_at: float

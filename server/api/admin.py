@@ -23,6 +23,8 @@ from server.protocol import (
     ExpertCreate,
     ExpertList,
     ExpertOut,
+    FeedbackList,
+    FeedbackOut,
 )
 from server.state import AppState
 
@@ -125,6 +127,18 @@ async def reset_calibration(state: State) -> CalibrationOut:
     """Back to the configured global threshold."""
     with admin_operation(state, "calibrate"):
         return await calibration_service.reset(state.routing, state.manifest)
+
+
+@api.get("/feedback")
+async def list_feedback(state: State) -> FeedbackList:
+    return FeedbackList(data=state.feedback.list())
+
+
+@api.delete("/feedback/{feedback_id}")
+async def undo_feedback(feedback_id: int, state: State) -> FeedbackOut:
+    """Undo one piece of feedback: its query leaves the examples again, as a new registry version."""
+    with admin_operation(state, "feedback_undo"):
+        return await state.feedback.undo(feedback_id)
 
 
 @contextmanager

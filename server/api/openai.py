@@ -6,10 +6,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from server.api.deps import State
+from server.api.deps import AdminAccess, State
 from server.chat_service import routing_headers
 from server.protocol import (
     ChatCompletionRequest,
+    FeedbackOut,
+    FeedbackRequest,
     ModelCard,
     ModelList,
     RouteRequest,
@@ -54,3 +56,12 @@ async def route(body: RouteRequest, state: State) -> JSONResponse:
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
     response = RouteResponse(query=body.query, decision=info, ranking=ranking)
     return JSONResponse(response.model_dump(), headers=routing_headers(info))
+
+
+@api.post("/feedback", status_code=201, dependencies=[AdminAccess])
+async def feedback(body: FeedbackRequest, state: State) -> FeedbackOut:
+    """Say which expert (or 'generalist') should have answered `query`; routing learns it at once.
+
+    It changes routing for every user, so it needs the admin token like any other registry change.
+    """
+    return await state.feedback.submit(body.query, body.expert)
