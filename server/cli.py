@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from server import evaluation_cli
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchyard", description="Expert-routing inference server")
@@ -27,12 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     route.add_argument("query")
     route.add_argument("--url", default="http://127.0.0.1:8000")
 
+    evaluation = sub.add_parser("eval", help="routing accuracy on a labelled file (server or offline)")
+    calibrate = sub.add_parser("calibrate", help="fit a running server's fallback rule on a labelled file")
+    evaluation_cli.add_arguments(evaluation, calibrate)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
     if args.command == "prepare":
         return _prepare(args)
+    if args.command == "eval":
+        return evaluation_cli.run_eval(args)
+    if args.command == "calibrate":
+        return evaluation_cli.run_calibrate(args)
     return _route(args)
 
 

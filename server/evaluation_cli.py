@@ -1,0 +1,179 @@
+"""`switchyard eval` and `switchyard calibrate`: routing quality on a labelled file.
+
+Labelled files are JSONL (`{"text": ..., "label": ...}`) or CSV with `text,label` columns; the label is an
+expert name, or `oos` / `generalist` for queries the generalist should answer.
+
+- `eval --data FILE --url URL` scores a running server through `/v1/route` (its experts, its rule).
+- `eval --data FILE --train FILE [--examples-per-expert K] [--router knn] [--calibrate FILE]` builds
+  experts from the training file in-process (K examples per label, fixed seed) and scores the policy.
+- `calibrate --data FILE --url URL` fits the server's fallback rule through `POST /admin/calibration`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+from routers.evaluation import OUT_OF_SCOPE, EvaluationReport, evaluate
+
+OOS_LABELS = {"oos", "out_of_scope", "generalist"}
+
+
+def read_labelled(path: Path) -> list[tuple[str, str]]:
+    """(text, label) pairs; out-of-scope labels are normalised to `OUT_OF_SCOPE`."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [(r["text"], r["label"]) for r in csv.DictReader(f)]
+    else:
+        rows = [(r["text"], r["label"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+                if r]
+    return [(text, OUT_OF_SCOPE if label in OOS_LABELS else label) for text, label in rows]
+
+
+def add_arguments(eval_parser: argparse.ArgumentParser, calibrate_parser: argparse.ArgumentParser) -> None:
+    eval_parser.add_argument("--data", type=Path, required=True, help="labelled JSONL or CSV to score")
+    eval_parser.add_argument("--url", help="score a running server through /v1/route")
+    eval_parser.add_argument("--train", type=Path, help="offline: build experts from this labelled file")
+    eval_parser.add_argument("--examples-per-expert", type=int, help="offline: sample K examples per label")
+    eval_parser.add_argument("--router", default="knn", help="offline: routing policy")
+    eval_parser.add_argument("--threshold", type=float, default=0.3, help="offline: global fallback threshold")
+    eval_parser.add_argument("--calibrate", type=Path, help="offline: fit the fallback rule on this file first")
+    eval_parser.add_argument("--confusion", type=Path, help="write the confusion matrix as a PNG")
+    eval_parser.add_argument("--json", type=Path, help="write the full report as JSON")
+    calibrate_parser.add_argument("--data", type=Path, required=True)
+    calibrate_parser.add_argument("--url", default="http://127.0.0.1:8000")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    data = read_labelled(args.data)
+    texts, truth = [t for t, _ in data], [label for _, label in data]
+    if args.train:
+        predicted, abstain = _offline(args, texts)
+    elif args.url:
+        predicted, abstain = _through_server(args.url, texts)
+    else:
+        print("eval needs --url (a running server) or --train (offline)", file=sys.stderr)
+        return 2
+    report = evaluate(truth, predicted, abstain)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, default=lambda o: o.__dict__, indent=2))
+    if args.confusion:
+        write_confusion_png(report, args.confusion)
+        print(f"confusion matrix: {args.confusion}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    examples = [{"text": t, "label": "generalist" if label == OUT_OF_SCOPE else label}
+                for t, label in read_labelled(args.data)]
+    token = os.environ.get("SWITCHYARD_ADMIN_TOKEN", "")
+    response = httpx.post(f"{args.url.rstrip('/')}/admin/calibration", json={"examples": examples},
+                          headers={"Authorization": f"Bearer {token}"}, timeout=600)
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code == 200 else 1
+
+
+def _through_server(url: str, texts: list[str]) -> tuple[list[str], list[float]]:
+    predicted, abstain = [], []
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as http:
+        for text in texts:
+            decision = http.post("/v1/route", json={"query": text, "top_n": 2}).json()["decision"]
+            predicted.append(OUT_OF_SCOPE if decision["fallback"] else decision["expert"])
+            abstain.append(-(decision["score"] if decision["score"] is not None else -1.0))
+    return predicted, abstain
+
+
+def _offline(args: argparse.Namespace, texts: list[str]) -> tuple[list[str], list[float]]:
+    from routers.base import ExpertVectors
+    from routers.calibration import ScoredQuery, fit_fallback_rule
+    from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
+    from routers.policies import create_router
+
+    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER))
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for text, label in read_labelled(args.train):
+        if label != OUT_OF_SCOPE:
+            by_label[label].append(text)
+    rng = random.Random(0)
+    experts = []
+    for label in sorted(by_label):
+        examples = by_label[label]
+        if args.examples_per_expert and len(examples) > args.examples_per_expert:
+            examples = rng.sample(examples, args.examples_per_expert)
+        experts.append(ExpertVectors(label, _encode(encoder, examples)))
+    router = create_router(args.router, args.threshold)
+    index = router.build_index(experts)
+    if getattr(index, "fit", None) is not None:
+        index.fit.result()
+    rule = None
+    if args.calibrate:
+        held = read_labelled(args.calibrate)
+        decisions = router.decide_batch(_encode(encoder, [t for t, _ in held]), index, rule=_no_fallback())
+        rule = fit_fallback_rule([ScoredQuery(label, d.ranking[0].name, d.ranking[0].score, d.runner_up_score)
+                                  for (_, label), d in zip(held, decisions, strict=True)])
+    decisions = router.decide_batch(_encode(encoder, texts), index, rule=rule)
+    return ([d.expert or OUT_OF_SCOPE for d in decisions], [-(d.score or 0.0) for d in decisions])
+
+
+def _no_fallback():  # noqa: ANN202
+    from routers.calibration import FallbackRule
+
+    return FallbackRule(float("-inf"))
+
+
+def _encode(encoder, texts: list[str]):  # noqa: ANN001, ANN202
+    import torch
+
+    return torch.cat([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def print_report(report: EvaluationReport) -> None:
+    print(f"queries: {report.n}")
+    print(f"accuracy: {_pct(report.accuracy)}   in-scope accuracy: {_pct(report.in_scope_accuracy)}   "
+          f"macro-F1: {report.macro_f1:.3f}")
+    print(f"out-of-scope precision {_pct(report.oos_precision)}, recall {_pct(report.oos_recall)}, "
+          f"F1 {_pct(report.oos_f1)}; abstain AUROC "
+          f"{'-' if report.abstain_auroc is None else f'{report.abstain_auroc:.3f}'}")
+    print(f"\n{'label':<24} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}")
+    for row in report.per_label:
+        print(f"{row.label:<24} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f} {row.support:>8}")
+
+
+def write_confusion_png(report: EvaluationReport, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # an optional extra: pip install "switchyard[eval]"
+        raise SystemExit("--confusion needs matplotlib: pip install 'switchyard[eval]'") from exc
+    size = max(4.0, 0.6 * len(report.labels) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(report.confusion, cmap="Blues")
+    axes.set_xticks(range(len(report.labels)), report.labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(report.labels)), report.labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true label")
+    peak = max((max(row) for row in report.confusion), default=0)
+    for i, row in enumerate(report.confusion):
+        for j, count in enumerate(row):
+            if count:
+                axes.text(j, i, str(count), ha="center", va="center",
+                          color="white" if count > peak / 2 else "black", fontsize=8)
+    axes.set_title(f"routing confusion (accuracy {report.accuracy:.1%})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
