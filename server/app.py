@@ -17,8 +17,10 @@ from experts.manifest import Manifest
 from experts.models import resolve_base_model
 from experts.registry import Expert, ExpertRegistry
 from routers.base import ExpertVectors, Router
+from routers.batching import MicroBatcher
 from routers.encoder import QueryEncoder, resolve_encoder
 from routers.policies import create_router
+from server.admission import Admission
 from server.api import admin, openai, ops
 from server.calibration_service import restore_rule
 from server.chat_service import ChatService
@@ -67,13 +69,16 @@ async def build_state(settings: Settings) -> AppState:
     await seed_registry(registry, settings.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
-    routing = RoutingService(encoder, router, registry, metrics, settings.generalist_name)
+    batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms)
+    routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name)
     restore_rule(manifest, routing)
-    chat = ChatService(routing, backend, settings, metrics)
+    admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
+    chat = ChatService(routing, backend, settings, metrics, admission)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, settings.generalist_name)
-    return AppState(settings, metrics, encoder, backend, registry, manifest, routing, chat, feedback, time.time())
+    return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat, feedback,
+                    admission, time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -85,10 +90,12 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await state.batcher.close()
             await state.backend.close()
             state.manifest.close()
 
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+    app.state.draining = False  # set by the server on SIGTERM: /ready turns 503 while streams finish
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes,
                        overrides={admin.UPLOAD_PREFIX: settings.max_upload_bytes})

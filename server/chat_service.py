@@ -6,11 +6,13 @@ This is the seam between HTTP (`server/api/openai.py`) and the core: routing com
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
+from server.admission import Admission, Slot
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import (
@@ -57,19 +59,42 @@ class ChatRun:
     first: GenerationChunk
     completion_id: str
     created: int
+    slot: Slot
+    deadline: float
+    counts: tuple[int, int] = (0, 0)  # (prompt, completion) tokens as of the latest chunk
 
     @property
     def headers(self) -> dict[str, str]:
         return routing_headers(self.target.info)
 
     async def close(self) -> None:
-        """Release the lease and stop generation; idempotent, so every exit path may call it."""
+        """Release the lease and the admission slot and stop generation; idempotent, so every exit path
+        may call it."""
         self.target.release()
+        self.slot.release()
         await self.chunks.aclose()
+
+    async def next_chunk(self) -> GenerationChunk:
+        """The next chunk, or a synthetic `length` finish once the request's time limit has passed."""
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                chunk = await anext(self.chunks)
+        except TimeoutError:
+            chunk = GenerationChunk(text="", finish_reason="length")
+        if chunk.prompt_tokens:
+            self.counts = (chunk.prompt_tokens, chunk.completion_tokens)
+        return chunk
+
 
 
 class ChatService:
-    def __init__(self, routing: RoutingService, backend: Backend, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, routing: RoutingService, backend: Backend, settings: Settings, metrics: Metrics, admission: Admission
+    ) -> None:
+        self._admission = admission
         self._routing = routing
         self._backend = backend
         self._settings = settings
@@ -79,13 +104,21 @@ class ChatService:
         """Route, lease and start generating. Errors surface here, before any byte is sent."""
         query = self._query_of(request)
         sampling = self._sampling(request)
-        target = await self._routing.resolve(request.model, query)
+        slot = await self._admission.acquire()
+        deadline = time.monotonic() + self._settings.request_timeout_seconds
+        try:
+            target = await self._routing.resolve(request.model, query)
+        except BaseException:
+            slot.release()
+            raise
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        chunks = self._backend.generate(GenerationRequest(messages, target.adapter_key, sampling))
+        chunks = self._backend.generate(
+            GenerationRequest(messages, target.adapter_key, sampling, self._settings.max_prompt_tokens))
         try:
             first = await anext(chunks)
         except BaseException:
             target.release()
+            slot.release()
             self._count(target, "error")
             raise
         if first.activation is not None:
@@ -93,15 +126,16 @@ class ChatService:
                 "adapter_tier": first.activation.tier.value,
                 "adapter_load_ms": round(first.activation.load_ms, 3),
             })
-        return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()))
+        return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()), slot, deadline,
+                       (first.prompt_tokens, first.completion_tokens))
 
     async def complete(self, run: ChatRun) -> ChatCompletion:
         """Collect the whole answer (non-streaming)."""
         try:
             parts, last = [run.first.text], run.first
-            async for chunk in run.chunks:
-                parts.append(chunk.text)
-                last = chunk
+            while last.finish_reason is None:
+                last = await run.next_chunk()
+                parts.append(last.text)
         finally:
             await run.close()
         self._finish(run, last)
@@ -110,7 +144,7 @@ class ChatService:
             created=run.created,
             model=run.target.info.expert,
             choices=[Choice(message=AssistantMessage(content="".join(parts)), finish_reason=last.finish_reason)],
-            usage=_usage(last),
+            usage=_usage(run, last),
             switchyard=run.target.info,
         )
 
@@ -125,11 +159,11 @@ class ChatService:
                     self._finish(run, chunk)
                     yield self._sse(run, Delta(content=chunk.text or None), chunk.finish_reason, run.target.info)
                     if include_usage:
-                        yield _event(self._chunk(run, [], usage=_usage(chunk), info=run.target.info))
+                        yield _event(self._chunk(run, [], usage=_usage(run, chunk), info=run.target.info))
                     break
                 if chunk.text:
                     yield self._sse(run, Delta(content=chunk.text), None)
-                chunk = await anext(run.chunks)
+                chunk = await run.next_chunk()
             yield "data: [DONE]\n\n"
         finally:
             await run.close()  # stops generation when the client went away mid-stream
@@ -169,7 +203,7 @@ class ChatService:
 
     def _finish(self, run: ChatRun, last: GenerationChunk) -> None:
         self._count(run.target, "ok")
-        self._metrics.generated_tokens.labels(run.target.info.expert).inc(last.completion_tokens)
+        self._metrics.generated_tokens.labels(run.target.info.expert).inc(_usage(run, last).completion_tokens)
 
     def _count(self, target: Target, status: str) -> None:
         self._metrics.requests.labels("chat.completions", target.info.expert, status).inc()
@@ -190,9 +224,6 @@ def _event(chunk: ChatCompletionChunk) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-def _usage(last: GenerationChunk) -> Usage:
-    return Usage(
-        prompt_tokens=last.prompt_tokens,
-        completion_tokens=last.completion_tokens,
-        total_tokens=last.prompt_tokens + last.completion_tokens,
-    )
+def _usage(run: ChatRun, last: GenerationChunk) -> Usage:
+    prompt, completion = (last.prompt_tokens, last.completion_tokens) if last.prompt_tokens else run.counts
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

@@ -61,7 +61,19 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     settings = _load_settings(args, host=args.host, port=args.port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: mark the app draining (so /ready says 503), then let uvicorn stop accepting
+        connections and wait up to `drain_seconds` for running requests and streams to finish."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=settings.drain_seconds)
+    DrainingServer(config).run()
     return 0
 
 

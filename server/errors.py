@@ -31,10 +31,12 @@ class APIError(Exception):
     """An error raised by the HTTP layer itself, already carrying its status and OpenAI error fields."""
 
     def __init__(
-        self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None
+        self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
@@ -43,7 +45,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
 
 def error_response(error: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = error_body(error.message, error.type, error.code, error.param)
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    return JSONResponse(body, status_code=error.status, headers=headers or error.headers)
 
 
 _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {

@@ -16,6 +16,7 @@ import torch
 from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from routers.base import Decision, Router, ScoredExpert
+from routers.batching import MicroBatcher
 from routers.calibration import FallbackRule
 from routers.encoder import QueryEncoder
 from server.errors import APIError
@@ -48,12 +49,14 @@ class RoutingService:
     def __init__(
         self,
         encoder: QueryEncoder,
+        batcher: MicroBatcher,
         router: Router,
         registry: ExpertRegistry,
         metrics: Metrics,
         generalist_name: str,
     ) -> None:
         self._encoder = encoder
+        self._batcher = batcher
         self._router = router
         self._registry = registry
         self._metrics = metrics
@@ -64,7 +67,7 @@ class RoutingService:
     async def rank(self, query: str, top_n: int | None = 2) -> tuple[Decision, Snapshot, float]:
         """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds)."""
         started = time.perf_counter()
-        vector = await asyncio.to_thread(self._encoder.encode_one, query)
+        vector = await self._batcher.encode_one(query)
         snapshot = self._registry.snapshot
         decision = _apply_generalist_feedback(
             self._router.decide(vector, snapshot.index, top_n, self.rule), vector, snapshot.generalist_vectors)

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     max_adapter_rank: int = 64
     seed_experts: Path | None = Field(None, description="YAML of experts registered on first start")
 
+    # Query encoder micro-batching
+    encoder_max_batch: int = Field(64, ge=1)
+    encoder_max_wait_ms: float = Field(2.0, ge=0.0)
+
+    # Backpressure: generations running at once, more waiting, and beyond that 429 with Retry-After
+    max_active_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(64, ge=0)
+    retry_after_seconds: int = Field(1, ge=1)
+    request_timeout_seconds: float = Field(300.0, gt=0, description="a generation stops (length) after this")
+    drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, time running streams get to finish")
+    max_prompt_tokens: int = Field(1536, ge=1)
+
     # Limits
     max_request_bytes: int = 1_000_000
     max_upload_bytes: int = Field(64_000_000, description="adapter archive uploads (POST /admin/adapters/...)")

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from experts.backends import Backend
 from experts.manifest import Manifest
 from experts.registry import ExpertRegistry
+from routers.batching import MicroBatcher
 from routers.encoder import QueryEncoder
+from server.admission import Admission
 from server.chat_service import ChatService
 from server.feedback_service import FeedbackService
 from server.metrics import Metrics
@@ -20,10 +22,12 @@ class AppState:
     settings: Settings
     metrics: Metrics
     encoder: QueryEncoder
+    batcher: MicroBatcher
     backend: Backend
     registry: ExpertRegistry
     manifest: Manifest
     routing: RoutingService
     chat: ChatService
     feedback: FeedbackService
+    admission: Admission
     started_at: float

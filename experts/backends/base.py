@@ -35,11 +35,12 @@ class GenerationRequest:
     messages: Sequence[dict[str, str]]
     adapter_key: str | None
     sampling: SamplingParams
+    max_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class GenerationChunk:
-    """A piece of streamed text; the last chunk of a generation carries `finish_reason` and counts."""
+    """A piece of streamed text with the token counts so far; the last chunk carries `finish_reason`."""
 
     text: str
     finish_reason: FinishReason | None = None

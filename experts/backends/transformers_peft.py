@@ -182,6 +182,9 @@ class TransformersBackend:
         params = request.sampling
         prompt_ids = self._render_prompt(request.messages)
         prompt_tokens = int(prompt_ids.shape[1])
+        if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
+            raise PromptTooLong(
+                f"prompt of {prompt_tokens} tokens exceeds this server's limit of {request.max_prompt_tokens}")
         if prompt_tokens + params.max_tokens > self._max_context:
             raise PromptTooLong(
                 f"prompt of {prompt_tokens} tokens plus max_tokens={params.max_tokens} exceeds the "
@@ -218,7 +221,7 @@ class TransformersBackend:
             decoded = self._tokenizer.decode(state.generated, skip_special_tokens=True)
             delta = text.update(decoded)
             if delta:
-                yield GenerationChunk(text=delta)
+                yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(state.generated))
             if text.stopped:
                 finish = "stop"
                 break

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.api.deps import State
@@ -14,6 +15,18 @@ api = APIRouter(tags=["ops"])
 async def health(state: State) -> dict[str, object]:
     snapshot = state.registry.snapshot
     return {"status": "ok", "registry_version": snapshot.version, "experts": len(snapshot.experts)}
+
+
+@api.get("/ready")
+async def ready(request: Request, state: State) -> JSONResponse:
+    """Readiness for load balancers: 503 once SIGTERM arrived (draining), 200 otherwise.
+
+    (While the models load, the server does not listen yet, which probes also read as not ready.)
+    """
+    if request.app.state.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    return JSONResponse({"status": "ready", "in_flight": state.admission.in_flight,
+                         "registry_version": state.registry.snapshot.version})
 
 
 @api.get("/metrics")

@@ -55,3 +55,11 @@ def test_prompt_longer_than_the_context_is_400(http: httpx.Client) -> None:
 
 def test_unknown_path_is_404_in_the_error_shape(http: httpx.Client) -> None:
     assert_error(http.get("/v1/nothing-here"), 404)
+
+
+def test_prompt_over_the_servers_prompt_limit_is_400(http: httpx.Client) -> None:
+    prompt = "word " * 1700  # about 1,700 tokens: inside the context, over max_prompt_tokens (1,536)
+    error = assert_error(http.post("/v1/chat/completions", json={
+        "model": "base", "max_tokens": 4, "messages": [{"role": "user", "content": prompt}]}), 400,
+        "context_length_exceeded")
+    assert "limit of 1536" in error["message"]
