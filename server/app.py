@@ -48,7 +48,8 @@ def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's Ind
 async def build_state(settings: Settings) -> AppState:
     device = settings.resolved_device()
     router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
-    encoder = await asyncio.to_thread(QueryEncoder, resolve_encoder(settings.encoder_model), device)
+    encoder = await asyncio.to_thread(
+        QueryEncoder, resolve_encoder(settings.encoder_model), device, 256, settings.encoder_int8)
     model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
     backend = await asyncio.to_thread(
         create_backend, settings.backend, model_dir, device, settings.max_context_tokens,

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_adapter_rank: int = 64
     seed_experts: Path | None = Field(None, description="YAML of experts registered on first start")
 
+    encoder_int8: bool = Field(False, description="dynamic int8 quantisation of the query encoder (CPU)")
+
     # Query encoder micro-batching
     encoder_max_batch: int = Field(64, ge=1)
     encoder_max_wait_ms: float = Field(2.0, ge=0.0)

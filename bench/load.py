@@ -1,0 +1,151 @@
+"""Load benchmark against a real server (started here as a subprocess, loopback only, bounded counts).
+
+Scenarios:
+- routing only: `POST /v1/route` at concurrency 1, 4, 16, 64 (decisions/s, latency percentiles);
+- chat on one expert: 8 concurrent streamed chats pinned to `support`;
+- chat across 8 experts: 8 concurrent streamed chats, each pinned to a different adapter;
+- the same 8 chats one at a time (the baseline for the concurrency gain);
+- mixed with retrieval: not run yet (no retriever experts exist; issue 5).
+Prints a table (p50/p95/p99 latency, time to first token, tokens/s, errors) and writes JSON.
+
+Run: python bench/load.py [--out bench/results/load.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
+
+QUERIES = ["How do I reset my password?", "Write SQL to count the orders per customer",
+           "Tom has 5 apples and buys 3 more. How many now?", "What is the capital of France?"]
+EXTRA_EXPERTS = ["support2", "sql2", "math2", "support3", "sql3"]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+async def routing_scenario(base_url: str, concurrency: int, total: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+    async with httpx.AsyncClient(base_url=base_url, timeout=60,
+                                 limits=httpx.Limits(max_connections=concurrency)) as http:
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                started = time.perf_counter()
+                response = await http.post("/v1/route", json={"query": QUERIES[i % len(QUERIES)], "top_n": 2})
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"scenario": f"route, concurrency {concurrency}", "requests": total, "errors": errors,
+            "throughput_per_s": total / elapsed, "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
+            "p99_ms": pct(latencies, 0.99)}
+
+
+async def one_chat(http: httpx.AsyncClient, model: str, max_tokens: int) -> tuple[float, float, int, bool]:
+    """(latency ms, time to first token ms, completion tokens, ok) for one streamed chat."""
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Tell me about your service in a few sentences."}]}
+    started, first, tokens = time.perf_counter(), None, 0
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            return (time.perf_counter() - started) * 1000, float("nan"), 0, False
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    done = time.perf_counter()
+    return (done - started) * 1000, ((first or done) - started) * 1000, tokens, True
+
+
+async def chat_scenario(base_url: str, label: str, models: list[str], concurrent: bool, max_tokens: int) -> dict:
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as http:
+        started = time.perf_counter()
+        if concurrent:
+            results = await asyncio.gather(*(one_chat(http, m, max_tokens) for m in models))
+        else:
+            results = [await one_chat(http, m, max_tokens) for m in models]
+        elapsed = time.perf_counter() - started
+    latencies = [r[0] for r in results]
+    ttft = [r[1] for r in results]
+    tokens = sum(r[2] for r in results)
+    return {"scenario": label, "requests": len(models), "errors": sum(not r[3] for r in results),
+            "tokens_per_s": tokens / elapsed, "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
+            "p99_ms": pct(latencies, 0.99), "ttft_p50_ms": pct(ttft, 0.5), "completion_tokens": tokens}
+
+
+def register_extra_experts(base_url: str, adapter_root: Path) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for name in EXTRA_EXPERTS:
+        source = REPO / "demo" / "adapters" / name.rstrip("0123456789")
+        shutil.copytree(source, adapter_root / name)
+        httpx.post(f"{base_url}/admin/experts", headers=headers, timeout=120, json={
+            "name": name, "adapter_path": str(adapter_root / name), "examples": [f"{name} example"]}).raise_for_status()
+
+
+async def run(base_url: str, max_tokens: int) -> list[dict]:
+    rows = []
+    await routing_scenario(base_url, 4, 40)  # warm-up
+    for concurrency, total in ((1, 300), (4, 600), (16, 1000), (64, 2000)):
+        rows.append(await routing_scenario(base_url, concurrency, total))
+    experts = ["sql", "math", "support", *EXTRA_EXPERTS]
+    await chat_scenario(base_url, "warm-up", experts, True, 4)  # brings every adapter onto the device
+    rows.append(await chat_scenario(base_url, "chat, 8 concurrent, one expert", ["support"] * 8, True, max_tokens))
+    rows.append(await chat_scenario(base_url, "chat, 8 concurrent, 8 experts", experts, True, max_tokens))
+    rows.append(await chat_scenario(base_url, "chat, 8 experts one at a time", experts, False, max_tokens))
+    rows.append(await chat_scenario(base_url, "chat, 8 concurrent, generalist", ["base"] * 8, True, max_tokens))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "load.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        proc = ServerProcess(write_config(root, max_loras=8), root / "server.log").start()
+        try:
+            register_extra_experts(proc.base_url, root / "adapters")
+            rows = asyncio.run(run(proc.base_url, args.max_tokens))
+        finally:
+            proc.stop()
+    print(f"{'scenario':<36} {'n':>5} {'err':>4} {'rate':>12} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
+          f"{'TTFT p50':>9}")
+    for r in rows:
+        rate = f"{r['throughput_per_s']:.0f} req/s" if "throughput_per_s" in r else f"{r['tokens_per_s']:.1f} tok/s"
+        ttft = f"{r['ttft_p50_ms']:.0f}" if "ttft_p50_ms" in r else "-"
+        print(f"{r['scenario']:<36} {r['requests']:>5} {r['errors']:>4} {rate:>12} {r['p50_ms']:>9.1f} "
+              f"{r['p95_ms']:>9.1f} {r['p99_ms']:>9.1f} {ttft:>9}")
+    print("mixed with retrieval: not run (retriever experts are not implemented yet)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"benchmark": "load", "machine": platform.machine(), "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
