@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Adapter residency (as vLLM's max_loras / max_cpu_loras): on the device, in host memory, else disk
     max_loras: int = Field(8, ge=1, description="adapters kept on the device at once")
     max_cpu_loras: int = Field(16, ge=0, description="further adapters kept in host memory")
+    max_batch_size: int = Field(16, ge=1, description="requests decoded together (continuous batching)")
 
     # Experts
     adapter_roots: list[Path] = Field(default_factory=list, description="directories adapters may load from")

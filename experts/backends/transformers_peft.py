@@ -1,10 +1,10 @@
 """The embedded backend: one transformers causal LM with named PEFT LoRA adapters.
 
-Every touch of the model (a decode step, an adapter load or unload) runs on one dedicated thread, so the
-model is never mutated while a forward pass is in flight and the event loop never blocks. Requests decode
-one token per job on that thread, so concurrent requests interleave fairly and an admin load waits for at
-most one step. Each forward names its adapter through PEFT's per-sample `adapter_names`, which is what
-lets a later change batch requests for different adapters into one forward pass.
+Every touch of the model (a batch step, a prefill, an adapter load or unload) runs on one dedicated
+thread, so the model is never mutated while a forward pass is in flight and the event loop never
+blocks. Concurrent requests are decoded together by continuous batching (`continuous_batching.py`): one
+forward pass per step for every running request, each row naming its adapter through PEFT's per-sample
+`adapter_names`; an admin load waits for at most one step.
 
 Adapters live in three tiers (`residency.py`): injected into the model (device), kept as a state dict in
 host memory, or only on disk. A request for an adapter that is not on the device brings it there first and
@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,13 +30,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experts.adapters import AdapterFiles, check_fits_model
 from experts.backends.base import GenerationChunk, GenerationRequest
+from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.residency import Activation, ResidencyPlan, Tier
-from experts.backends.sampling import StreamedText, sample_next_token
+from experts.backends.sampling import StreamedText
 from experts.errors import AdapterRejected, PromptTooLong
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a per-sample adapter_names list
 
 
 @dataclass(frozen=True)
@@ -47,22 +47,14 @@ class _HostCopy:
     state: dict[str, torch.Tensor]
 
 
-@dataclass
-class _DecodeState:
-    """Per-request decode state; only ever touched on the model thread."""
-
-    prompt_ids: torch.Tensor
-    generated: list[int] = field(default_factory=list)
-    past: Any = None
-
-
 class TransformersBackend:
     """transformers + PEFT on CPU or one GPU."""
 
     name = "transformers"
 
     def __init__(
-        self, model_dir: Path, device: str, max_context: int, max_loras: int = 8, max_cpu_loras: int = 16
+        self, model_dir: Path, device: str, max_context: int, max_loras: int = 8, max_cpu_loras: int = 16,
+        max_batch: int = 16,
     ) -> None:
         self.model_id = str(model_dir)
         self._device = torch.device(device)
@@ -75,6 +67,10 @@ class TransformersBackend:
         self._plan = ResidencyPlan(max_loras, max_cpu_loras)
         self._files: dict[str, AdapterFiles] = {}
         self._host: dict[str, _HostCopy] = {}
+        self._scheduler = BatchScheduler(
+            self._executor, model=lambda: self._peft if self._peft is not None else self._base,
+            uses_peft=lambda: self._peft is not None, max_batch=max_batch,
+        )
         eos = self._base.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
@@ -190,46 +186,59 @@ class TransformersBackend:
                 f"prompt of {prompt_tokens} tokens plus max_tokens={params.max_tokens} exceeds the "
                 f"context of {self._max_context} tokens"
             )
-        generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        state = _DecodeState(prompt_ids=prompt_ids.to(self._device))
+        prompt_ids = prompt_ids.to(self._device)
         key = request.adapter_key
         if key is None:
-            async for chunk in self._decode(state, request, generator, prompt_tokens):
+            async for chunk in self._decode(prompt_ids, request):
                 yield chunk
             return
         activation = await self._on_model_thread(self._activate, key)
         try:
             yield GenerationChunk(text="", activation=activation)
-            async for chunk in self._decode(state, request, generator, prompt_tokens):
+            async for chunk in self._decode(prompt_ids, request):
                 yield chunk
         finally:
             self._executor.submit(self._release, key)  # not awaited: also runs when the client went away
 
-    async def _decode(
-        self, state: _DecodeState, request: GenerationRequest, generator: torch.Generator | None, prompt_tokens: int
-    ) -> AsyncIterator[GenerationChunk]:
+    async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Join the running batch and turn its tokens for this request into text chunks."""
         params = request.sampling
+        prompt_tokens = int(prompt_ids.shape[1])
+        row = Row(
+            prompt_ids=prompt_ids, adapter=request.adapter_key or BASE_ADAPTER, sampling=params,
+            generator=torch.Generator().manual_seed(params.seed) if params.seed is not None else None,
+            eos_ids=self._eos_ids, loop=asyncio.get_running_loop(), queue=asyncio.Queue(),
+        )
+        self._scheduler.submit(row)
         text = StreamedText(params.stop)
+        generated: list[int] = []
         decoded = ""
         finish: str = "length"
-        for _ in range(params.max_tokens):
-            token = await self._on_model_thread(self._decode_step, state, request, generator)
-            if token in self._eos_ids:
-                finish = "stop"
-                break
-            state.generated.append(token)
-            decoded = self._tokenizer.decode(state.generated, skip_special_tokens=True)
-            delta = text.update(decoded)
-            if delta:
-                yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(state.generated))
-            if text.stopped:
-                finish = "stop"
-                break
+        try:
+            while True:
+                item = await row.queue.get()
+                if item is FINISHED:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                if item in self._eos_ids:
+                    finish = "stop"
+                    break
+                generated.append(item)
+                decoded = self._tokenizer.decode(generated, skip_special_tokens=True)
+                delta = text.update(decoded)
+                if delta:
+                    yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(generated))
+                if text.stopped:
+                    finish = "stop"
+                    break
+        finally:
+            row.cancelled = True  # the model thread drops the row at its next step
         yield GenerationChunk(
             text=text.flush(decoded),
             finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=prompt_tokens,
-            completion_tokens=len(state.generated),
+            completion_tokens=len(generated),
         )
 
     def _render_prompt(self, messages: Any) -> torch.Tensor:
@@ -237,25 +246,6 @@ class TransformersBackend:
             list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         return encoded["input_ids"]
-
-    def _decode_step(
-        self, state: _DecodeState, request: GenerationRequest, generator: torch.Generator | None
-    ) -> int:
-        if state.past is None:
-            input_ids = state.prompt_ids
-        else:
-            input_ids = torch.tensor([[state.generated[-1]]], device=self._device)
-        kwargs: dict[str, Any] = {}
-        model: torch.nn.Module = self._base
-        if self._peft is not None:
-            model = self._peft
-            kwargs["adapter_names"] = [request.adapter_key or BASE_ADAPTER]
-        elif request.adapter_key is not None:
-            raise AdapterRejected(f"adapter {request.adapter_key!r} is not loaded")
-        with torch.inference_mode():
-            out = model(input_ids=input_ids, past_key_values=state.past, use_cache=True, **kwargs)
-        state.past = out.past_key_values
-        return sample_next_token(out.logits[0, -1], request.sampling, generator)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
