@@ -83,16 +83,15 @@ class BatchScheduler:
 
     def _forward(self, rows: list[Row], **kwargs: Any) -> Any:
         """One forward pass for `rows`. PEFT's per-sample adapter routing costs time in every LoRA layer,
-        so a batch whose rows all use one adapter (or none) runs through the plain single-adapter path."""
+        so a batch whose rows all use one adapter runs through the plain single-adapter path. (All-generalist
+        batches keep the per-sample path: `disable_adapter()` toggles every LoRA layer twice per step and
+        measured slower.)"""
         model = self._model()
         adapters = {r.adapter for r in rows}
         with torch.inference_mode():
             if not self._uses_peft():
                 return model(use_cache=True, **kwargs)
-            if adapters == {BASE_ADAPTER}:
-                with model.disable_adapter():
-                    return model(use_cache=True, **kwargs)
-            if len(adapters) == 1:
+            if len(adapters) == 1 and BASE_ADAPTER not in adapters:
                 (only,) = adapters
                 if model.active_adapter != only:
                     model.set_adapter(only)
