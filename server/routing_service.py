@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
 from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
-from routers.base import Decision, Router, ScoredExpert
+from routers.base import Decision, Router
 from routers.batching import MicroBatcher
 from routers.calibration import FallbackRule
 from routers.encoder import QueryEncoder
@@ -33,7 +34,6 @@ class Target:
 
     expert: Expert | None
     info: RoutingInfo
-    ranking: tuple[ScoredExpert, ...]
     lease: Lease | None
 
     def release(self) -> None:
@@ -92,14 +92,14 @@ class RoutingService:
                     continue  # removed between ranking and leasing: rank again on the new snapshot
             info = self.routing_info(decision, snapshot.version, routing_ms)
             self._metrics.routing_decisions.labels(info.expert, str(decision.fallback).lower()).inc()
-            return Target(expert=expert, info=info, ranking=decision.ranking, lease=lease)
+            return Target(expert=expert, info=info, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 
     def expert_names(self) -> list[str]:
         return list(self._registry.snapshot.experts)
 
     async def rank_without_fallback(self, queries: list[str]) -> list[Decision]:
-        """Top-2 decisions with no threshold applied, for calibration and evaluation."""
+        """Top-2 decisions with no threshold applied: what calibration fits its thresholds on."""
         vectors = await asyncio.to_thread(self._encoder.encode, queries)
         index = self._registry.snapshot.index
         return self._router.decide_batch(vectors, index, top_n=2, rule=FallbackRule(float("-inf")))
@@ -132,21 +132,23 @@ class RoutingService:
                 "model",
             )
         lease = self._registry.lease(expert)  # ExpertGone -> 404 through the error handlers
-        info = RoutingInfo(
-            expert=name, kind="adapter", score=None, runner_up=None, runner_up_score=None, fallback=False,
-            reason="the expert was pinned by name; routing skipped", router="pinned", threshold=None,
-            registry_version=snapshot.version, routing_ms=0.0,
-        )
-        return Target(expert=expert, info=info, ranking=(), lease=lease)
+        info = self._unrouted_info(name, "adapter", "the expert was pinned by name; routing skipped", False,
+                                   snapshot.version)
+        return Target(expert=expert, info=info, lease=lease)
 
     def _generalist(self, reason: str, fallback: bool) -> Target:
-        info = RoutingInfo(
-            expert=self.generalist_name, kind="generalist", score=None, runner_up=None, runner_up_score=None,
-            fallback=fallback, reason=reason, router="pinned", threshold=None,
-            registry_version=self._registry.snapshot.version, routing_ms=0.0,
-        )
-        return Target(expert=None, info=info, ranking=(), lease=None)
+        info = self._unrouted_info(self.generalist_name, "generalist", reason, fallback,
+                                   self._registry.snapshot.version)
+        return Target(expert=None, info=info, lease=None)
 
+    @staticmethod
+    def _unrouted_info(expert: str, kind: Literal["adapter", "generalist"], reason: str, fallback: bool,
+                       version: int) -> RoutingInfo:
+        """The decision record when no policy scored the query (pinned by name, or a forced fallback)."""
+        return RoutingInfo(
+            expert=expert, kind=kind, score=None, runner_up=None, runner_up_score=None, fallback=fallback,
+            reason=reason, router="pinned", threshold=None, registry_version=version, routing_ms=0.0,
+        )
 
 def _apply_generalist_feedback(decision: Decision, query: torch.Tensor, generalist: torch.Tensor | None) -> Decision:
     """Fall back when the query is at least as close to a query that feedback gave to the generalist as to
