@@ -31,7 +31,8 @@ class AdapterFiles:
     target_modules: tuple[str, ...]
 
 
-def resolve_within_roots(raw_path: str, allowed_roots: Sequence[Path]) -> Path:
+def resolve_within_roots(raw_path: str, allowed_roots: Sequence[Path], what: str = "adapter",
+                         error: type[Exception] = AdapterRejected) -> Path:
     """Resolve `raw_path` and insist it lies under one of `allowed_roots` (after resolving those too)."""
     path = Path(raw_path).expanduser().resolve()
     for root in allowed_roots:
@@ -39,7 +40,7 @@ def resolve_within_roots(raw_path: str, allowed_roots: Sequence[Path]) -> Path:
         if path == resolved_root or resolved_root in path.parents:
             return path
     roots = ", ".join(str(Path(r).expanduser().resolve()) for r in allowed_roots) or "(none configured)"
-    raise AdapterRejected(f"adapter path {raw_path!r} is outside the allowed adapter roots: {roots}")
+    raise error(f"{what} path {raw_path!r} is outside the allowed {what} roots: {roots}")
 
 
 def check_adapter_files(directory: Path, max_rank: int) -> AdapterFiles:

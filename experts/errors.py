@@ -27,3 +27,11 @@ class PromptTooLong(ExpertError):
 
 class ManifestError(ExpertError):
     """The persistent manifest could not be written; the registry change was rolled back."""
+
+
+class DocumentsRejected(ExpertError):
+    """Documents or an index that cannot be used: unparsable upload, unreadable directory, bad segment."""
+
+
+class EncoderRejected(ExpertError):
+    """A retriever's embedding model that may not or cannot be loaded; never silently replaced."""

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from experts.errors import ManifestError
 from experts.spec import ExpertSpec
@@ -23,7 +24,8 @@ CREATE TABLE IF NOT EXISTS experts (
     version INTEGER NOT NULL,
     adapter_version INTEGER NOT NULL,
     spec_json TEXT NOT NULL,
-    registered_at REAL NOT NULL
+    registered_at REAL NOT NULL,
+    index_json TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -50,6 +52,7 @@ class ManifestRecord:
     spec: ExpertSpec
     version: int
     adapter_version: int  # the registry version whose adapter copy this expert version uses
+    index_state: dict[str, Any] | None = None  # retrievers: the segments and deletions of their index
 
 
 class Manifest:
@@ -62,15 +65,19 @@ class Manifest:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(experts)")}
+        if "index_json" not in columns:  # manifests written before retriever experts existed
+            self._db.execute("ALTER TABLE experts ADD COLUMN index_json TEXT")
 
     def load(self) -> tuple[int, list[ManifestRecord]]:
         """Return the last registry version and every registered expert, oldest first."""
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='registry_version'").fetchone()
             rows = self._db.execute(
-                "SELECT spec_json, version, adapter_version FROM experts ORDER BY version").fetchall()
-        records = [ManifestRecord(ExpertSpec.model_validate_json(spec), version, adapter)
-                   for spec, version, adapter in rows]
+                "SELECT spec_json, version, adapter_version, index_json FROM experts ORDER BY version").fetchall()
+        records = [ManifestRecord(ExpertSpec.model_validate_json(spec), version, adapter,
+                                  json.loads(index) if index else None)
+                   for spec, version, adapter, index in rows]
         return (int(row[0]) if row else 0), records
 
     def get_setting(self, key: str) -> str | None:
@@ -132,12 +139,15 @@ class Manifest:
         with self._lock:
             self._db.execute("DELETE FROM feedback WHERE id=?", (feedback_id,))
 
-    def put(self, spec: ExpertSpec, version: int, adapter_version: int) -> None:
+    def put(self, spec: ExpertSpec, version: int, adapter_version: int,
+            index_state: dict[str, Any] | None = None) -> None:
         self._write(
-            "INSERT INTO experts(name, version, adapter_version, spec_json, registered_at) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO experts(name, version, adapter_version, spec_json, registered_at, index_json) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET version=excluded.version, adapter_version=excluded.adapter_version, "
-            "spec_json=excluded.spec_json, registered_at=excluded.registered_at",
-            (spec.name, version, adapter_version, spec.model_dump_json(), time.time()),
+            "spec_json=excluded.spec_json, registered_at=excluded.registered_at, index_json=excluded.index_json",
+            (spec.name, version, adapter_version, spec.model_dump_json(exclude_none=True), time.time(),
+             json.dumps(index_state) if index_state is not None else None),
             version,
         )
 

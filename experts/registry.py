@@ -27,8 +27,17 @@ import torch
 
 from experts.adapter_store import AdapterStore
 from experts.adapters import AdapterFiles, check_adapter_files, resolve_within_roots
-from experts.errors import AdapterRejected, ExpertExists, ExpertGone, ExpertNotFound
-from experts.manifest import Manifest
+from experts.errors import (
+    AdapterRejected,
+    DocumentsRejected,
+    EncoderRejected,
+    ExpertExists,
+    ExpertGone,
+    ExpertNotFound,
+)
+from experts.manifest import Manifest, ManifestRecord
+from experts.retrieval.index import DocumentIndex, TextEmbedder
+from experts.retrieval.store import SegmentStore
 from experts.spec import ExpertSpec
 
 log = logging.getLogger(__name__)
@@ -43,25 +52,30 @@ class AdapterHost(Protocol):
 
 
 @dataclass(eq=False)
-class AdapterHandle:
-    """One loaded adapter. Expert versions that differ only in their examples (feedback) share it, so
-    leases are counted here: the adapter is freed when it is retired and its last request is done."""
+class Resource:
+    """What an expert version serves with: a loaded adapter, or a retriever's document index and encoder.
+
+    Expert versions that differ only in their examples (feedback) share it, so leases are counted here:
+    it is freed when it is retired and its last request is done.
+    """
 
     key: str
     version: int
-    files: AdapterFiles
+    files: AdapterFiles | None = None
+    index: DocumentIndex | None = None
+    encoder: TextEmbedder | None = None
     leases: int = 0
     retired: bool = False
 
 
 @dataclass(eq=False)
 class Expert:
-    """One published version of an expert: its spec, example embeddings and adapter."""
+    """One published version of an expert: its spec, example embeddings and resource."""
 
     spec: ExpertSpec
     version: int
     example_embeddings: torch.Tensor
-    adapter: AdapterHandle
+    resource: Resource
     registered_at: float = field(default_factory=time.time)
 
     @property
@@ -69,12 +83,16 @@ class Expert:
         return self.spec.name
 
     @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
     def backend_key(self) -> str:
-        return self.adapter.key
+        return self.resource.key
 
     @property
     def leases(self) -> int:
-        return self.adapter.leases
+        return self.resource.leases
 
 
 def version_key(name: str, version: int) -> str:
@@ -123,6 +141,8 @@ class ExpertRegistry:
         max_adapter_rank: int,
         manifest: Manifest | None = None,
         store: AdapterStore | None = None,
+        segments: SegmentStore | None = None,
+        load_encoder: Callable[[str | None], TextEmbedder] | None = None,
     ) -> None:
         self._host = host
         self._build_index = index_builder
@@ -131,6 +151,8 @@ class ExpertRegistry:
         self._max_rank = max_adapter_rank
         self._manifest = manifest
         self._store = store
+        self._segments = segments
+        self._load_encoder = load_encoder
         self._write_lock = asyncio.Lock()
         self._lease_lock = threading.Lock()
         self._snapshot = Snapshot(version=0, experts=MappingProxyType({}), index=index_builder([]))
@@ -146,30 +168,47 @@ class ExpertRegistry:
     def lease(self, expert: Expert) -> Lease:
         """Pin `expert` for one request; `ExpertGone` if it was retired after the caller's snapshot."""
         with self._lease_lock:
-            if expert.adapter.retired:
+            if expert.resource.retired:
                 raise ExpertGone(f"expert {expert.name!r} version {expert.version} was removed")
-            expert.adapter.leases += 1
+            expert.resource.leases += 1
         return Lease(self, expert)
 
     def _release(self, expert: Expert) -> None:
         with self._lease_lock:
-            expert.adapter.leases -= 1
-            drained = expert.adapter.retired and expert.adapter.leases == 0
+            expert.resource.leases -= 1
+            drained = expert.resource.retired and expert.resource.leases == 0
         if drained:
-            self._free(expert.backend_key)
+            self._free(expert)
 
     def _retire(self, expert: Expert) -> None:
         with self._lease_lock:
-            expert.adapter.retired = True
-            drained = expert.adapter.leases == 0
+            expert.resource.retired = True
+            drained = expert.resource.leases == 0
         if drained:
-            self._free(expert.backend_key)
+            self._free(expert)
 
-    def _free(self, key: str) -> None:
-        """Unload an adapter version and delete the registry's copy of its files."""
+    def _free(self, expert: Expert) -> None:
+        """Unload an adapter version and delete the registry's copy of its files; for a retriever, delete
+        the index segments that the expert's current version (if any) no longer uses."""
+        resource = expert.resource
+        if resource.files is not None:
+            self._free_adapter(resource.key)
+        if resource.index is not None:
+            self._discard_segments(expert.name, resource.index)
+
+    def _free_adapter(self, key: str) -> None:
         self._host.unload_adapter(key)
         if self._store is not None:
             self._store.discard(key)
+
+    def _discard_segments(self, name: str, index: DocumentIndex) -> None:
+        """Delete the segments of `index` that the published version of `name` (if any) does not use."""
+        if self._segments is None:
+            return
+        current = self._snapshot.experts.get(name)
+        kept = current.resource.index if current is not None else None
+        in_use = {s.id for s in kept.segments} if kept is not None else set()
+        self._segments.discard(name, {s.id for s in index.segments} - in_use)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -185,12 +224,91 @@ class ExpertRegistry:
             experts = dict(self._snapshot.experts)
             for record in records:
                 try:
-                    experts[record.spec.name] = await self._load(
-                        record.spec, record.version, restoring=True, adapter_version=record.adapter_version)
-                except AdapterRejected as exc:
+                    if record.spec.kind == "retriever":
+                        experts[record.spec.name] = await self._restore_retriever(record)
+                    else:
+                        experts[record.spec.name] = await self._load(
+                            record.spec, record.version, restoring=True, adapter_version=record.adapter_version)
+                except (AdapterRejected, DocumentsRejected, EncoderRejected) as exc:
                     log.error("expert %r could not be restored: %s", record.spec.name, exc)
                     self.failed[record.spec.name] = str(exc)
             self._publish(experts, max(last_version, self._snapshot.version))
+
+    def published_segments(self) -> dict[str, set[int]]:
+        """Segments each published retriever uses; after restore, anything else on disk is an orphan."""
+        return {e.name: {s.id for s in e.resource.index.segments}
+                for e in self._snapshot.experts.values() if e.resource.index is not None}
+
+    async def _restore_retriever(self, record: ManifestRecord) -> Expert:
+        spec, state = record.spec, record.index_state or {}
+        if self._segments is None or self._load_encoder is None:
+            raise DocumentsRejected("this registry has no retriever support configured")
+        encoder = await asyncio.to_thread(self._load_encoder, spec.encoder)
+        segments = [await asyncio.to_thread(self._segments.read, spec.name, int(i), encoder.device)
+                    for i in state.get("segments", [])]
+        index = DocumentIndex(segments, state.get("deleted", {}), int(state.get("dim", encoder.dim)))
+        if index.dim != encoder.dim:
+            raise EncoderRejected(f"the index has {index.dim} dimensions but the encoder gives {encoder.dim}")
+        embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+        resource = Resource(key=version_key(spec.name, record.version), version=record.version, index=index,
+                            encoder=encoder)
+        return Expert(spec=spec, version=record.version, example_embeddings=embeddings, resource=resource)
+
+    async def publish_retriever(self, spec: ExpertSpec, index: DocumentIndex, encoder: TextEmbedder,
+                                replace: bool = False) -> Expert:
+        """Publish a retriever whose index an indexing job has built and written; on refusal the job's
+        segments are deleted, so nothing half-indexed remains."""
+        async with self._write_lock:
+            try:
+                previous = self._snapshot.experts.get(spec.name)
+                if replace and previous is None:
+                    raise ExpertNotFound(f"no expert named {spec.name!r}")
+                if not replace and previous is not None:
+                    raise ExpertExists(f"an expert named {spec.name!r} already exists; use PUT to replace it")
+                version = self._snapshot.version + 1
+                embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+                resource = Resource(key=version_key(spec.name, version), version=version, index=index,
+                                    encoder=encoder)
+                expert = Expert(spec=spec, version=version, example_embeddings=embeddings, resource=resource)
+                if self._manifest is not None:
+                    self._manifest.put(spec, version, version, index.state())
+            except BaseException:
+                self._discard_segments(spec.name, index)
+                raise
+            self._publish({**self._snapshot.experts, spec.name: expert}, version)
+            if previous is not None:
+                self._retire(previous)
+            self.failed.pop(spec.name, None)
+            return expert
+
+    async def update_index(self, name: str, change: Callable[[DocumentIndex], DocumentIndex],
+                           written: DocumentIndex | None = None) -> Expert:
+        """Publish a new version of retriever `name` whose index is `change(current index)`.
+
+        `written` holds segments an indexing job wrote for this change; they are deleted if it is refused.
+        """
+        async with self._write_lock:
+            try:
+                current = self._snapshot.experts.get(name)
+                if current is None:
+                    raise ExpertNotFound(f"no expert named {name!r}")
+                if current.resource.index is None or current.resource.encoder is None:
+                    raise DocumentsRejected(f"expert {name!r} is not a retriever; it has no documents")
+                index = change(current.resource.index)
+                version = self._snapshot.version + 1
+                resource = Resource(key=version_key(name, version), version=version, index=index,
+                                    encoder=current.resource.encoder)
+                expert = Expert(spec=current.spec, version=version, example_embeddings=current.example_embeddings,
+                                resource=resource)
+                if self._manifest is not None:
+                    self._manifest.put(current.spec, version, version, index.state())
+            except BaseException:
+                if written is not None:
+                    self._discard_segments(name, written)
+                raise
+            self._publish({**self._snapshot.experts, name: expert}, version)
+            self._retire(current)
+            return expert
 
     async def add(self, spec: ExpertSpec) -> Expert:
         async with self._write_lock:
@@ -223,9 +341,9 @@ class ExpertRegistry:
         expert = await self._load(spec, version)
         try:
             if self._manifest is not None:
-                self._manifest.put(spec, version, expert.adapter.version)
+                self._manifest.put(spec, version, expert.resource.version)
         except Exception:
-            self._free(expert.backend_key)
+            self._free_adapter(expert.backend_key)
             raise
         self._publish({**self._snapshot.experts, spec.name: expert}, version)
         if previous is not None:
@@ -236,11 +354,13 @@ class ExpertRegistry:
     async def _load(
         self, spec: ExpertSpec, version: int, restoring: bool = False, adapter_version: int | None = None
     ) -> Expert:
-        """Check, copy, embed and load one expert version; nothing is published here.
+        """Check, copy, embed and load one adapter expert version; nothing is published here.
 
         On restore the registry's own copy is loaded; otherwise the source (within the allowed roots) is
         checked and copied into the store first. Any failure removes what this call created.
         """
+        if spec.kind != "adapter" or spec.adapter_path is None:
+            raise DocumentsRejected("retriever experts are registered through an indexing job")
         adapter_version = adapter_version or version
         key = version_key(spec.name, adapter_version)
         if restoring and self._store is not None:
@@ -257,8 +377,8 @@ class ExpertRegistry:
             if self._store is not None and not restoring:
                 self._store.discard(key)
             raise
-        handle = AdapterHandle(key=key, version=adapter_version, files=files)
-        return Expert(spec=spec, version=version, example_embeddings=embeddings, adapter=handle)
+        handle = Resource(key=key, version=adapter_version, files=files)
+        return Expert(spec=spec, version=version, example_embeddings=embeddings, resource=handle)
 
     async def update_examples(self, name: str, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Expert:
         """Publish a new version of `name` with examples added or removed; the adapter is shared, not reloaded.
@@ -275,9 +395,11 @@ class ExpertRegistry:
             spec = ExpertSpec(**{**current.spec.model_dump(), "examples": examples})  # validates (>= 1 example)
             version = self._snapshot.version + 1
             embeddings = await asyncio.to_thread(self._embed_examples, examples)
-            expert = Expert(spec=spec, version=version, example_embeddings=embeddings, adapter=current.adapter)
+            expert = Expert(spec=spec, version=version, example_embeddings=embeddings, resource=current.resource)
             if self._manifest is not None:
-                self._manifest.put(spec, version, current.adapter.version)
+                index = current.resource.index
+                self._manifest.put(spec, version, current.resource.version,
+                                   index.state() if index is not None else None)
             self._publish({**self._snapshot.experts, name: expert}, version)
             return expert
 

@@ -7,23 +7,42 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Expert names appear in URLs, metric labels and PEFT module keys, so they are kept to a safe alphabet.
 EXPERT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_EXAMPLES = 2000
 MAX_EXAMPLE_CHARS = 2000
+ExpertKind = Literal["adapter", "retriever"]
+_RETRIEVER_FIELDS = ("encoder", "generator", "documents_path", "documents_include", "max_documents")
 
 
 class ExpertSpec(BaseModel):
-    """An adapter expert: LoRA weights on the shared base model, plus the example queries it should get."""
+    """An expert and the example queries it should get. Two kinds:
+
+    - `adapter`: LoRA weights on the shared base model (`adapter_path`).
+    - `retriever`: an embedding model with its own document index (RouterRetriever's domain expert).
+      Its documents are uploaded separately or read from `documents_path`; chat requests routed to it
+      are answered by `generator` (an adapter expert) or the generalist, grounded in its passages.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=EXPERT_NAME_PATTERN, description="Unique name; also the `model` to pin it.")
     description: str = Field(default="", max_length=2000)
-    kind: Literal["adapter"] = "adapter"
-    adapter_path: str = Field(min_length=1, max_length=4096, description="Directory with a PEFT LoRA adapter.")
+    kind: ExpertKind = "adapter"
+    adapter_path: str | None = Field(None, min_length=1, max_length=4096,
+                                     description="adapter: directory with a PEFT LoRA adapter")
+    encoder: str | None = Field(None, min_length=1, max_length=4096,
+                                description="retriever: embedding model (local dir or 'embedded:...'); "
+                                            "default: the shared query encoder")
+    generator: str | None = Field(None, pattern=EXPERT_NAME_PATTERN,
+                                  description="retriever: adapter expert that writes grounded answers; "
+                                              "default: the generalist")
+    documents_path: str | None = Field(None, min_length=1, max_length=4096,
+                                       description="retriever: directory (within document roots) to index")
+    documents_include: list[str] | None = Field(None, max_length=32, description="retriever: glob patterns")
+    max_documents: int | None = Field(None, ge=1, description="retriever: index at most this many files")
     examples: list[str] = Field(
         min_length=1,
         max_length=MAX_EXAMPLES,
@@ -39,3 +58,17 @@ class ExpertSpec(BaseModel):
             if len(example) > MAX_EXAMPLE_CHARS:
                 raise ValueError(f"an example is longer than {MAX_EXAMPLE_CHARS} characters")
         return examples
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> ExpertSpec:
+        if self.kind == "adapter":
+            if self.adapter_path is None:
+                raise ValueError("an adapter expert needs adapter_path")
+            given = [f for f in _RETRIEVER_FIELDS if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{given} apply to retriever experts only")
+        elif self.adapter_path is not None:
+            raise ValueError("a retriever expert has no adapter_path (pair it with one through generator)")
+        if self.generator is not None and self.generator == self.name:
+            raise ValueError("a retriever cannot be its own generator")
+        return self

@@ -32,12 +32,13 @@ def resolve_encoder(source: str) -> Path | str:
 class QueryEncoder:
     """Thread-safe batch encoder. Inputs longer than `max_tokens` are truncated, as in training."""
 
-    def __init__(self, source: Path | str, device: str = "cpu", max_tokens: int = 256, int8: bool = False) -> None:
+    def __init__(self, source: Path | str, device: str = "cpu", max_tokens: int = 256, int8: bool = False,
+                 use_safetensors: bool | None = None) -> None:
         self.source = str(source)
-        self._device = torch.device(device)
+        self.device = torch.device(device)
         self._tokenizer = AutoTokenizer.from_pretrained(source)
-        self._model = AutoModel.from_pretrained(source).to(self._device).eval()
-        if int8 and self._device.type == "cpu":
+        self._model = AutoModel.from_pretrained(source, use_safetensors=use_safetensors).to(self.device).eval()
+        if int8 and self.device.type == "cpu":
             self._model = _quantize_linear_int8(self._model)
         self._max_tokens = max_tokens
         self._lock = threading.Lock()  # HF fast tokenizers are not safe under concurrent batch calls
@@ -46,17 +47,23 @@ class QueryEncoder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Embed `texts` into a [len(texts), dim] float32 tensor of unit vectors."""
         if not texts:
-            return torch.zeros(0, self.dim, device=self._device)
+            return torch.zeros(0, self.dim, device=self.device)
         with self._lock:
             batch = self._tokenizer(
                 texts, padding=True, truncation=True, max_length=self._max_tokens, return_tensors="pt"
-            ).to(self._device)
+            ).to(self.device)
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             # Stays on the encoder's device: expert prototypes and the routing index live there too.
             return torch.nn.functional.normalize(pooled, dim=-1).float()
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the encoder reads for `texts` (after truncation), for usage accounting."""
+        with self._lock:
+            ids = self._tokenizer(texts, truncation=True, max_length=self._max_tokens)["input_ids"]
+        return sum(len(i) for i in ids)
 
     def encode_one(self, text: str) -> torch.Tensor:
         return self.encode([text])[0]

@@ -16,6 +16,7 @@ from experts.backends import create_backend
 from experts.manifest import Manifest
 from experts.models import resolve_base_model
 from experts.registry import Expert, ExpertRegistry
+from experts.retrieval.store import SegmentStore
 from routers.base import ExpertVectors, Router
 from routers.batching import MicroBatcher
 from routers.encoder import QueryEncoder, resolve_encoder
@@ -24,10 +25,15 @@ from server.admission import Admission
 from server.api import admin, openai, ops
 from server.calibration_service import restore_rule
 from server.chat_service import ChatService
+from server.embedding_service import EmbeddingService
+from server.encoder_pool import EncoderPool
 from server.errors import install_error_handlers
 from server.feedback_service import FeedbackService
+from server.grounding import GroundingService
+from server.indexing_service import IndexingService
 from server.limits import BodySizeLimit
 from server.metrics import Metrics
+from server.retrieval_service import RetrievalService
 from server.routing_service import RoutingService
 from server.seeding import seed_registry
 from server.settings import Settings
@@ -57,6 +63,8 @@ async def build_state(settings: Settings) -> AppState:
     )
     metrics = Metrics()
     manifest = Manifest(settings.data_dir / "manifest.sqlite3")
+    encoders = EncoderPool(encoder, settings.encoder_roots, device)
+    segments = SegmentStore(settings.data_dir / "retrievers")
     registry = ExpertRegistry(
         host=backend,
         index_builder=_index_builder(router),
@@ -65,21 +73,28 @@ async def build_state(settings: Settings) -> AppState:
         max_adapter_rank=settings.max_adapter_rank,
         manifest=manifest,
         store=AdapterStore(settings.data_dir / "experts"),
+        segments=segments,
+        load_encoder=encoders.load,
     )
     await registry.restore()
-    await seed_registry(registry, settings.seed_experts)
+    segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
+    indexing = IndexingService(registry, encoders, segments, settings, metrics)
+    await seed_registry(registry, indexing, settings.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
     batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms)
     routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name)
     restore_rule(manifest, routing)
     admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
-    chat = ChatService(routing, backend, settings, metrics, admission)
+    retrieval = RetrievalService(routing, registry, settings, metrics)
+    grounding = GroundingService(retrieval, registry, settings.generalist_name)
+    chat = ChatService(routing, backend, settings, metrics, admission, grounding)
+    embeddings = EmbeddingService(retrieval, routing, encoder)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, settings.generalist_name)
     return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat, feedback,
-                    admission, time.time())
+                    admission, indexing, retrieval, embeddings, time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -91,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await state.indexing.close()
             await state.batcher.close()
             await state.backend.close()
             state.manifest.close()
@@ -99,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.draining = False  # set by the server on SIGTERM: /ready turns 503 while streams finish
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes,
-                       overrides={admin.UPLOAD_PREFIX: settings.max_upload_bytes})
+                       overrides=dict.fromkeys(admin.UPLOAD_PREFIXES, settings.max_upload_bytes))
     app.include_router(openai.api)
     app.include_router(admin.api)
     app.include_router(ops.api)

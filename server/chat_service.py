@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
 from server.admission import Admission, Slot
 from server.errors import APIError
+from server.grounding import Grounding, GroundingService
 from server.metrics import Metrics
 from server.protocol import (
     MAX_STOP_SEQUENCES,
@@ -62,6 +63,7 @@ class ChatRun:
     slot: Slot
     deadline: float
     counts: tuple[int, int] = (0, 0)  # (prompt, completion) tokens as of the latest chunk
+    grounding: Grounding | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -71,6 +73,8 @@ class ChatRun:
         """Release the lease and the admission slot and stop generation; idempotent, so every exit path
         may call it."""
         self.target.release()
+        if self.grounding is not None:
+            self.grounding.release()
         self.slot.release()
         await self.chunks.aclose()
 
@@ -92,8 +96,10 @@ class ChatRun:
 
 class ChatService:
     def __init__(
-        self, routing: RoutingService, backend: Backend, settings: Settings, metrics: Metrics, admission: Admission
+        self, routing: RoutingService, backend: Backend, settings: Settings, metrics: Metrics, admission: Admission,
+        grounding: GroundingService,
     ) -> None:
+        self._grounding = grounding
         self._admission = admission
         self._routing = routing
         self._backend = backend
@@ -112,12 +118,19 @@ class ChatService:
             slot.release()
             raise
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        chunks = self._backend.generate(
-            GenerationRequest(messages, target.adapter_key, sampling, self._settings.max_prompt_tokens))
+        grounding = None
+        adapter_key = target.expert.backend_key if target.expert is not None else None
         try:
+            if target.is_retriever and target.expert is not None:
+                grounding, target.info = await self._grounding.prepare(target.expert, target.info, query)
+                messages, adapter_key = grounding.prompt(messages), grounding.adapter_key
+            chunks = self._backend.generate(
+                GenerationRequest(messages, adapter_key, sampling, self._settings.max_prompt_tokens))
             first = await anext(chunks)
         except BaseException:
             target.release()
+            if grounding is not None:
+                grounding.release()
             slot.release()
             self._count(target, "error")
             raise
@@ -127,7 +140,7 @@ class ChatService:
                 "adapter_load_ms": round(first.activation.load_ms, 3),
             })
         return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()), slot, deadline,
-                       (first.prompt_tokens, first.completion_tokens))
+                       (first.prompt_tokens, first.completion_tokens), grounding)
 
     async def complete(self, run: ChatRun) -> ChatCompletion:
         """Collect the whole answer (non-streaming)."""
@@ -139,13 +152,19 @@ class ChatService:
         finally:
             await run.close()
         self._finish(run, last)
+        answer = "".join(parts)
+        citations = None
+        if run.grounding is not None:
+            answer += run.grounding.sources_suffix(answer)
+            citations = run.grounding.citations(answer)
         return ChatCompletion(
             id=run.completion_id,
             created=run.created,
             model=run.target.info.expert,
-            choices=[Choice(message=AssistantMessage(content="".join(parts)), finish_reason=last.finish_reason)],
+            choices=[Choice(message=AssistantMessage(content=answer), finish_reason=last.finish_reason)],
             usage=_usage(run, last),
             switchyard=run.target.info,
+            citations=citations,
         )
 
     async def stream(self, run: ChatRun) -> AsyncIterator[str]:
@@ -153,11 +172,18 @@ class ChatService:
         include_usage = bool(run.request.stream_options and run.request.stream_options.include_usage)
         try:
             yield self._sse(run, Delta(role="assistant", content=""), None)
-            chunk = run.first
+            chunk, answer = run.first, []
             while True:
+                answer.append(chunk.text)
                 if chunk.finish_reason is not None:
                     self._finish(run, chunk)
-                    yield self._sse(run, Delta(content=chunk.text or None), chunk.finish_reason, run.target.info)
+                    text, citations = chunk.text, None
+                    if run.grounding is not None:
+                        suffix = run.grounding.sources_suffix("".join(answer))
+                        text, citations = text + suffix, run.grounding.citations("".join(answer) + suffix)
+                    final = self._chunk(run, [ChunkChoice(delta=Delta(content=text or None),
+                                                          finish_reason=chunk.finish_reason)], info=run.target.info)
+                    yield _event(final.model_copy(update={"citations": citations}))
                     if include_usage:
                         yield _event(self._chunk(run, [], usage=_usage(run, chunk), info=run.target.info))
                     break

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from experts.errors import (
     AdapterRejected,
+    DocumentsRejected,
+    EncoderRejected,
     ExpertError,
     ExpertExists,
     ExpertGone,
@@ -53,6 +55,8 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     ExpertGone: (404, "not_found_error", "expert_not_found"),
     ExpertExists: (409, "conflict_error", "expert_exists"),
     AdapterRejected: (400, "invalid_request_error", "adapter_rejected"),
+    DocumentsRejected: (400, "invalid_request_error", "invalid_documents"),
+    EncoderRejected: (400, "invalid_request_error", "encoder_rejected"),
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     ManifestError: (503, "server_error", "storage_unavailable"),
 }

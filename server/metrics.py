@@ -53,5 +53,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.indexed_chunks = Counter(
+            "switchyard_indexed_chunks_total", "Document chunks embedded by indexing jobs.", registry=self.registry
+        )
+        self.retrieval_latency = Histogram(
+            "switchyard_retrieval_latency_seconds",
+            "Time to route (if auto), embed the query and search the chosen retrievers.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

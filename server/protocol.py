@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from experts.spec import EXPERT_NAME_PATTERN, MAX_EXAMPLES
+from experts.spec import ExpertSpec
 
 MAX_MESSAGES = 256
 MAX_STOP_SEQUENCES = 4
@@ -77,7 +77,7 @@ class RoutingInfo(BaseModel):
     """The decision record: which expert served the request, with what score and why."""
 
     expert: str = Field(description="the expert that answered, or the generalist's name")
-    kind: Literal["adapter", "generalist"]
+    kind: Literal["adapter", "retriever", "generalist"]
     score: float | None
     runner_up: str | None
     runner_up_score: float | None
@@ -91,6 +91,9 @@ class RoutingInfo(BaseModel):
         None, description="where the expert's adapter was when this request needed it"
     )
     adapter_load_ms: float | None = Field(None, description="time to bring the adapter onto the device")
+    retrievers: list[str] | None = Field(None, description="retrievers searched (two when fused)")
+    fused: bool | None = Field(None, description="rankings merged by reciprocal-rank fusion")
+    generator: str | None = Field(None, description="grounded chat: the model that wrote the answer")
 
 
 class Usage(BaseModel):
@@ -111,6 +114,28 @@ class Choice(BaseModel):
     logprobs: None = None
 
 
+class Passage(BaseModel):
+    """One retrieved chunk. `score` is the cosine similarity in its retriever; `fused_score` the RRF score."""
+
+    id: str = Field(description="chunk id: <document id>#<n>")
+    document_id: str
+    expert: str
+    title: str
+    text: str
+    score: float
+    fused_score: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Citation(BaseModel):
+    id: str
+    document_id: str
+    expert: str
+    title: str
+    score: float
+    cited: bool = Field(description="the answer mentions this passage's id")
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -119,6 +144,7 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     switchyard: RoutingInfo
+    citations: list[Citation] | None = None
 
 
 class Delta(BaseModel):
@@ -141,6 +167,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     switchyard: RoutingInfo | None = None
+    citations: list[Citation] | None = None
 
 
 # -- models and routing ------------------------------------------------------------------------------
@@ -151,7 +178,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "switchyard"
-    kind: Literal["router", "generalist", "adapter"]
+    kind: Literal["router", "generalist", "adapter", "retriever"]
     description: str = ""
 
 
@@ -173,33 +200,139 @@ class RouteResponse(BaseModel):
     ranking: list[ScoredExpertOut]
 
 
+class RetrieveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=4000)
+    model: str = Field("auto", min_length=1, max_length=128, description="'auto' or a retriever's name")
+    top_k: int | None = Field(None, description="passages to return (default and maximum are settings)")
+
+
+class RetrieveResponse(BaseModel):
+    object: Literal["retrieval"] = "retrieval"
+    query: str
+    model: str = Field(description="the retriever that answered (the best one when fused)")
+    data: list[Passage]
+    switchyard: RoutingInfo
+
+
+MAX_EMBEDDING_INPUTS = 256
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request. Token-id inputs are not supported (these encoders take text)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=128)
+    input: str | list[str] = Field(description="text, or a list of texts")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    switchyard: RoutingInfo
+
+
 # -- admin -------------------------------------------------------------------------------------------
 
 
-class ExpertCreate(BaseModel):
-    """Body of POST /admin/experts and PUT /admin/experts/{name}."""
-
+class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=EXPERT_NAME_PATTERN)
-    description: str = Field("", max_length=2000)
-    kind: Literal["adapter"] = "adapter"
-    adapter_path: str = Field(min_length=1, max_length=4096)
-    examples: list[str] = Field(min_length=1, max_length=MAX_EXAMPLES)
+    id: str = Field(min_length=1, max_length=512)
+    text: str = Field(min_length=1)
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExpertCreate(ExpertSpec):
+    """Body of POST /admin/experts and PUT /admin/experts/{name}: an expert spec; a retriever may carry
+    its documents inline (or name `documents_path`)."""
+
+    documents: list[DocumentIn] | None = Field(None, description="retriever: documents to index")
+
+    def spec(self) -> ExpertSpec:
+        return ExpertSpec(**self.model_dump(exclude={"documents"}))
+
+
+class DocumentsAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
+class IndexInfo(BaseModel):
+    documents: int
+    chunks: int
+    dim: int
+    encoder: str
+    segments: int
+
+
+class IndexingJobOut(BaseModel):
+    id: int
+    expert: str
+    operation: str
+    state: str
+    documents: int
+    chunks_total: int
+    chunks_done: int
+    progress: float
+    error: str | None
+    registry_version: int | None
+    created_at: float
+    finished_at: float | None
 
 
 class ExpertOut(BaseModel):
     name: str
     description: str
     kind: str
-    adapter_path: str
+    adapter_path: str | None = None
     examples: list[str]
     version: int
-    state: Literal["ready", "failed"]
+    state: Literal["ready", "indexing", "failed"]
     active_requests: int
     tier: Literal["device", "host", "disk"] | None = None
     registered_at: float | None
     error: str | None = None
+    generator: str | None = None
+    index: IndexInfo | None = None
+    job: IndexingJobOut | None = None
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"] = "list"
+    expert: str
+    data: list[dict[str, Any]]
+    total: int
+
+
+class DocumentsUploaded(BaseModel):
+    name: str
+    documents_path: str = Field(description="use as `documents_path` when registering the retriever")
+    documents: int
+    bytes: int
 
 
 class LabelledQuery(BaseModel):

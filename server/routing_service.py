@@ -41,8 +41,8 @@ class Target:
             self.lease.release()
 
     @property
-    def adapter_key(self) -> str | None:
-        return self.expert.backend_key if self.expert is not None else None
+    def is_retriever(self) -> bool:
+        return self.expert is not None and self.expert.resource.index is not None
 
 
 class RoutingService:
@@ -95,6 +95,10 @@ class RoutingService:
             return Target(expert=expert, info=info, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 
+    @property
+    def registry_version(self) -> int:
+        return self._registry.snapshot.version
+
     def expert_names(self) -> list[str]:
         return list(self._registry.snapshot.experts)
 
@@ -105,9 +109,10 @@ class RoutingService:
         return self._router.decide_batch(vectors, index, top_n=2, rule=FallbackRule(float("-inf")))
 
     def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
+        expert = self._registry.snapshot.experts.get(decision.expert) if decision.expert else None
         return RoutingInfo(
             expert=decision.expert or self.generalist_name,
-            kind="adapter" if decision.expert else "generalist",
+            kind=expert.spec.kind if expert is not None else ("adapter" if decision.expert else "generalist"),
             score=decision.score,
             runner_up=decision.runner_up,
             runner_up_score=decision.runner_up_score,
@@ -132,18 +137,18 @@ class RoutingService:
                 "model",
             )
         lease = self._registry.lease(expert)  # ExpertGone -> 404 through the error handlers
-        info = self._unrouted_info(name, "adapter", "the expert was pinned by name; routing skipped", False,
-                                   snapshot.version)
+        info = self.unrouted_info(name, expert.spec.kind, "the expert was pinned by name; routing skipped", False,
+                                  snapshot.version)
         return Target(expert=expert, info=info, lease=lease)
 
     def _generalist(self, reason: str, fallback: bool) -> Target:
-        info = self._unrouted_info(self.generalist_name, "generalist", reason, fallback,
-                                   self._registry.snapshot.version)
+        info = self.unrouted_info(self.generalist_name, "generalist", reason, fallback,
+                                  self._registry.snapshot.version)
         return Target(expert=None, info=info, lease=None)
 
     @staticmethod
-    def _unrouted_info(expert: str, kind: Literal["adapter", "generalist"], reason: str, fallback: bool,
-                       version: int) -> RoutingInfo:
+    def unrouted_info(expert: str, kind: Literal["adapter", "retriever", "generalist"], reason: str, fallback: bool,
+                      version: int) -> RoutingInfo:
         """The decision record when no policy scored the query (pinned by name, or a forced fallback)."""
         return RoutingInfo(
             expert=expert, kind=kind, score=None, runner_up=None, runner_up_score=None, fallback=fallback,

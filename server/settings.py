@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from experts.models import EMBEDDED_BASE
@@ -50,7 +50,20 @@ class Settings(BaseSettings):
     # Experts
     adapter_roots: list[Path] = Field(default_factory=list, description="directories adapters may load from")
     max_adapter_rank: int = 64
-    seed_experts: Path | None = Field(None, description="YAML of experts registered on first start")
+    seed_experts: list[Path] = Field(default_factory=list,
+                                     description="YAML files of experts registered on first start (one or a list)")
+
+    # Retrievers: where documents and retriever encoders may be read from, chunking, search and fusion
+    document_roots: list[Path] = Field(default_factory=list, description="directories retrievers may index")
+    encoder_roots: list[Path] = Field(default_factory=list, description="directories retriever encoders may load from")
+    chunk_words: int = Field(150, ge=16, le=1024, description="words per chunk (see experts/retrieval/chunking.py)")
+    chunk_overlap: int = Field(30, ge=0, description="words shared by consecutive chunks of a document")
+    indexing_batch_size: int = Field(32, ge=1)
+    default_top_k: int = Field(5, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    chat_passages: int = Field(4, ge=1, le=16, description="passages put in a grounded chat's prompt")
+    fusion_margin: float = Field(0.05, ge=0.0, description="fuse the two best retrievers below this score margin")
+    rrf_k: int = Field(60, ge=1, description="reciprocal-rank fusion constant")
 
     encoder_int8: bool = Field(False, description="dynamic int8 quantisation of the query encoder (CPU)")
 
@@ -68,7 +81,7 @@ class Settings(BaseSettings):
 
     # Limits
     max_request_bytes: int = 1_000_000
-    max_upload_bytes: int = Field(64_000_000, description="adapter archive uploads (POST /admin/adapters/...)")
+    max_upload_bytes: int = Field(64_000_000, description="adapter archives and document uploads (admin)")
     max_tokens_limit: int = 1024
     default_max_tokens: int = 256
     default_temperature: float = 0.7
@@ -102,6 +115,13 @@ class Settings(BaseSettings):
         env_values = cls().model_dump(exclude_unset=True)
         return cls(**{**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}})
 
+    @field_validator("seed_experts", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str | Path) else value
+
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device
@@ -110,7 +130,7 @@ class Settings(BaseSettings):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_PATH_KEYS = ("data_dir", "model_cache_dir", "seed_experts")
+_PATH_KEYS = ("data_dir", "model_cache_dir")
 
 
 def _resolve_relative_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -119,6 +139,9 @@ def _resolve_relative_paths(values: dict[str, Any], base: Path) -> dict[str, Any
     for key in _PATH_KEYS:
         if isinstance(out.get(key), str):
             out[key] = str((base / out[key]).resolve())
-    if isinstance(out.get("adapter_roots"), list):
-        out["adapter_roots"] = [str((base / p).resolve()) for p in out["adapter_roots"]]
+    if isinstance(out.get("seed_experts"), str):
+        out["seed_experts"] = [out["seed_experts"]]
+    for key in ("adapter_roots", "document_roots", "encoder_roots", "seed_experts"):
+        if isinstance(out.get(key), list):
+            out[key] = [str((base / p).resolve()) for p in out[key]]
     return out

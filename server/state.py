@@ -11,8 +11,11 @@ from routers.batching import MicroBatcher
 from routers.encoder import QueryEncoder
 from server.admission import Admission
 from server.chat_service import ChatService
+from server.embedding_service import EmbeddingService
 from server.feedback_service import FeedbackService
+from server.indexing_service import IndexingService
 from server.metrics import Metrics
+from server.retrieval_service import RetrievalService
 from server.routing_service import RoutingService
 from server.settings import Settings
 
@@ -30,4 +33,7 @@ class AppState:
     chat: ChatService
     feedback: FeedbackService
     admission: Admission
+    indexing: IndexingService
+    retrieval: RetrievalService
+    embeddings: EmbeddingService
     started_at: float

@@ -7,39 +7,71 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from experts.adapter_store import unpack_adapter_archive
 from experts.errors import ExpertNotFound
 from experts.registry import Expert
+from experts.retrieval.documents import Document, parse_jsonl
 from experts.spec import EXPERT_NAME_PATTERN, ExpertSpec
 from server import calibration_service
 from server.api.deps import AdminAccess, State
 from server.errors import APIError
+from server.indexing_service import IndexingJob
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
     CalibrationRequest,
+    DocumentIn,
+    DocumentList,
+    DocumentsAdd,
+    DocumentsUploaded,
     ExpertCreate,
     ExpertList,
     ExpertOut,
     FeedbackList,
     FeedbackOut,
+    IndexInfo,
+    IndexingJobOut,
 )
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
-UPLOAD_PREFIX = "/admin/adapters/"
+UPLOAD_PREFIXES = ("/admin/adapters/", "/admin/documents/", "/admin/retrievers/")
+
+
+def _job_out(job: IndexingJob) -> IndexingJobOut:
+    progress = job.chunks_done / job.chunks_total if job.chunks_total else 1.0
+    return IndexingJobOut(id=job.id, expert=job.expert, operation=job.operation, state=job.state,
+                          documents=job.documents, chunks_total=job.chunks_total, chunks_done=job.chunks_done,
+                          progress=round(progress, 4), error=job.error, registry_version=job.registry_version,
+                          created_at=job.created_at, finished_at=job.finished_at)
 
 
 def _out(expert: Expert, state: AppState) -> ExpertOut:
-    spec = expert.spec
+    spec, resource = expert.spec, expert.resource
+    index = None
+    if resource.index is not None and resource.encoder is not None:
+        index = IndexInfo(documents=len(resource.index.document_chunks), chunks=resource.index.size,
+                          dim=resource.index.dim, encoder=spec.encoder or "shared query encoder",
+                          segments=len(resource.index.segments))
+    job = state.indexing.pending(spec.name)
     return ExpertOut(
         name=spec.name, description=spec.description, kind=spec.kind, adapter_path=spec.adapter_path,
         examples=list(spec.examples), version=expert.version, state="ready",
-        active_requests=expert.leases, tier=state.backend.residency(expert.backend_key),
-        registered_at=expert.registered_at,
+        active_requests=expert.leases,
+        tier=state.backend.residency(expert.backend_key) if resource.files is not None else None,
+        registered_at=expert.registered_at, generator=spec.generator, index=index,
+        job=_job_out(job) if job is not None else None,
     )
+
+
+def _pending_out(spec: ExpertSpec, job: IndexingJob) -> ExpertOut:
+    """A retriever whose first index is still being built: listed, not routable."""
+    return ExpertOut(name=spec.name, description=spec.description, kind=spec.kind, examples=list(spec.examples),
+                     version=0, state="indexing", active_requests=0, registered_at=None, generator=spec.generator,
+                     job=_job_out(job))
 
 
 @api.get("/experts")
@@ -47,7 +79,12 @@ async def list_experts(state: State) -> ExpertList:
     snapshot = state.registry.snapshot
     data = [_out(e, state) for e in sorted(snapshot.experts.values(), key=lambda e: e.name)]
     data += [
-        ExpertOut(name=name, description="", kind="adapter", adapter_path="", examples=[], version=0,
+        ExpertOut(name=job.expert, description="", kind="retriever", examples=[], version=0, state="indexing",
+                  active_requests=0, registered_at=None, job=_job_out(job))
+        for job in state.indexing.jobs() if job.active and job.expert not in snapshot.experts
+    ]
+    data += [
+        ExpertOut(name=name, description="", kind="unknown", examples=[], version=0,
                   state="failed", active_requests=0, registered_at=None, error=error)
         for name, error in sorted(state.registry.failed.items())
     ]
@@ -62,18 +99,103 @@ async def get_expert(name: str, state: State) -> ExpertOut:
     return _out(expert, state)
 
 
-@api.post("/experts", status_code=201)
-async def add_expert(body: ExpertCreate, state: State) -> ExpertOut:
+@api.post("/experts", status_code=201, response_model=None)
+async def add_expert(body: ExpertCreate, state: State) -> ExpertOut | JSONResponse:
+    """Register an expert. An adapter is live when this returns (201); a retriever is indexed in the
+    background (202, with the job) and becomes routable when its index is complete."""
+    spec = body.spec()
     with admin_operation(state, "add"):
-        return _out(await state.registry.add(ExpertSpec(**body.model_dump())), state)
+        if spec.kind == "retriever":
+            return _accepted(spec, await state.indexing.create(spec, _documents(body.documents), replace=False))
+        _no_documents(body)
+        return _out(await state.registry.add(spec), state)
 
 
-@api.put("/experts/{name}")
-async def replace_expert(name: str, body: ExpertCreate, state: State) -> ExpertOut:
+@api.put("/experts/{name}", response_model=None)
+async def replace_expert(name: str, body: ExpertCreate, state: State) -> ExpertOut | JSONResponse:
     if body.name != name:
         raise APIError(400, "the body's name must match the URL", "invalid_request_error", "name_mismatch", "name")
+    spec = body.spec()
     with admin_operation(state, "replace"):
-        return _out(await state.registry.replace(ExpertSpec(**body.model_dump())), state)
+        if spec.kind == "retriever":
+            return _accepted(spec, await state.indexing.create(spec, _documents(body.documents), replace=True))
+        _no_documents(body)
+        return _out(await state.registry.replace(spec), state)
+
+
+def _documents(documents: list[DocumentIn] | None) -> list[Document] | None:
+    if documents is None:
+        return None
+    return [Document(id=d.id, text=d.text, title=d.title, metadata=d.metadata) for d in documents]
+
+
+def _no_documents(body: ExpertCreate) -> None:
+    if body.documents is not None:
+        raise APIError(400, "documents apply to retriever experts only", "invalid_request_error",
+                       "invalid_request", "documents")
+
+
+def _accepted(spec: ExpertSpec, job: IndexingJob) -> JSONResponse:
+    return JSONResponse(_pending_out(spec, job).model_dump(), status_code=202,
+                        headers={"Location": f"/admin/jobs/{job.id}"})
+
+
+@api.get("/jobs")
+async def list_jobs(state: State) -> list[IndexingJobOut]:
+    return [_job_out(job) for job in state.indexing.jobs()]
+
+
+@api.get("/jobs/{job_id}")
+async def get_job(job_id: int, state: State) -> IndexingJobOut:
+    return _job_out(state.indexing.job(job_id))
+
+
+@api.post("/retrievers/{name}/documents", status_code=202)
+async def add_documents(name: str, request: Request, state: State) -> IndexingJobOut:
+    """Add documents to a live retriever: JSON `{"documents": [...]}` or JSONL (one document per line)."""
+    data = await request.body()
+    if request.headers.get("content-type", "").startswith("application/json"):
+        documents = _documents(DocumentsAdd.model_validate_json(data).documents) or []
+    else:
+        documents = await asyncio.to_thread(parse_jsonl, data)
+    with admin_operation(state, "add_documents"):
+        return _job_out(await state.indexing.add_documents(name, documents))
+
+
+@api.get("/retrievers/{name}/documents")
+async def list_documents(name: str, state: State, offset: int = Query(0, ge=0),
+                         limit: int = Query(100, ge=1, le=1000)) -> DocumentList:
+    expert = state.registry.snapshot.experts.get(name)
+    if expert is None or expert.resource.index is None:
+        raise ExpertNotFound(f"no retriever named {name!r}")
+    chunks = expert.resource.index.document_chunks
+    ids = sorted(chunks)[offset:offset + limit]
+    return DocumentList(expert=name, data=[{"id": i, "chunks": chunks[i]} for i in ids], total=len(chunks))
+
+
+@api.delete("/retrievers/{name}/documents/{doc_id:path}")
+async def delete_document(name: str, doc_id: str, state: State) -> ExpertOut:
+    """Delete one document from a live retriever; the new expert version serves without it at once."""
+    with admin_operation(state, "delete_documents"):
+        return _out(await state.indexing.delete_documents(name, [doc_id]), state)
+
+
+@api.post("/documents/{name}", status_code=201)
+async def upload_documents(
+    request: Request, state: State, name: str = Path(pattern=EXPERT_NAME_PATTERN)
+) -> DocumentsUploaded:
+    """Upload a JSONL file of documents (raw body), checked whole; register a retriever with the returned
+    `documents_path`."""
+    data = await request.body()
+    documents = await asyncio.to_thread(parse_jsonl, data)
+    target = state.settings.data_dir / "documents" / f"{name}.jsonl"
+    with admin_operation(state, "upload"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_suffix(".partial")
+        await asyncio.to_thread(staging.write_bytes, data)
+        staging.replace(target)
+    return DocumentsUploaded(name=name, documents_path=str(target.resolve()), documents=len(documents),
+                             bytes=len(data))
 
 
 @api.delete("/experts/{name}", status_code=204)

@@ -1,4 +1,5 @@
-"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/models`) and `/v1/route`."""
+"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/models`, `/v1/embeddings`), and Switchyard's
+own `/v1/route` and `/v1/retrieve`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from server.api.deps import AdminAccess, State
 from server.chat_service import routing_headers
 from server.protocol import (
     ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
     FeedbackOut,
     FeedbackRequest,
     ModelCard,
     ModelList,
+    RetrieveRequest,
+    RetrieveResponse,
     RouteRequest,
     RouteResponse,
     ScoredExpertOut,
@@ -44,7 +49,7 @@ async def list_models(state: State) -> ModelList:
                   description=f"the base model alone ({state.backend.model_id})"),
     ]
     for expert in sorted(state.registry.snapshot.experts.values(), key=lambda e: e.name):
-        cards.append(ModelCard(id=expert.name, created=int(expert.registered_at), kind="adapter",
+        cards.append(ModelCard(id=expert.name, created=int(expert.registered_at), kind=expert.spec.kind,
                                description=expert.spec.description))
     return ModelList(data=cards)
 
@@ -56,6 +61,26 @@ async def route(body: RouteRequest, state: State) -> JSONResponse:
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
     response = RouteResponse(query=body.query, decision=info, ranking=ranking)
     return JSONResponse(response.model_dump(), headers=routing_headers(info))
+
+
+@api.post("/retrieve")
+async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
+    """Routed (`model="auto"`) or pinned retrieval: passages with ids, scores and metadata, and the decision."""
+    retrieval = await state.retrieval.retrieve(body.model, body.query, body.top_k)
+    try:
+        response = RetrieveResponse(query=body.query, model=retrieval.info.expert, data=retrieval.passages,
+                                    switchyard=retrieval.info)
+    finally:
+        retrieval.release()
+    state.metrics.requests.labels("retrieve", retrieval.info.expert, "ok").inc()
+    return JSONResponse(response.model_dump(), headers=routing_headers(retrieval.info))
+
+
+@api.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, state: State) -> EmbeddingResponse:
+    response = await state.embeddings.embed(body)
+    state.metrics.requests.labels("embeddings", response.model, "ok").inc()
+    return response
 
 
 @api.post("/feedback", status_code=201, dependencies=[AdminAccess])

@@ -1,0 +1,1 @@
+"""Retriever experts: documents, chunking, the exact vector index and its persistent segments."""

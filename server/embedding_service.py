@@ -1,0 +1,80 @@
+"""`/v1/embeddings`: vectors from a retriever's encoder, pinned by name or chosen by routing (`auto`).
+
+With `auto` the first input routes (all inputs of one request share one encoder, so their vectors are
+comparable); the generalist's name gives the server's shared query encoder. The response's `model` and
+`switchyard` record say which encoder produced the vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import torch
+
+from experts.retrieval.index import TextEmbedder
+from server.errors import APIError
+from server.protocol import MAX_EMBEDDING_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from server.retrieval_service import RetrievalService
+from server.routing_service import AUTO_MODEL, RoutingService
+
+MAX_INPUT_CHARS = 8000
+
+
+class EmbeddingService:
+    def __init__(self, retrieval: RetrievalService, routing: RoutingService, shared: TextEmbedder) -> None:
+        self._retrieval = retrieval
+        self._routing = routing
+        self._shared = shared
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        texts = self._check(request)
+        version = self._routing.registry_version
+        if request.model == self._routing.generalist_name:
+            name, encoder = request.model, self._shared
+            info = self._routing.unrouted_info(name, "generalist", "the shared query encoder was requested by name",
+                                               False, version)
+        elif request.model == AUTO_MODEL:
+            ranking, info, snapshot = await self._retrieval.route(texts[0])
+            expert = snapshot.experts[ranking[0].name]
+            name, encoder = expert.name, expert.resource.encoder
+            info = info.model_copy(update={"retrievers": [name], "fused": False,
+                                           "reason": info.reason + "; its encoder embedded the inputs"})
+        else:
+            expert = self._retrieval.retriever_named(request.model)
+            name, encoder = expert.name, expert.resource.encoder
+            info = self._routing.unrouted_info(name, "retriever", "the retriever was pinned by name", False,
+                                               version)
+        assert encoder is not None
+        if request.dimensions is not None and request.dimensions != encoder.dim:
+            raise APIError(400, f"{name!r} embeds into {encoder.dim} dimensions; 'dimensions' cannot change that",
+                           "invalid_request_error", "unsupported_dimensions", "dimensions")
+        vectors, tokens = await asyncio.to_thread(_encode, encoder, texts)
+        data = [Embedding(index=i, embedding=_format(v, request.encoding_format)) for i, v in enumerate(vectors)]
+        return EmbeddingResponse(data=data, model=name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+                                 switchyard=info)
+
+    @staticmethod
+    def _check(request: EmbeddingRequest) -> list[str]:
+        texts = request.texts()
+        if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"input must hold between 1 and {MAX_EMBEDDING_INPUTS} texts", "invalid_request_error",
+                           "invalid_input", "input")
+        for text in texts:
+            if not text.strip() or len(text) > MAX_INPUT_CHARS:
+                raise APIError(400, f"each input must be non-empty text of at most {MAX_INPUT_CHARS} characters",
+                               "invalid_request_error", "invalid_input", "input")
+        return texts
+
+
+def _encode(encoder: TextEmbedder, texts: list[str]) -> tuple[torch.Tensor, int]:
+    with torch.inference_mode():
+        return encoder.encode(texts).float().cpu(), encoder.count_tokens(texts)
+
+
+def _format(vector: torch.Tensor, encoding: str) -> list[float] | str:
+    """OpenAI's encodings: a list of floats, or base64 of little-endian float32 (the official client's
+    default, which it decodes itself)."""
+    if encoding == "base64":
+        return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()

@@ -1,0 +1,222 @@
+"""Indexing jobs: documents -> chunks -> embeddings -> a segment on disk -> a published retriever version.
+
+Parsing, the encoder and name checks happen before a job is accepted, so most mistakes are refused at
+once with a 4xx. Embedding runs in the background in batches, with progress in the admin API; only a
+complete index is published, in one registry write, so a retriever never serves a partial index and a
+failed job leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from experts.adapters import resolve_within_roots
+from experts.errors import DocumentsRejected, ExpertExists, ExpertNotFound
+from experts.registry import Expert, ExpertRegistry
+from experts.retrieval.chunking import Chunk, chunk_documents
+from experts.retrieval.documents import Document, check_unique, read_source
+from experts.retrieval.index import DocumentIndex, Segment, TextEmbedder
+from experts.retrieval.store import SegmentStore, new_segment_id
+from experts.spec import ExpertSpec
+from server.encoder_pool import EncoderPool
+from server.errors import APIError
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["queued", "embedding", "publishing", "done", "failed"]
+Operation = Literal["create", "replace", "add_documents"]
+
+
+@dataclass
+class IndexingJob:
+    id: int
+    expert: str
+    operation: Operation
+    documents: int
+    chunks_total: int
+    state: JobState = "queued"
+    chunks_done: int = 0
+    error: str | None = None
+    registry_version: int | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state not in ("done", "failed")
+
+
+class IndexingService:
+    def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
+                 settings: Settings, metrics: Metrics) -> None:
+        self._registry = registry
+        self._encoders = encoders
+        self._segments = segments
+        self._settings = settings
+        self._metrics = metrics
+        self._jobs: dict[int, IndexingJob] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_id = 1
+
+    @property
+    def document_roots(self) -> list:
+        return [*self._settings.document_roots, self._settings.data_dir / "documents"]
+
+    # -- submitting ---------------------------------------------------------------------------------
+
+    async def create(self, spec: ExpertSpec, documents: Sequence[Document] | None, replace: bool) -> IndexingJob:
+        """Check everything that can be checked now, then index in the background."""
+        self._check_name(spec.name, replace)
+        docs = await self._documents_of(spec, documents)
+        encoder = await asyncio.to_thread(self._encoders.load, spec.encoder)
+        chunks = self._chunk(docs)
+        job = self._new_job(spec.name, "replace" if replace else "create", len(docs), len(chunks))
+
+        async def publish(segment: Segment) -> Expert:
+            index = DocumentIndex([segment], {}, encoder.dim)
+            return await self._registry.publish_retriever(spec, index, encoder, replace=replace)
+
+        self._start(job, encoder, chunks, publish)
+        return job
+
+    async def add_documents(self, name: str, documents: Sequence[Document]) -> IndexingJob:
+        """Index more documents into a live retriever; ids already in it are refused (delete them first)."""
+        expert = self._retriever(name)
+        docs = check_unique(documents)
+        taken = sorted({d.id for d in docs} & set(expert.resource.index.document_chunks))
+        if taken:
+            raise DocumentsRejected(f"documents already in {name!r}: {taken[:5]}; delete them first to replace")
+        chunks = self._chunk(docs)
+        encoder = expert.resource.encoder
+        job = self._new_job(name, "add_documents", len(docs), len(chunks))
+
+        async def publish(segment: Segment) -> Expert:
+            def change(index: DocumentIndex) -> DocumentIndex:
+                clash = {c.doc_id for c in segment.chunks} & set(index.document_chunks)
+                if clash:
+                    raise DocumentsRejected(f"documents added meanwhile by another job: {sorted(clash)[:5]}")
+                return index.with_segment(segment)
+
+            written = DocumentIndex([segment], {}, encoder.dim)
+            return await self._registry.update_index(name, change, written=written)
+
+        self._start(job, encoder, chunks, publish)
+        return job
+
+    async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> Expert:
+        """Remove documents from a live retriever at once, as a new expert version."""
+        expert = self._retriever(name)
+        missing = sorted(set(doc_ids) - set(expert.resource.index.document_chunks))
+        if missing:
+            raise APIError(404, f"no document {missing[0]!r} in retriever {name!r}", "not_found_error",
+                           "document_not_found")
+        stamp = new_segment_id()
+
+        def change(index: DocumentIndex) -> DocumentIndex:
+            return index.without_documents(doc_ids, stamp)
+
+        return await self._registry.update_index(name, change)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    def jobs(self) -> list[IndexingJob]:
+        return sorted(self._jobs.values(), key=lambda j: j.id)
+
+    def job(self, job_id: int) -> IndexingJob:
+        if job_id not in self._jobs:
+            raise APIError(404, f"no indexing job {job_id}", "not_found_error", "job_not_found")
+        return self._jobs[job_id]
+
+    def pending(self, name: str) -> IndexingJob | None:
+        return next((j for j in self._jobs.values() if j.expert == name and j.active), None)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _check_name(self, name: str, replace: bool) -> None:
+        exists = name in self._registry.snapshot.experts
+        if replace and not exists:
+            raise ExpertNotFound(f"no expert named {name!r}")
+        if not replace and exists:
+            raise ExpertExists(f"an expert named {name!r} already exists; use PUT to replace it")
+        if self.pending(name) is not None:
+            raise ExpertExists(f"an indexing job for {name!r} is still running")
+
+    def _retriever(self, name: str) -> Expert:
+        expert = self._registry.snapshot.experts.get(name)
+        if expert is None:
+            raise ExpertNotFound(f"no expert named {name!r}")
+        if expert.resource.index is None:
+            raise DocumentsRejected(f"expert {name!r} is an adapter; only retrievers hold documents")
+        return expert
+
+    async def _documents_of(self, spec: ExpertSpec, documents: Sequence[Document] | None) -> list[Document]:
+        if documents and spec.documents_path:
+            raise DocumentsRejected("give either documents or documents_path, not both")
+        if documents:
+            return check_unique(documents)
+        if not spec.documents_path:
+            raise DocumentsRejected("a retriever needs documents (inline) or a documents_path")
+        path = resolve_within_roots(spec.documents_path, self.document_roots, what="documents",
+                                    error=DocumentsRejected)
+        return await asyncio.to_thread(read_source, path, spec.documents_include, spec.max_documents)
+
+    def _chunk(self, documents: list[Document]) -> list[Chunk]:
+        s = self._settings
+        if s.chunk_overlap >= s.chunk_words:
+            raise DocumentsRejected("chunk_overlap must be smaller than chunk_words")
+        return chunk_documents(documents, s.chunk_words, s.chunk_overlap)
+
+    def _new_job(self, name: str, operation: Operation, documents: int, chunks: int) -> IndexingJob:
+        job = IndexingJob(id=self._next_id, expert=name, operation=operation, documents=documents,
+                          chunks_total=chunks)
+        self._next_id += 1
+        self._jobs[job.id] = job
+        return job
+
+    def _start(self, job: IndexingJob, encoder: TextEmbedder, chunks: list[Chunk],
+               publish: Callable[[Segment], Awaitable[Expert]]) -> None:
+        task = asyncio.create_task(self._run(job, encoder, chunks, publish), name=f"index-{job.expert}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: IndexingJob, encoder: TextEmbedder, chunks: list[Chunk],
+                   publish: Callable[[Segment], Awaitable[Expert]]) -> None:
+        try:
+            job.state = "embedding"
+            blocks = []
+            batch = self._settings.indexing_batch_size
+            for start in range(0, len(chunks), batch):
+                texts = [c.embedding_text() for c in chunks[start:start + batch]]
+                blocks.append(await asyncio.to_thread(encoder.encode, texts))
+                job.chunks_done = min(len(chunks), start + batch)
+                self._metrics.indexed_chunks.inc(len(texts))
+            vectors = torch.cat(blocks) if blocks else torch.zeros(0, encoder.dim, device=encoder.device)
+            segment = Segment(id=new_segment_id(), chunks=tuple(chunks), vectors=vectors)
+            job.state = "publishing"
+            await asyncio.to_thread(self._segments.write, job.expert, segment, encoder.source)
+            expert = await publish(segment)
+            job.registry_version = expert.version
+            job.state = "done"
+            log.info("indexed %d chunks of %d documents into %r", len(chunks), job.documents, job.expert)
+        except asyncio.CancelledError:
+            job.state, job.error = "failed", "cancelled at shutdown"
+            raise
+        except Exception as exc:
+            job.state, job.error = "failed", str(exc)
+            log.error("indexing job %d for %r failed: %s", job.id, job.expert, exc)
+        finally:
+            job.finished_at = time.time()
