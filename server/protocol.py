@@ -206,6 +206,9 @@ class RetrieveRequest(BaseModel):
     query: str = Field(min_length=1, max_length=4000)
     model: str = Field("auto", min_length=1, max_length=128, description="'auto' or a retriever's name")
     top_k: int | None = Field(None, description="passages to return (default and maximum are settings)")
+    fuse: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: fuse the two best retrievers when their scores are close or neither is "
+                            "confident; always / never: force it (routed requests only)")
 
 
 class RetrieveResponse(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -25,6 +26,7 @@ from server.routing_service import AUTO_MODEL, RoutingService
 from server.settings import Settings
 
 _MAX_REROUTES = 3
+Fuse = Literal["auto", "always", "never"]
 
 
 @dataclass
@@ -74,14 +76,14 @@ class RetrievalService:
                            "top_k_out_of_range", "top_k")
         return top_k
 
-    async def retrieve(self, model: str, query: str, top_k: int | None) -> Retrieval:
+    async def retrieve(self, model: str, query: str, top_k: int | None, fuse: Fuse = "auto") -> Retrieval:
         """Routed (`auto`) or pinned retrieval; the caller releases the result's leases."""
         if not query.strip():
             raise APIError(400, "query must not be empty", "invalid_request_error", "empty_query", "query")
         top_k = self.check_top_k(top_k)
         started = time.perf_counter()
         if model == AUTO_MODEL:
-            retrieval = await self._routed(query, top_k)
+            retrieval = await self._routed(query, top_k, fuse)
         else:
             retrieval = await self.pinned(self.retriever_named(model), query, top_k)
         self._metrics.retrieval_latency.observe(time.perf_counter() - started)
@@ -150,11 +152,11 @@ class RetrievalService:
         self._metrics.routing_decisions.labels(best.name, str(fallback).lower()).inc()
         return ranking, info, snapshot
 
-    async def _routed(self, query: str, top_k: int) -> Retrieval:
+    async def _routed(self, query: str, top_k: int, fuse: Fuse) -> Retrieval:
         for _ in range(_MAX_REROUTES):
             ranking, info, snapshot = await self.route(query)
             best, second = ranking[0], (ranking[1] if len(ranking) > 1 else None)
-            chosen = [snapshot.experts[s.name] for s in self._to_search(best, second, info.fallback)]
+            chosen = [snapshot.experts[s.name] for s in self._to_search(best, second, info.fallback, fuse)]
             try:
                 leases = [self._registry.lease(e) for e in chosen]
             except ExpertGone:
@@ -164,7 +166,8 @@ class RetrievalService:
                     hits = await self._search(chosen[0], query, top_k)
                     info = info.model_copy(update={"retrievers": [best.name], "fused": False})
                     return Retrieval([_passage(best.name, h, h.score) for h in hits], info, chosen, leases)
-                why = "no retriever is confident" if info.fallback else "close scores"
+                why = ("fusion was requested" if fuse == "always" else
+                       "no retriever is confident" if info.fallback else "close scores")
                 return await self._fused(chosen, leases, info, query, top_k, why)
             except BaseException:
                 for lease in leases:
@@ -172,8 +175,11 @@ class RetrievalService:
                 raise
         raise APIError(503, "the retrievers kept changing during routing; retry", "server_error", "registry_busy")
 
-    def _to_search(self, best: ScoredExpert, second: ScoredExpert | None, fallback: bool) -> list[ScoredExpert]:
-        if second is not None and (fallback or best.score - second.score < self._settings.fusion_margin):
+    def _to_search(self, best: ScoredExpert, second: ScoredExpert | None, fallback: bool,
+                   fuse: Fuse) -> list[ScoredExpert]:
+        if second is None or fuse == "never":
+            return [best]
+        if fuse == "always" or fallback or best.score - second.score < self._settings.fusion_margin:
             return [best, second]
         return [best]
 

@@ -66,7 +66,7 @@ async def route(body: RouteRequest, state: State) -> JSONResponse:
 @api.post("/retrieve")
 async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     """Routed (`model="auto"`) or pinned retrieval: passages with ids, scores and metadata, and the decision."""
-    retrieval = await state.retrieval.retrieve(body.model, body.query, body.top_k)
+    retrieval = await state.retrieval.retrieve(body.model, body.query, body.top_k, body.fuse)
     try:
         response = RetrieveResponse(query=body.query, model=retrieval.info.expert, data=retrieval.passages,
                                     switchyard=retrieval.info)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serverproc import REPO
+from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -242,3 +243,31 @@ def test_jsonl_upload_then_register(retrievers: list[str], admin: httpx.Client, 
         assert top["document_id"] == "telescopes"
     finally:
         admin.delete("/admin/experts/space-upload")
+
+
+def test_indexes_survive_a_crash_without_re_embedding(tmp_path: Path) -> None:
+    config = write_config(tmp_path, seed_experts=[])
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    query = {"query": "When should I prune roses?", "model": "garden", "top_k": 4}
+    first = ServerProcess(config, tmp_path / "server.log").start()
+    try:
+        with httpx.Client(base_url=first.base_url, headers=auth, timeout=60) as admin:
+            register(admin, "garden", GARDEN_EXAMPLES, documents("garden"))
+            assert admin.delete("/admin/retrievers/garden/documents/lawn").status_code == 200
+            before = admin.post("/v1/retrieve", json=query).json()["data"]
+    finally:
+        first.stop(signal.SIGKILL)
+    orphan = tmp_path / "data" / "retrievers" / "garden" / "seg-1"  # as if a crash hit mid-indexing
+    orphan.mkdir()
+
+    second = ServerProcess(config, tmp_path / "server.log").start()
+    try:
+        with httpx.Client(base_url=second.base_url, headers=auth, timeout=60) as admin:
+            after = admin.post("/v1/retrieve", json=query).json()["data"]
+            assert after == before and "lawn" not in {p["document_id"] for p in after}
+            assert admin.get("/admin/experts/garden").json()["index"]["documents"] == len(documents("garden")) - 1
+            metrics = admin.get("/metrics").text
+            assert "switchyard_indexed_chunks_total 0.0" in metrics  # nothing was embedded again
+        assert not orphan.exists()
+    finally:
+        second.stop()
