@@ -1,8 +1,9 @@
 """Retriever encoders: loaded once per model and shared by every retriever that names it.
 
-A retriever that names no encoder uses the server's query encoder. Any other must be the embedded one
-or a local directory under `encoder_roots`, and is loaded from safetensors only; an encoder that cannot
-load refuses the registration loudly, it never silently becomes a different model.
+A retriever that names no encoder uses the server's query encoder. Any other must be the embedded one,
+a local directory under `encoder_roots`, or a Hugging Face id already in the local Hugging Face cache
+(nothing is downloaded at run time); it is loaded from safetensors only. An encoder that cannot load
+refuses the registration loudly, it never silently becomes a different model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class EncoderPool:
             return self.shared
         if source == EMBEDDED_ENCODER:
             path = Path(resolve_encoder(source))
+        elif _looks_like_hub_id(source):
+            path = _from_hub_cache(source)
         else:
             path = resolve_within_roots(source, self._roots, what="encoder", error=EncoderRejected)
         key = str(path.resolve())
@@ -42,3 +45,20 @@ class EncoderPool:
                 except Exception as exc:  # transformers raises many types; all mean "cannot load"
                     raise EncoderRejected(f"encoder {source!r} could not be loaded: {exc}") from exc
             return self._loaded[key]
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    """`owner/name` with no path syntax: a Hugging Face id rather than a directory."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and not Path(source).exists()
+
+
+def _from_hub_cache(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError) as exc:
+        raise EncoderRejected(f"encoder {repo_id!r} is not in the local Hugging Face cache and this server does "
+                              "not download models; put it in a directory under encoder_roots") from exc

@@ -26,10 +26,12 @@ def free_port() -> int:
 def write_config(directory: Path, **overrides: object) -> Path:
     """A config for a test server: its own data dir, the demo experts, a writable adapter root."""
     (directory / "adapters").mkdir(parents=True, exist_ok=True)
+    (directory / "encoders").mkdir(parents=True, exist_ok=True)
     config = {
         "data_dir": str(directory / "data"),
         "seed_experts": str(REPO / "demo" / "experts.yaml"),
         "adapter_roots": [str(REPO / "demo" / "adapters"), str(directory / "adapters")],
+        "encoder_roots": [str(directory / "encoders")],
         "max_request_bytes": 200_000,
         "max_upload_bytes": 5_000_000,
         "max_tokens_limit": 512,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -271,3 +272,30 @@ def test_indexes_survive_a_crash_without_re_embedding(tmp_path: Path) -> None:
         assert not orphan.exists()
     finally:
         second.stop()
+
+
+def test_a_retriever_with_its_own_encoder_and_refused_encoders(retrievers: list[str], admin: httpx.Client,
+                                                               server: ServerProcess, http: httpx.Client) -> None:
+    from routers.encoder import EMBEDDED_ENCODER, resolve_encoder
+
+    encoders = server.directory / "encoders"  # type: ignore[attr-defined]
+    own = encoders / "minilm-copy"
+    shutil.rmtree(own, ignore_errors=True)
+    shutil.copytree(resolve_encoder(EMBEDDED_ENCODER), own)
+    register(admin, "space-own", SPACE_EXAMPLES, documents("space"), encoder=str(own))
+    try:
+        assert admin.get("/admin/experts/space-own").json()["index"]["encoder"] == str(own)
+        top = retrieve(http, "Why is Mars red?", model="space-own", top_k=1).json()["data"][0]
+        assert top["document_id"] == "mars"
+    finally:
+        admin.delete("/admin/experts/space-own")
+    pickled = encoders / "pickled"
+    shutil.rmtree(pickled, ignore_errors=True)
+    shutil.copytree(own, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")  # only a pickle-format weight file
+    for encoder in (str(pickled), "nobody/not-cached-model", str(encoders / "missing")):
+        response = admin.post("/admin/experts", json={"name": "bad-encoder", "kind": "retriever", "examples": ["x"],
+                                                      "documents": documents("space"), "encoder": encoder})
+        assert response.status_code == 400, (encoder, response.text)
+        assert response.json()["error"]["code"] in ("encoder_rejected",), response.text
+    assert "bad-encoder" not in {e["name"] for e in admin.get("/admin/experts").json()["data"]}
