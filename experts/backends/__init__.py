@@ -13,7 +13,8 @@ __all__ = ["Backend", "GenerationChunk", "GenerationRequest", "SamplingParams", 
 
 
 def create_backend(
-    kind: str, model_dir: Path, device: str, max_context: int, max_loras: int, max_cpu_loras: int, max_batch: int
+    kind: str, model_dir: Path, device: str, max_context: int, max_loras: int, max_cpu_loras: int, max_batch: int,
+    max_lora_rank: int = 64, gpu_memory_utilization: float = 0.3,
 ) -> Backend:
     """Build the backend named in the settings. Blocking: loads the base model."""
     if kind == "transformers":
@@ -21,5 +22,8 @@ def create_backend(
 
         return TransformersBackend(model_dir, device, max_context, max_loras, max_cpu_loras, max_batch)
     if kind == "vllm":
-        raise NotImplementedError("the vLLM backend is not implemented yet (tracked in issue 7)")
+        from experts.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(model_dir, device, max_context, max_loras, max_cpu_loras, max_batch, max_lora_rank,
+                           gpu_memory_utilization)
     raise ValueError(f"unknown backend {kind!r}; expected 'transformers' or 'vllm'")

@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 from experts.adapters import AdapterFiles
 from experts.backends.residency import Activation
+from experts.errors import PromptTooLong
 
 FinishReason = Literal["stop", "length"]
 
@@ -78,3 +79,15 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release threads and memory."""
         ...
+
+
+def check_prompt_fits(prompt_tokens: int, request: GenerationRequest, max_context: int) -> None:
+    """Refuse a prompt over the per-request limit, or one whose completion cannot fit the context."""
+    if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
+        raise PromptTooLong(
+            f"prompt of {prompt_tokens} tokens exceeds this server's limit of {request.max_prompt_tokens}")
+    if prompt_tokens + request.sampling.max_tokens > max_context:
+        raise PromptTooLong(
+            f"prompt of {prompt_tokens} tokens plus max_tokens={request.sampling.max_tokens} exceeds the "
+            f"context of {max_context} tokens"
+        )

@@ -29,11 +29,11 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experts.adapters import AdapterFiles, check_fits_model
-from experts.backends.base import GenerationChunk, GenerationRequest
+from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import StreamedText
-from experts.errors import AdapterRejected, PromptTooLong
+from experts.errors import AdapterRejected
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,17 +175,8 @@ class TransformersBackend:
     # -- generation -------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        params = request.sampling
         prompt_ids = self._render_prompt(request.messages)
-        prompt_tokens = int(prompt_ids.shape[1])
-        if request.max_prompt_tokens is not None and prompt_tokens > request.max_prompt_tokens:
-            raise PromptTooLong(
-                f"prompt of {prompt_tokens} tokens exceeds this server's limit of {request.max_prompt_tokens}")
-        if prompt_tokens + params.max_tokens > self._max_context:
-            raise PromptTooLong(
-                f"prompt of {prompt_tokens} tokens plus max_tokens={params.max_tokens} exceeds the "
-                f"context of {self._max_context} tokens"
-            )
+        check_prompt_fits(int(prompt_ids.shape[1]), request, self._max_context)
         prompt_ids = prompt_ids.to(self._device)
         key = request.adapter_key
         if key is None:

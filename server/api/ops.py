@@ -14,7 +14,8 @@ api = APIRouter(tags=["ops"])
 @api.get("/health")
 async def health(state: State) -> dict[str, object]:
     snapshot = state.registry.snapshot
-    return {"status": "ok", "registry_version": snapshot.version, "experts": len(snapshot.experts)}
+    return {"status": "ok", "registry_version": snapshot.version, "experts": len(snapshot.experts),
+            "backend": state.backend.name}
 
 
 @api.get("/ready")

