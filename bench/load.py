@@ -5,7 +5,8 @@ Scenarios:
 - chat on one expert: 8 concurrent streamed chats pinned to `support`;
 - chat across 8 experts: 8 concurrent streamed chats, each pinned to a different adapter;
 - the same 8 chats one at a time (the baseline for the concurrency gain);
-- mixed with retrieval: not run yet (no retriever experts exist; issue 5).
+- mixed with retrieval: 16 concurrent clients sending routing, routed retrieval and short routed chats
+  (6 : 3 : 1) against the demo adapters plus two small retriever experts (tests/data).
 Prints a table (p50/p95/p99 latency, time to first token, tokens/s, errors) and writes JSON.
 
 Run: python bench/load.py [--out bench/results/load.json]
@@ -61,11 +62,15 @@ async def routing_scenario(base_url: str, concurrency: int, total: int) -> dict:
             "p99_ms": pct(latencies, 0.99)}
 
 
-async def one_chat(http: httpx.AsyncClient, model: str, max_tokens: int) -> tuple[float, float, int, bool]:
+CHAT_TEXT = "Tell me about your service in a few sentences."
+
+
+async def one_chat(http: httpx.AsyncClient, model: str, max_tokens: int,
+                   text: str = CHAT_TEXT) -> tuple[float, float, int, bool]:
     """(latency ms, time to first token ms, completion tokens, ok) for one streamed chat."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Tell me about your service in a few sentences."}]}
+            "messages": [{"role": "user", "content": text}]}
     started, first, tokens = time.perf_counter(), None, 0
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -82,13 +87,16 @@ async def one_chat(http: httpx.AsyncClient, model: str, max_tokens: int) -> tupl
     return (done - started) * 1000, ((first or done) - started) * 1000, tokens, True
 
 
-async def chat_scenario(base_url: str, label: str, models: list[str], concurrent: bool, max_tokens: int) -> dict:
+async def chat_scenario(base_url: str, label: str, models: list[str], concurrent: bool, max_tokens: int,
+                        texts: list[str] | None = None) -> dict:
+    texts = texts or [CHAT_TEXT] * len(models)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as http:
         started = time.perf_counter()
         if concurrent:
-            results = await asyncio.gather(*(one_chat(http, m, max_tokens) for m in models))
+            results = await asyncio.gather(*(one_chat(http, m, max_tokens, t) for m, t in zip(models, texts,
+                                                                                            strict=True)))
         else:
-            results = [await one_chat(http, m, max_tokens) for m in models]
+            results = [await one_chat(http, m, max_tokens, t) for m, t in zip(models, texts, strict=True)]
         elapsed = time.perf_counter() - started
     latencies = [r[0] for r in results]
     ttft = [r[1] for r in results]
@@ -96,6 +104,60 @@ async def chat_scenario(base_url: str, label: str, models: list[str], concurrent
     return {"scenario": label, "requests": len(models), "errors": sum(not r[3] for r in results),
             "tokens_per_s": tokens / elapsed, "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
             "p99_ms": pct(latencies, 0.99), "ttft_p50_ms": pct(ttft, 0.5), "completion_tokens": tokens}
+
+
+MIXED_QUERIES = ["How do I stop aphids on my roses?", "Why is Mars red?", "List all customers from Paris.",
+                 "I was charged twice.", "When should I prune roses?", "What is a black hole?"]
+
+
+async def mixed_scenario(base_url: str, concurrency: int, total: int) -> dict:
+    """Routing, routed retrieval and short routed chats interleaved, 6 : 3 : 1."""
+    kinds = ["route"] * 6 + ["retrieve"] * 3 + ["chat"]
+    latencies: dict[str, list[float]] = {k: [] for k in set(kinds)}
+    errors = 0
+    counter = iter(range(total))
+    async with httpx.AsyncClient(base_url=base_url, timeout=600,
+                                 limits=httpx.Limits(max_connections=concurrency)) as http:
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                kind, query = kinds[i % len(kinds)], MIXED_QUERIES[i % len(MIXED_QUERIES)]
+                started = time.perf_counter()
+                if kind == "route":
+                    response = await http.post("/v1/route", json={"query": query, "top_n": 2})
+                elif kind == "retrieve":
+                    response = await http.post("/v1/retrieve", json={"query": query, "top_k": 5})
+                else:
+                    response = await http.post("/v1/chat/completions", json={
+                        "model": "auto", "max_tokens": 16, "temperature": 0,
+                        "messages": [{"role": "user", "content": query}]})
+                latencies[kind].append((time.perf_counter() - started) * 1000)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    every = [v for values in latencies.values() for v in values]
+    return {"scenario": f"mixed route/retrieve/chat, concurrency {concurrency}", "requests": total, "errors": errors,
+            "throughput_per_s": total / elapsed, "p50_ms": pct(every, 0.5), "p95_ms": pct(every, 0.95),
+            "p99_ms": pct(every, 0.99),
+            "by_kind_p50_ms": {k: pct(v, 0.5) for k, v in latencies.items()},
+            "by_kind_p99_ms": {k: pct(v, 0.99) for k, v in latencies.items()}}
+
+
+def register_retrievers(base_url: str) -> None:
+    """Two small retriever experts from the test corpora, indexed before the mixed scenario runs."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for name, examples in (("garden", ["How do I prune roses?", "How often should I water tomatoes?",
+                                       "How do I get rid of aphids?"]),
+                           ("space", ["What is a black hole?", "Why is Mars red?", "How many moons has Jupiter?"])):
+        lines = (REPO / "tests" / "data" / f"{name}.jsonl").read_text().splitlines()
+        job = httpx.post(f"{base_url}/admin/experts", headers=headers, timeout=120, json={
+            "name": name, "kind": "retriever", "examples": examples,
+            "documents": [json.loads(line) for line in lines if line.strip()]}).json()["job"]
+        while httpx.get(f"{base_url}/admin/jobs/{job['id']}", headers=headers).json()["state"] not in ("done",
+                                                                                                         "failed"):
+            time.sleep(0.2)
 
 
 def register_extra_experts(base_url: str, adapter_root: Path) -> None:
@@ -118,6 +180,8 @@ async def run(base_url: str, max_tokens: int) -> list[dict]:
     rows.append(await chat_scenario(base_url, "chat, 8 concurrent, 8 experts", experts, True, max_tokens))
     rows.append(await chat_scenario(base_url, "chat, 8 experts one at a time", experts, False, max_tokens))
     rows.append(await chat_scenario(base_url, "chat, 8 concurrent, generalist", ["base"] * 8, True, max_tokens))
+    register_retrievers(base_url)
+    rows.append(await mixed_scenario(base_url, 16, 400))
     return rows
 
 
@@ -141,7 +205,10 @@ def main() -> None:
         ttft = f"{r['ttft_p50_ms']:.0f}" if "ttft_p50_ms" in r else "-"
         print(f"{r['scenario']:<36} {r['requests']:>5} {r['errors']:>4} {rate:>12} {r['p50_ms']:>9.1f} "
               f"{r['p95_ms']:>9.1f} {r['p99_ms']:>9.1f} {ttft:>9}")
-    print("mixed with retrieval: not run (retriever experts are not implemented yet)")
+    mixed = rows[-1]
+    by_kind = [f"{k} {mixed['by_kind_p50_ms'][k]:.0f} / {mixed['by_kind_p99_ms'][k]:.0f}"
+               for k in sorted(mixed["by_kind_p50_ms"])]
+    print("mixed, p50 / p99 ms by kind: " + ", ".join(by_kind))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "load", "machine": platform.machine(), "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")

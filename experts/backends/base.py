@@ -55,6 +55,7 @@ class Backend(Protocol):
 
     name: str
     model_id: str
+    device: str  # where the model's weights are, e.g. "cuda:0" or "cpu"
 
     async def load_adapter(self, key: str, files: AdapterFiles) -> None:
         """Load and validate an adapter under `key`; raise `AdapterRejected` and leave no trace on failure."""

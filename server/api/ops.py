@@ -14,8 +14,11 @@ api = APIRouter(tags=["ops"])
 @api.get("/health")
 async def health(state: State) -> dict[str, object]:
     snapshot = state.registry.snapshot
+    vectors = next((e.example_embeddings for e in snapshot.experts.values()), None)
+    devices = {"model": state.backend.device, "encoder": str(state.encoder.device),
+               "routing_index": str(vectors.device) if vectors is not None else None}
     return {"status": "ok", "registry_version": snapshot.version, "experts": len(snapshot.experts),
-            "backend": state.backend.name}
+            "backend": state.backend.name, "devices": devices}
 
 
 @api.get("/ready")
