@@ -2,7 +2,8 @@
 
 For each backend a real server starts in a subprocess (loopback only) with the demo experts plus five
 copies (8 adapters), then: 8 concurrent streamed chats on one expert, 8 concurrent on 8 different experts,
-8 concurrent routed chats (`model="auto"`, routing on), and the 8 experts one at a time (baseline).
+8 concurrent routed chats (`model="auto"`, routing on), the 8 experts one at a time (baseline), and 8
+concurrent on the generalist (no adapter).
 Reports tokens/s, time to first token, p50/p99 latency, engine start time and the memory (RSS) of the
 server with its child processes. Prints a table and writes JSON.
 
@@ -60,6 +61,7 @@ async def scenarios(base_url: str, max_tokens: int) -> list[dict]:
         await chat_scenario(base_url, "8 concurrent, 8 experts", experts, True, max_tokens),
         await chat_scenario(base_url, "8 concurrent, routed (auto)", ["auto"] * 8, True, max_tokens, ROUTED),
         await chat_scenario(base_url, "8 experts one at a time", experts, False, max_tokens),
+        await chat_scenario(base_url, "8 concurrent, generalist", ["base"] * 8, True, max_tokens),
     ]
 
 
