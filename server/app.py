@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from experts.adapter_store import AdapterStore
 from experts.backends import create_backend
@@ -115,6 +116,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
     app.state.draining = False  # set by the server on SIGTERM: /ready turns 503 while streams finish
     install_error_handlers(app)
+    if settings.cors_origins:  # closed by default: browsers get no cross-origin access unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes,
                        overrides=dict.fromkeys(admin.UPLOAD_PREFIXES, settings.max_upload_bytes))
     app.include_router(openai.api)

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Security
     admin_token: SecretStr | None = None
     insecure_dev_admin: bool = Field(False, description="allow admin endpoints without a token (dev only)")
+    api_keys: list[SecretStr] = Field(default_factory=list, description="inference keys; when set, /v1/* "
+                                      "needs `Authorization: Bearer <key>` (the admin token is not one)")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed (none by default)")
 
     @classmethod
     def settings_customise_sources(

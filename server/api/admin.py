@@ -38,6 +38,7 @@ from server.protocol import (
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
+MAX_ID = 2**63 - 1  # SQLite's INTEGER; larger ids in a path are refused before they reach the database
 UPLOAD_PREFIXES = ("/admin/adapters/", "/admin/documents/", "/admin/retrievers/")
 
 
@@ -146,7 +147,7 @@ async def list_jobs(state: State) -> list[IndexingJobOut]:
 
 
 @api.get("/jobs/{job_id}")
-async def get_job(job_id: int, state: State) -> IndexingJobOut:
+async def get_job(state: State, job_id: int = Path(ge=1, le=MAX_ID)) -> IndexingJobOut:
     return _job_out(state.indexing.job(job_id))
 
 
@@ -257,7 +258,7 @@ async def list_feedback(state: State) -> FeedbackList:
 
 
 @api.delete("/feedback/{feedback_id}")
-async def undo_feedback(feedback_id: int, state: State) -> FeedbackOut:
+async def undo_feedback(state: State, feedback_id: int = Path(ge=1, le=MAX_ID)) -> FeedbackOut:
     """Undo one piece of feedback: its query leaves the examples again, as a new registry version."""
     with admin_operation(state, "feedback_undo"):
         return await state.feedback.undo(feedback_id)

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from server.errors import APIError
 from server.state import AppState
@@ -18,6 +19,21 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
+def _bearer(request: Request) -> bytes | None:
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return presented.strip().encode() if scheme.lower() == "bearer" else None
+
+
+def _matches(presented: bytes | None, secrets: list[SecretStr]) -> bool:
+    """Constant-time comparison against every configured secret (no early exit on the first match)."""
+    if presented is None:
+        return False
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(presented, secret.get_secret_value().encode())
+    return found
+
+
 def require_admin(request: Request, state: State) -> None:
     """Bearer-token check for admin endpoints, in constant time. No token configured: admin is off."""
     token = state.settings.admin_token
@@ -28,12 +44,16 @@ def require_admin(request: Request, state: State) -> None:
             403, "the admin API is disabled: set SWITCHYARD_ADMIN_TOKEN (or admin_token in the config)",
             "permission_error", "admin_disabled",
         )
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode(), token.get_secret_value().encode()
-    ):
+    if not _matches(_bearer(request), [token]):
         raise APIError(401, "missing or invalid admin token", "authentication_error", "invalid_admin_token")
 
 
+def require_api_key(request: Request, state: State) -> None:
+    """Inference keys (`api_keys`), separate from the admin token: with none configured, inference is open."""
+    keys = state.settings.api_keys
+    if keys and not _matches(_bearer(request), keys):
+        raise APIError(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
+
+
 AdminAccess = Depends(require_admin)
+InferenceAccess = Depends(require_api_key)

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from server.api.deps import AdminAccess, State
+from server.api.deps import AdminAccess, InferenceAccess, State
 from server.chat_service import routing_headers
 from server.protocol import (
     ChatCompletionRequest,
@@ -26,9 +26,10 @@ from server.protocol import (
 from server.routing_service import AUTO_MODEL
 
 api = APIRouter(prefix="/v1", tags=["openai"])
+inference = [InferenceAccess]  # every endpoint but feedback, which changes routing and needs the admin token
 
 
-@api.post("/chat/completions", response_model=None)
+@api.post("/chat/completions", response_model=None, dependencies=inference)
 async def chat_completions(body: ChatCompletionRequest, state: State) -> JSONResponse | StreamingResponse:
     run = await state.chat.start(body)
     if body.stream:
@@ -39,7 +40,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State) -> JSONRes
     return JSONResponse(completion.model_dump(), headers=run.headers)
 
 
-@api.get("/models")
+@api.get("/models", dependencies=inference)
 async def list_models(state: State) -> ModelList:
     created = int(state.started_at)
     cards = [
@@ -54,7 +55,7 @@ async def list_models(state: State) -> ModelList:
     return ModelList(data=cards)
 
 
-@api.post("/route")
+@api.post("/route", dependencies=inference)
 async def route(body: RouteRequest, state: State) -> JSONResponse:
     decision, snapshot, routing_ms = await state.routing.rank(body.query, body.top_n)
     info = state.routing.routing_info(decision, snapshot.version, routing_ms)
@@ -63,7 +64,7 @@ async def route(body: RouteRequest, state: State) -> JSONResponse:
     return JSONResponse(response.model_dump(), headers=routing_headers(info))
 
 
-@api.post("/retrieve")
+@api.post("/retrieve", dependencies=inference)
 async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     """Routed (`model="auto"`) or pinned retrieval: passages with ids, scores and metadata, and the decision."""
     retrieval = await state.retrieval.retrieve(body.model, body.query, body.top_k, body.fuse)
@@ -76,7 +77,7 @@ async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     return JSONResponse(response.model_dump(), headers=routing_headers(retrieval.info))
 
 
-@api.post("/embeddings")
+@api.post("/embeddings", dependencies=inference)
 async def embeddings(body: EmbeddingRequest, state: State) -> EmbeddingResponse:
     response = await state.embeddings.embed(body)
     state.metrics.requests.labels("embeddings", response.model, "ok").inc()

@@ -1,0 +1,75 @@
+"""Security defaults: separate inference keys and admin token, CORS closed unless configured, and no
+secret or document text in the server's log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
+
+pytestmark = pytest.mark.e2e
+API_KEY = "sk-test-inference-key-5b1d"
+SECRET_DOCUMENT = "The vault combination is aardvark-quartz-1187."
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("secured")
+    proc = ServerProcess(write_config(directory, api_keys=[API_KEY]), directory / "server.log").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_inference_needs_an_api_key_and_the_admin_token_is_not_one(secured: ServerProcess) -> None:
+    url = secured.base_url
+    for headers in ({}, {"Authorization": f"Bearer {ADMIN_TOKEN}"}, {"Authorization": "Bearer wrong"}):
+        response = httpx.get(f"{url}/v1/models", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    assert "sql" in {m.id for m in client.models.list().data}
+    routed = httpx.post(f"{url}/v1/route", json={"query": "List all customers"},
+                        headers={"Authorization": f"Bearer {API_KEY}"})
+    assert routed.status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_an_api_key_does_not_open_the_admin_api(secured: ServerProcess) -> None:
+    response = httpx.get(f"{secured.base_url}/admin/experts", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_admin_token"
+    feedback = httpx.post(f"{secured.base_url}/v1/feedback", headers={"Authorization": f"Bearer {API_KEY}"},
+                          json={"query": "hello", "expert": "sql"})
+    assert feedback.status_code == 401
+
+
+def test_cors_is_closed_by_default(secured: ServerProcess) -> None:
+    preflight = httpx.options(f"{secured.base_url}/v1/chat/completions", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+    simple = httpx.get(f"{secured.base_url}/health", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in simple.headers
+
+
+def test_no_secret_or_document_text_reaches_the_log(secured: ServerProcess, tmp_path: Path) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    user = {"Authorization": f"Bearer {API_KEY}"}
+    job = httpx.post(f"{secured.base_url}/admin/experts", headers=admin, timeout=60, json={
+        "name": "vault", "kind": "retriever", "examples": ["What is the vault combination?"],
+        "documents": [{"id": "vault", "text": SECRET_DOCUMENT}]}).json()["job"]
+    while httpx.get(f"{secured.base_url}/admin/jobs/{job['id']}", headers=admin).json()["state"] == "embedding":
+        pass
+    httpx.post(f"{secured.base_url}/v1/retrieve", headers=user, json={"query": "vault combination", "model": "vault"})
+    httpx.post(f"{secured.base_url}/admin/experts", headers=admin, json={  # refused: the message must not echo
+        "name": "bad", "kind": "retriever", "examples": ["x"], "documents": [{"id": "a", "text": ""}]})
+    httpx.get(f"{secured.base_url}/admin/experts", headers={"Authorization": "Bearer a-wrong-admin-token-77"})
+    log = secured.log_text()
+    for secret in (ADMIN_TOKEN, API_KEY, "a-wrong-admin-token-77", "aardvark-quartz", "vault combination"):
+        assert secret not in log, secret
