@@ -35,3 +35,12 @@ class DocumentsRejected(ExpertError):
 
 class EncoderRejected(ExpertError):
     """A retriever's embedding model that may not or cannot be loaded; never silently replaced."""
+
+
+class AdapterUnavailable(ExpertError):
+    """A registered adapter that can no longer be brought onto the device (its stored files were deleted
+    or damaged). The expert is taken out of routing and reported as failed; the others keep serving."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"adapter {key!r} could not be activated: {reason}")
+        self.key = key

@@ -151,6 +151,10 @@ class Manifest:
             version,
         )
 
+    def put_version(self, version: int) -> None:
+        """Record a new registry version for a change that touches no expert row (an expert failing)."""
+        self._write("SELECT 1", (), version)
+
     def delete(self, name: str, version: int) -> None:
         self._write("DELETE FROM experts WHERE name=?", (name,), version)
 

@@ -310,6 +310,25 @@ class ExpertRegistry:
             self._retire(current)
             return expert
 
+    async def mark_failed(self, key: str, reason: str) -> Expert | None:
+        """Take the expert whose current version uses `key` out of routing and report it as failed.
+
+        Its manifest record stays, so a restart retries it and an operator can replace it (PUT) or remove
+        it; requests already running on it finish.
+        """
+        async with self._write_lock:
+            expert = next((e for e in self._snapshot.experts.values() if e.backend_key == key), None)
+            if expert is None:
+                return None
+            self.failed[expert.name] = reason
+            log.error("expert %r marked failed: %s", expert.name, reason)
+            version = self._snapshot.version + 1
+            if self._manifest is not None:
+                self._manifest.put_version(version)
+            self._publish({k: v for k, v in self._snapshot.experts.items() if k != expert.name}, version)
+            self._retire(expert)
+            return expert
+
     async def add(self, spec: ExpertSpec) -> Expert:
         async with self._write_lock:
             if spec.name in self._snapshot.experts:
@@ -323,9 +342,16 @@ class ExpertRegistry:
                 raise ExpertNotFound(f"no expert named {spec.name!r}")
             return await self._install(spec, previous=previous)
 
-    async def remove(self, name: str) -> Expert:
+    async def remove(self, name: str) -> Expert | None:
         async with self._write_lock:
             expert = self._snapshot.experts.get(name)
+            if expert is None and name in self.failed:  # failed on restore or later: drop its record
+                version = self._snapshot.version + 1
+                if self._manifest is not None:
+                    self._manifest.delete(name, version)
+                self.failed.pop(name)
+                self._publish(self._snapshot.experts, version)
+                return None
             if expert is None:
                 raise ExpertNotFound(f"no expert named {name!r}")
             version = self._snapshot.version + 1

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
+from experts.errors import AdapterUnavailable
 from server.admission import Admission, Slot
 from server.errors import APIError
 from server.grounding import Grounding, GroundingService
@@ -29,7 +30,7 @@ from server.protocol import (
     Usage,
     new_id,
 )
-from server.routing_service import RoutingService, Target
+from server.routing_service import AUTO_MODEL, RoutingService, Target
 from server.settings import Settings
 
 
@@ -113,10 +114,24 @@ class ChatService:
         slot = await self._admission.acquire()
         deadline = time.monotonic() + self._settings.request_timeout_seconds
         try:
-            target = await self._routing.resolve(request.model, query)
+            for attempt in range(2):
+                try:
+                    return await self._start_on_target(request, query, sampling, slot, deadline)
+                except AdapterUnavailable as exc:
+                    # Its files were damaged or deleted after registration: the expert leaves routing, and
+                    # an `auto` request is routed again (to another expert or the generalist).
+                    await self._routing.expert_failed(exc.key, str(exc))
+                    if request.model != AUTO_MODEL or attempt == 1:
+                        raise APIError(503, f"the expert's adapter is unavailable and was taken out of service: "
+                                            f"{exc}", "server_error", "expert_failed", "model") from exc
+            raise AssertionError("unreachable")
         except BaseException:
             slot.release()
             raise
+
+    async def _start_on_target(self, request: ChatCompletionRequest, query: str, sampling: SamplingParams,
+                               slot: Slot, deadline: float) -> ChatRun:
+        target = await self._routing.resolve(request.model, query)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         grounding = None
         adapter_key = target.expert.backend_key if target.expert is not None else None
@@ -131,7 +146,6 @@ class ChatService:
             target.release()
             if grounding is not None:
                 grounding.release()
-            slot.release()
             self._count(target, "error")
             raise
         if first.activation is not None:

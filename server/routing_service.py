@@ -95,6 +95,10 @@ class RoutingService:
             return Target(expert=expert, info=info, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 
+    async def expert_failed(self, key: str, reason: str) -> None:
+        """An adapter could not be activated: take its expert out of routing (reported as failed)."""
+        await self._registry.mark_failed(key, reason)
+
     @property
     def registry_version(self) -> int:
         return self._registry.snapshot.version

@@ -33,7 +33,7 @@ from experts.backends.base import GenerationChunk, GenerationRequest, check_prom
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import StreamedText
-from experts.errors import AdapterRejected
+from experts.errors import AdapterRejected, AdapterUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,10 +125,14 @@ class TransformersBackend:
         if tier is None:
             raise AdapterRejected(f"adapter {key!r} is not registered with the backend")
         started = time.perf_counter()
-        if tier is Tier.HOST:
-            self._inject_from_host(key, self._host.pop(key))
-        elif tier is Tier.DISK:
-            self._inject_from_disk(key, self._files[key])
+        try:
+            if tier is Tier.HOST:
+                self._inject_from_host(key, self._host.pop(key))
+            elif tier is Tier.DISK:
+                self._inject_from_disk(key, self._files[key])
+        except Exception as exc:  # damaged or deleted files: undo the partial injection, report the key
+            self._remove_from_model(key)
+            raise AdapterUnavailable(key, str(exc)) from exc
         self._plan.placed_on_device(key)
         self._plan.pin(key)
         self._enforce_limits()
