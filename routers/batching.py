@@ -55,10 +55,10 @@ class MicroBatcher:
             self._busy = True
             try:
                 vectors = await asyncio.to_thread(self._encode, [text for text, _ in batch])
-            except Exception as exc:  # every caller of this batch gets the error; the batcher lives on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception:
+                # One bad query must not fail the requests that happened to share its batch: encode each
+                # alone, so only the query that raises gets the error. The batcher lives on either way.
+                await self._encode_each(batch)
                 continue
             finally:
                 self._busy = bool(self._pending)
@@ -66,6 +66,17 @@ class MicroBatcher:
             for row, (_, future) in enumerate(batch):
                 if not future.done():
                     future.set_result(vectors[row])
+
+    async def _encode_each(self, batch: list[tuple[str, asyncio.Future[torch.Tensor]]]) -> None:
+        for text, future in batch:
+            try:
+                vector = (await asyncio.to_thread(self._encode, [text]))[0]
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(vector)
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -1,5 +1,5 @@
-"""The encoder micro-batcher: concurrent queries share encoder calls, each gets its own row, errors
-reach exactly the callers of the failing batch."""
+"""The encoder micro-batcher: concurrent queries share encoder calls, each gets its own row, and an
+encoder error reaches only the query that caused it, never the others in its batch."""
 
 from __future__ import annotations
 
@@ -56,6 +56,25 @@ def test_an_encoder_error_fails_only_its_batch() -> None:
         return value
 
     assert asyncio.run(scenario()) == 4.0
+
+
+def test_a_query_that_breaks_the_encoder_fails_alone_in_a_shared_batch() -> None:
+    async def scenario() -> list[object]:
+        encoder = SlowEncoder()
+        batcher = MicroBatcher(encoder, max_batch=8, max_wait_ms=50)
+        first = asyncio.ensure_future(batcher.encode_one("warm"))  # keeps the encoder busy so the rest batch
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.encode_one(t)) for t in ("ab", "boom", "abcd")]
+        await asyncio.sleep(0.05)
+        encoder.gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        assert ["ab", "boom", "abcd"] in encoder.calls  # they did share one batch
+        await batcher.close()
+        return [r if isinstance(r, Exception) else float(r[0]) for r in results]
+
+    results = asyncio.run(scenario())
+    assert results[0] == 4.0 and results[1] == 2.0 and results[3] == 4.0
+    assert isinstance(results[2], RuntimeError)
 
 
 def test_int8_encoder_keeps_the_geometry() -> None:
