@@ -4,7 +4,9 @@ directory is replaced by a file). Each must fail cleanly, be reported, and leave
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -88,3 +90,26 @@ def test_an_unwritable_store_refuses_a_registration_and_changes_nothing(one_slot
         store.unlink()
         shutil.move(directory / "experts.moved", store)
     assert chat(url, "sql", "List all customers.").status_code == 200
+
+
+def test_a_slow_reader_neither_stalls_others_nor_buffers_without_bound(one_slot: ServerProcess) -> None:
+    """Tokens wait for a slow client in its own bounded buffer (at most `max_tokens`); the batch moves on."""
+    from bench.backends import tree_rss_mb
+
+    url = one_slot.base_url
+    body = {"model": "base", "stream": True, "max_tokens": 120, "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as warm_up:
+        warm_up.read()  # the first requests allocate the model's working memory; measure after them
+    chat(url, "sql", "List all customers.")
+    rss_before = tree_rss_mb(one_slot.pid)
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as slow:
+        lines = slow.iter_lines()
+        next(lines)
+        fast = chat(url, "sql", "List all customers.")  # served while the slow client has read one line
+        assert fast.status_code == 200
+        time.sleep(3)  # the slow client's generation runs on meanwhile
+        text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                       for line in lines if line.startswith("data: {") and '"choices":[{' in line)
+    assert len(text) > 50  # the whole answer arrived, in order, once the client read it
+    assert tree_rss_mb(one_slot.pid) - rss_before < 100
