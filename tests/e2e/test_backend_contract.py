@@ -150,7 +150,7 @@ def test_hot_add_replace_remove_under_concurrent_load(backend_server: ServerProc
     assert failures == []
 
 
-def test_a_disconnected_stream_frees_its_lease(backend_server: ServerProcess, admin: httpx.Client) -> None:
+def test_a_disconnected_stream_frees_its_lease_and_slot(backend_server: ServerProcess, admin: httpx.Client) -> None:
     body = {"model": "math", "stream": True, "max_tokens": 400, "temperature": 0,
             "messages": [{"role": "user", "content": "Count from one to two hundred in words."}]}
     with httpx.stream("POST", f"{backend_server.base_url}/v1/chat/completions", json=body, timeout=120) as response:
@@ -161,4 +161,7 @@ def test_a_disconnected_stream_frees_its_lease(backend_server: ServerProcess, ad
     deadline = time.monotonic() + 20
     while admin.get("/admin/experts/math").json()["active_requests"] != 0:
         assert time.monotonic() < deadline, "the lease was not released after the client disconnected"
+        time.sleep(0.2)
+    while admin.get("/ready").json()["in_flight"] != 0:  # the admission slot is free too
+        assert time.monotonic() < deadline, "the slot was not freed after the client disconnected"
         time.sleep(0.2)

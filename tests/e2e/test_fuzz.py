@@ -23,6 +23,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())  # static: no model is loaded
 
 
+CASES: dict[str, int] = {}  # status class -> generated cases sent, printed at the end (pytest -s)
+
+
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("fuzz")
@@ -33,6 +36,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         yield proc
     finally:
         proc.stop()
+        print(f"\nfuzz cases sent by status class: {CASES} (total {sum(CASES.values())})")
 
 
 def registry_state(base_url: str) -> tuple[int, list[tuple[str, int, str]]]:
@@ -48,6 +52,8 @@ def test_no_5xx_errors_have_one_shape_and_refusals_change_nothing(
 ) -> None:
     before = registry_state(fuzz_server.base_url)
     response = case.call(base_url=fuzz_server.base_url, headers=ADMIN if with_token else {}, timeout=120)
+    status_class = f"{response.status_code // 100}xx"
+    CASES[status_class] = CASES.get(status_class, 0) + 1
     assert response.status_code < 500, (case.method, case.formatted_path, response.status_code, response.text[:500])
     if response.status_code >= 400:
         error = response.json()["error"]
