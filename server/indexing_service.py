@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -68,7 +69,8 @@ class IndexingService:
         self._next_id = 1
 
     @property
-    def document_roots(self) -> list:
+    def document_roots(self) -> list[Path]:
+        """Where documents may be read from: the configured roots and the upload folder."""
         return [*self._settings.document_roots, self._settings.data_dir / "documents"]
 
     # -- submitting ---------------------------------------------------------------------------------
