@@ -275,11 +275,7 @@ class ExpertRegistry:
             except BaseException:
                 self._discard_segments(spec.name, index)
                 raise
-            self._publish({**self._snapshot.experts, spec.name: expert}, version)
-            if previous is not None:
-                self._retire(previous)
-            self.failed.pop(spec.name, None)
-            return expert
+            return self._publish_version(expert, previous)
 
     async def update_index(self, name: str, change: Callable[[DocumentIndex], DocumentIndex],
                            written: DocumentIndex | None = None) -> Expert:
@@ -306,9 +302,7 @@ class ExpertRegistry:
                 if written is not None:
                     self._discard_segments(name, written)
                 raise
-            self._publish({**self._snapshot.experts, name: expert}, version)
-            self._retire(current)
-            return expert
+            return self._publish_version(expert, current)
 
     async def mark_failed(self, key: str, reason: str) -> Expert | None:
         """Take the expert whose current version uses `key` out of routing and report it as failed.
@@ -371,10 +365,14 @@ class ExpertRegistry:
         except Exception:
             self._free_adapter(expert.backend_key)
             raise
-        self._publish({**self._snapshot.experts, spec.name: expert}, version)
+        return self._publish_version(expert, previous)
+
+    def _publish_version(self, expert: Expert, previous: Expert | None) -> Expert:
+        """Make a persisted expert version visible, retire the version it replaces, clear a failure."""
+        self._publish({**self._snapshot.experts, expert.name: expert}, expert.version)
         if previous is not None:
             self._retire(previous)
-        self.failed.pop(spec.name, None)
+        self.failed.pop(expert.name, None)
         return expert
 
     async def _load(
