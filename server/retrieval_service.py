@@ -35,7 +35,6 @@ class Retrieval:
 
     passages: list[Passage]
     info: RoutingInfo
-    experts: list[Expert]
     leases: list[Lease]
 
     def release(self) -> None:
@@ -109,7 +108,7 @@ class RetrievalService:
         info = info or self._routing.unrouted_info(expert.name, "retriever", "the retriever was pinned by name",
                                                    False, self._registry.snapshot.version)
         info = info.model_copy(update={"retrievers": [expert.name], "fused": False})
-        return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [expert], [lease])
+        return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [lease])
 
     async def for_chat(self, expert: Expert, info: RoutingInfo, runner_up: str | None, query: str) -> Retrieval:
         """Passages for a chat routed (or pinned) to `expert`; fused with the runner-up retriever when the
@@ -123,7 +122,7 @@ class RetrievalService:
         if not close:
             hits = await self._search(expert, query, top_k)
             info = info.model_copy(update={"retrievers": [expert.name], "fused": False})
-            return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [expert], [])
+            return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [])
         lease = self._registry.lease(second)
         try:
             return await self._fused([expert, second], [lease], info, query, top_k, "close scores")
@@ -165,7 +164,7 @@ class RetrievalService:
                 if len(chosen) == 1:
                     hits = await self._search(chosen[0], query, top_k)
                     info = info.model_copy(update={"retrievers": [best.name], "fused": False})
-                    return Retrieval([_passage(best.name, h, h.score) for h in hits], info, chosen, leases)
+                    return Retrieval([_passage(best.name, h, h.score) for h in hits], info, leases)
                 why = ("fusion was requested" if fuse == "always" else
                        "no retriever is confident" if info.fallback else "close scores")
                 return await self._fused(chosen, leases, info, query, top_k, why)
@@ -192,7 +191,7 @@ class RetrievalService:
         reason = f"{info.reason}; {why}: fused {' and '.join(names)} by reciprocal-rank fusion"
         info = info.model_copy(update={"retrievers": names, "fused": True, "reason": reason})
         passages = [_passage(name, hit, hit.score, fused_score) for name, hit, fused_score in fused]
-        return Retrieval(passages, info, experts, leases)
+        return Retrieval(passages, info, leases)
 
     async def _search(self, expert: Expert, query: str, top_k: int) -> list[Hit]:
         index, encoder = expert.resource.index, expert.resource.encoder
