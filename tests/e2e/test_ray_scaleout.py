@@ -1,0 +1,126 @@
+"""Scale-out on Ray Serve: a real local Ray cluster, two expert-serving replicas, real models.
+
+One test walks the life of a cluster, because starting Ray costs most of its time: register an expert
+once through the admin API, see routed requests stay on the replica that holds it, register a second
+expert while serving and see it answered at once, refuse a bad adapter without changing the catalogue,
+kill every expert replica and see the experts served again from the catalogue. `pytest -m ray` runs it alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
+
+pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+REPLICA_PROCESS = "ServeReplica:switchyard:ExpertReplica"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("ray")
+    proc = ServerProcess(write_config(directory, seed_experts=[]), directory / "server.log",
+                         extra_args=("--ray", "--expert-replicas", "2"))
+    proc.start(timeout=300)
+    try:
+        _wait_ready(proc.base_url)
+        yield proc
+    finally:
+        proc.stop(timeout=60)
+
+
+def _wait_ready(base_url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError("the Ray application never became ready")
+
+
+def _spec(expert: dict) -> dict:
+    return {"name": expert["name"], "description": expert["description"], "examples": expert["examples"],
+            "adapter_path": str(REPO / "demo" / expert["adapter_path"])}
+
+
+def _chat(client: openai.OpenAI, query: str, model: str = "auto") -> dict:
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": query}],
+                                           max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content
+    return reply.model_extra["switchyard"]
+
+
+def _expert_replica_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", REPLICA_PROCESS], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def test_cluster_routes_with_affinity_and_takes_new_experts_live(
+    cluster: ServerProcess, demo_experts: list[dict], tmp_path: Path
+) -> None:
+    admin = httpx.Client(base_url=cluster.base_url, timeout=120,
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    client = openai.OpenAI(base_url=f"{cluster.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    experts = {e["name"]: e for e in demo_experts}
+
+    assert httpx.post(f"{cluster.base_url}/admin/experts", json=_spec(experts["sql"])).status_code == 401
+    added = admin.post("/admin/experts", json=_spec(experts["sql"]))
+    assert added.status_code == 201, added.text
+    assert added.json()["model_id"] == "sql@1"
+
+    # Same expert, sequential requests: the first loads it somewhere, the rest find it already there.
+    sql_query = experts["sql"]["held_out"][0]
+    first = _chat(client, sql_query)
+    assert (first["expert"], first["adapter_cache_hit"]) == ("sql", False)
+    time.sleep(1)  # replicas report what they hold to Ray Serve's routers asynchronously
+    later = [_chat(client, q) for q in experts["sql"]["held_out"][1:5]]
+    assert {info["expert"] for info in later} == {"sql"}
+    assert {info["replica"] for info in later} == {first["replica"]}
+    assert all(info["adapter_cache_hit"] for info in later)
+
+    # A bad adapter is refused with the OpenAI error shape and the catalogue does not move.
+    version = admin.get("/admin/experts").json()["registry_version"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_model.bin").write_bytes(b"pickle")
+    outside = admin.post("/admin/experts", json={**_spec(experts["math"]), "adapter_path": str(broken)})
+    assert outside.status_code == 400 and outside.json()["error"]["code"] == "adapter_rejected"
+    assert admin.post("/admin/experts", json=_spec(experts["sql"])).status_code == 409
+    assert admin.get("/admin/experts").json()["registry_version"] == version
+
+    # A new expert is routable and served without any restart.
+    assert admin.post("/admin/experts", json=_spec(experts["math"])).status_code == 201
+    math = _chat(client, experts["math"]["held_out"][0])
+    assert (math["expert"], math["registry_version"]) == ("math", version + 1)
+    assert {m.id for m in client.models.list()} >= {"sql", "math", "base", "auto"}
+
+    # Kill every expert replica: Ray Serve starts new ones, which load the experts from the catalogue.
+    pids = _expert_replica_pids()
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            again = _chat(client, sql_query)
+            break
+        except openai.APIError:
+            assert time.monotonic() < deadline, "experts were not served again after the replicas restarted"
+            time.sleep(2)
+    assert again["expert"] == "sql" and again["replica"] not in {first["replica"], math["replica"]}
+    assert again["adapter_cache_hit"] is False
+    assert admin.delete("/admin/experts/math").status_code == 200
+    assert _chat(client, experts["math"]["held_out"][0])["expert"] != "math"
