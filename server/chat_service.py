@@ -63,6 +63,7 @@ class ChatRun:
     created: int
     slot: Slot
     deadline: float
+    started: float  # time.monotonic() at arrival
     counts: tuple[int, int] = (0, 0)  # (prompt, completion) tokens as of the latest chunk
     grounding: Grounding | None = None
 
@@ -111,16 +112,18 @@ class ChatService:
         """Route, lease and start generating. Errors surface here, before any byte is sent."""
         query = query_of(request)
         sampling = sampling_for(request, self._settings)
+        started = time.monotonic()
         slot = await self._admission.acquire()
-        deadline = time.monotonic() + self._settings.request_timeout_seconds
+        deadline = started + self._settings.request_timeout_seconds
         try:
             for attempt in range(2):
                 try:
-                    return await self._start_on_target(request, query, sampling, slot, deadline)
+                    return await self._start_on_target(request, query, sampling, slot, started, deadline)
                 except AdapterUnavailable as exc:
                     # Its files were damaged or deleted after registration: the expert leaves routing, and
                     # an `auto` request is routed again (to another expert or the generalist).
                     await self._routing.expert_failed(exc.key, str(exc))
+                    self._metrics.expert_failures.labels("serve").inc()
                     if request.model != AUTO_MODEL or attempt == 1:
                         raise APIError(503, f"the expert's adapter is unavailable and was taken out of service: "
                                             f"{exc}", "server_error", "expert_failed", "model") from exc
@@ -130,7 +133,7 @@ class ChatService:
             raise
 
     async def _start_on_target(self, request: ChatCompletionRequest, query: str, sampling: SamplingParams,
-                               slot: Slot, deadline: float) -> ChatRun:
+                               slot: Slot, started: float, deadline: float) -> ChatRun:
         target = await self._routing.resolve(request.model, query)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         grounding = None
@@ -148,13 +151,14 @@ class ChatService:
                 grounding.release()
             self._count(target, "error")
             raise
+        self._metrics.time_to_first_token.labels(target.info.expert).observe(time.monotonic() - started)
         if first.activation is not None:
             target.info = target.info.model_copy(update={
                 "adapter_tier": first.activation.tier.value,
                 "adapter_load_ms": round(first.activation.load_ms, 3),
             })
         return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()), slot, deadline,
-                       (first.prompt_tokens, first.completion_tokens), grounding)
+                       started, (first.prompt_tokens, first.completion_tokens), grounding)
 
     async def complete(self, run: ChatRun) -> ChatCompletion:
         """Collect the whole answer (non-streaming)."""
@@ -212,6 +216,8 @@ class ChatService:
 
     def _finish(self, run: ChatRun, last: GenerationChunk) -> None:
         self._count(run.target, "ok")
+        self._metrics.request_duration.labels("chat.completions", run.target.info.expert).observe(
+            time.monotonic() - run.started)
         self._metrics.generated_tokens.labels(run.target.info.expert).inc(_usage(run, last).completion_tokens)
 
     def _count(self, target: Target, status: str) -> None:

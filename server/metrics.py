@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(-2, 11))
 
 
 class Metrics:
@@ -60,6 +62,46 @@ class Metrics:
             "switchyard_retrieval_latency_seconds",
             "Time to route (if auto), embed the query and search the chosen retrievers.",
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.request_duration = Histogram(
+            "switchyard_request_duration_seconds",
+            "Chat completions from arrival to the last token, by serving expert.",
+            ["endpoint", "expert"],
+            buckets=GENERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "switchyard_time_to_first_token_seconds",
+            "Chat completions from arrival to the first generated chunk, by serving expert.",
+            ["expert"],
+            buckets=GENERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.routing_score = Histogram(
+            "switchyard_routing_score",
+            "Best routing score of each routed query, by the expert it went to (the generalist on fallback).",
+            ["expert"],
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.expert_failures = Counter(
+            "switchyard_expert_load_failures_total",
+            "Experts that failed to load: refused at registration, not restorable at start, or unusable "
+            "while serving (an adapter damaged or deleted on disk).",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.failed_experts = Gauge(
+            "switchyard_experts_failed", "Experts reported failed (out of routing until replaced or removed).",
+            registry=self.registry,
+        )
+        self.requests_in_flight = Gauge(
+            "switchyard_requests_in_flight", "Chat requests running or queued for a slot.", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "switchyard_queue_depth", "Chat requests waiting for a slot (429 beyond max_queued_requests).",
             registry=self.registry,
         )
 

@@ -92,6 +92,8 @@ class RoutingService:
                     continue  # removed between ranking and leasing: rank again on the new snapshot
             info = self.routing_info(decision, snapshot.version, routing_ms)
             self._metrics.routing_decisions.labels(info.expert, str(decision.fallback).lower()).inc()
+            if decision.score is not None:
+                self._metrics.routing_score.labels(info.expert).observe(decision.score)
             return Target(expert=expert, info=info, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from experts.adapter_store import unpack_adapter_archive
-from experts.errors import ExpertNotFound
+from experts.errors import AdapterRejected, EncoderRejected, ExpertNotFound
 from experts.registry import Expert
 from experts.retrieval.documents import Document, parse_jsonl
 from experts.spec import EXPERT_NAME_PATTERN, ExpertSpec
@@ -264,6 +264,9 @@ async def undo_feedback(state: State, feedback_id: int = Path(ge=1, le=MAX_ID)) 
         return await state.feedback.undo(feedback_id)
 
 
+LOAD_FAILURES = (AdapterRejected, EncoderRejected)  # an expert's model files refused
+
+
 @contextmanager
 def admin_operation(state: AppState, operation: str) -> Iterator[None]:
     """Count an admin operation's outcome and refresh the registry gauges, whatever happens."""
@@ -271,6 +274,9 @@ def admin_operation(state: AppState, operation: str) -> Iterator[None]:
     try:
         yield
         status = "ok"
+    except LOAD_FAILURES:
+        state.metrics.expert_failures.labels("register").inc()
+        raise
     finally:
         state.metrics.admin_operations.labels(operation, status).inc()
         snapshot = state.registry.snapshot
