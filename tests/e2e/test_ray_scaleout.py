@@ -9,6 +9,7 @@ kill every expert replica and see the experts served again from the catalogue. `
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -32,6 +33,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     proc = ServerProcess(write_config(directory, seed_experts=[]), directory / "server.log",
                          extra_args=("--ray", "--expert-replicas", "2"))
     proc.start(timeout=300)
+    proc.adapter_root = directory / "adapters"  # type: ignore[attr-defined]
     try:
         _wait_ready(proc.base_url)
         yield proc
@@ -93,11 +95,18 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
 
     # A bad adapter is refused with the OpenAI error shape and the catalogue does not move.
     version = admin.get("/admin/experts").json()["registry_version"]
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "adapter_model.bin").write_bytes(b"pickle")
-    outside = admin.post("/admin/experts", json={**_spec(experts["math"]), "adapter_path": str(broken)})
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_model.bin").write_bytes(b"pickle")
+    outside = admin.post("/admin/experts", json={**_spec(experts["math"]), "adapter_path": str(pickled)})
     assert outside.status_code == 400 and outside.json()["error"]["code"] == "adapter_rejected"
+    truncated = cluster.adapter_root / "truncated"  # type: ignore[attr-defined]
+    shutil.copytree(REPO / "demo" / experts["math"]["adapter_path"], truncated)
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])  # passes the ingress's file checks; a replica's load fails
+    unloadable = admin.post("/admin/experts", json={**_spec(experts["math"]), "adapter_path": str(truncated)})
+    assert unloadable.status_code == 400, unloadable.text
+    assert unloadable.json()["error"]["code"] == "adapter_rejected"
     assert admin.post("/admin/experts", json=_spec(experts["sql"])).status_code == 409
     assert admin.get("/admin/experts").json()["registry_version"] == version
 
