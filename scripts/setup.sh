@@ -34,3 +34,14 @@ if [ -z "${SWITCHYARD_SKIP_DOCS:-}" ] && docs_missing; then
     echo "note: the demo documents (python3-doc, debian-policy, git-doc) are missing; install them as root" >&2
   fi
 fi
+
+# The console's browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
+if [[ ",$extra," == *",test,"* ]] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    install_chromium() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+    install_chromium || { apt-get update -qq >/dev/null && install_chromium; } \
+      || echo "warning: could not install chromium; the console's browser tests will fail" >&2
+  else
+    echo "note: the console's browser tests need Debian's chromium (apt-get install chromium, as root)" >&2
+  fi
+fi

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from experts.adapter_store import AdapterStore
 from experts.backends import create_backend
@@ -26,6 +27,7 @@ from server.admission import Admission
 from server.api import admin, openai, ops
 from server.calibration_service import restore_rule
 from server.chat_service import ChatService
+from server.console import pages as console_pages
 from server.embedding_service import EmbeddingService
 from server.encoder_pool import EncoderPool
 from server.errors import install_error_handlers
@@ -129,4 +131,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.api)
     app.include_router(admin.api)
     app.include_router(ops.api)
+    app.include_router(console_pages.api)
+    app.mount("/console/static", StaticFiles(directory=console_pages.STATIC), name="console-static")
     return app

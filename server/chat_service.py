@@ -215,13 +215,11 @@ class ChatService:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _finish(self, run: ChatRun, last: GenerationChunk) -> None:
-        self._count(run.target, "ok")
-        self._metrics.request_duration.labels("chat.completions", run.target.info.expert).observe(
-            time.monotonic() - run.started)
+        self._count(run.target, "ok", time.monotonic() - run.started)
         self._metrics.generated_tokens.labels(run.target.info.expert).inc(_usage(run, last).completion_tokens)
 
-    def _count(self, target: Target, status: str) -> None:
-        self._metrics.requests.labels("chat.completions", target.info.expert, status).inc()
+    def _count(self, target: Target, status: str, seconds: float | None = None) -> None:
+        self._metrics.served("chat.completions", target.info.expert, status, seconds)
 
     def _chunk(
         self, run: ChatRun, choices: list[ChunkChoice], usage: Usage | None = None, info: RoutingInfo | None = None

@@ -12,7 +12,6 @@ expert name, or `oos` / `generalist` for queries the generalist should answer.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -23,19 +22,7 @@ from pathlib import Path
 import httpx
 
 from routers.evaluation import OUT_OF_SCOPE, EvaluationReport, evaluate
-
-OOS_LABELS = {"oos", "out_of_scope", "generalist"}
-
-
-def read_labelled(path: Path) -> list[tuple[str, str]]:
-    """(text, label) pairs; out-of-scope labels are normalised to `OUT_OF_SCOPE`."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [(r["text"], r["label"]) for r in csv.DictReader(f)]
-    else:
-        rows = [(r["text"], r["label"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())
-                if r]
-    return [(text, OUT_OF_SCOPE if label in OOS_LABELS else label) for text, label in rows]
+from server.labelled_data import read_labelled
 
 
 def add_arguments(eval_parser: argparse.ArgumentParser, calibrate_parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from server.activity import RecentActivity
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(-2, 11))
@@ -67,7 +69,7 @@ class Metrics:
 
         self.request_duration = Histogram(
             "switchyard_request_duration_seconds",
-            "Chat completions from arrival to the last token, by serving expert.",
+            "Inference requests from arrival to the last byte, by endpoint and serving expert.",
             ["endpoint", "expert"],
             buckets=GENERATION_BUCKETS,
             registry=self.registry,
@@ -104,6 +106,22 @@ class Metrics:
             "switchyard_queue_depth", "Chat requests waiting for a slot (429 beyond max_queued_requests).",
             registry=self.registry,
         )
+
+        self.activity = RecentActivity()  # the console's live view (server/activity.py)
+
+    def decided(self, expert: str, fallback: bool, score: float | None) -> None:
+        """One routing decision that sends a request somewhere (dry runs through /v1/route are not counted)."""
+        self.routing_decisions.labels(expert, str(fallback).lower()).inc()
+        if score is not None:
+            self.routing_score.labels(expert).observe(score)
+        self.activity.decided(expert, fallback)
+
+    def served(self, endpoint: str, expert: str, status: str, seconds: float | None = None) -> None:
+        """One inference request finished (status 'ok' or 'error'), with its duration when known."""
+        self.requests.labels(endpoint, expert, status).inc()
+        if seconds is not None and status == "ok":
+            self.request_duration.labels(endpoint, expert).observe(seconds)
+            self.activity.served(endpoint, expert, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

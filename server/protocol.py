@@ -349,6 +349,15 @@ class CalibrationRequest(BaseModel):
     examples: list[LabelledQuery] = Field(min_length=1, max_length=50_000)
 
 
+class EvaluationRequest(BaseModel):
+    """A labelled file's text (the `switchyard eval` format) to score the live routing on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(min_length=1, description="JSONL lines {text, label}, or CSV with text,label columns")
+    format: Literal["jsonl", "csv"] = "jsonl"
+
+
 class CalibrationOut(BaseModel):
     calibrated: bool
     threshold: float

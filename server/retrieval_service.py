@@ -148,7 +148,7 @@ class RetrievalService:
             router=decision.router, threshold=threshold, registry_version=snapshot.version,
             routing_ms=round(routing_ms, 3),
         )
-        self._metrics.routing_decisions.labels(best.name, str(fallback).lower()).inc()
+        self._metrics.decided(best.name, fallback, best.score)
         return ranking, info, snapshot
 
     async def _routed(self, query: str, top_k: int, fuse: Fuse) -> Retrieval:

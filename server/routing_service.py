@@ -91,9 +91,7 @@ class RoutingService:
                 except ExpertGone:
                     continue  # removed between ranking and leasing: rank again on the new snapshot
             info = self.routing_info(decision, snapshot.version, routing_ms)
-            self._metrics.routing_decisions.labels(info.expert, str(decision.fallback).lower()).inc()
-            if decision.score is not None:
-                self._metrics.routing_score.labels(info.expert).observe(decision.score)
+            self._metrics.decided(info.expert, decision.fallback, decision.score)
             return Target(expert=expert, info=info, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 
@@ -113,6 +111,14 @@ class RoutingService:
         vectors = await asyncio.to_thread(self._encoder.encode, queries)
         index = self._registry.snapshot.index
         return self._router.decide_batch(vectors, index, top_n=2, rule=FallbackRule(float("-inf")))
+
+    async def rank_batch(self, queries: list[str]) -> list[Decision]:
+        """Top-2 decisions under the rule in force, as `rank` makes them; for evaluation (not traffic)."""
+        vectors = await asyncio.to_thread(self._encoder.encode, queries)
+        snapshot = self._registry.snapshot
+        decisions = self._router.decide_batch(vectors, snapshot.index, top_n=2, rule=self.rule)
+        return [_apply_generalist_feedback(d, v, snapshot.generalist_vectors)
+                for d, v in zip(decisions, vectors, strict=True)]
 
     def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
         expert = self._registry.snapshot.experts.get(decision.expert) if decision.expert else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from experts.backends import Backend
 from experts.manifest import Manifest
@@ -11,6 +11,7 @@ from routers.batching import MicroBatcher
 from routers.encoder import QueryEncoder
 from server.admission import Admission
 from server.chat_service import ChatService
+from server.console.sessions import ConsoleSessions
 from server.embedding_service import EmbeddingService
 from server.feedback_service import FeedbackService
 from server.indexing_service import IndexingService
@@ -37,3 +38,4 @@ class AppState:
     retrieval: RetrievalService
     embeddings: EmbeddingService
     started_at: float
+    console: ConsoleSessions = field(default_factory=ConsoleSessions)  # signed-in /console browsers

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -18,7 +19,9 @@ from experts.spec import EXPERT_NAME_PATTERN, ExpertSpec
 from server import calibration_service
 from server.api.deps import AdminAccess, State
 from server.errors import APIError
+from server.evaluation_service import evaluate_labelled
 from server.indexing_service import IndexingJob
+from server.labelled_data import LabelledDataError, parse_labelled
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
@@ -27,6 +30,7 @@ from server.protocol import (
     DocumentList,
     DocumentsAdd,
     DocumentsUploaded,
+    EvaluationRequest,
     ExpertCreate,
     ExpertList,
     ExpertOut,
@@ -38,6 +42,7 @@ from server.protocol import (
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
+MAX_EVALUATION_ROWS = 20_000
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; larger ids in a path are refused before they reach the database
 UPLOAD_PREFIXES = ("/admin/adapters/", "/admin/documents/", "/admin/retrievers/")
 
@@ -229,6 +234,28 @@ async def delete_upload(state: State, name: str = Path(pattern=EXPERT_NAME_PATTE
         raise APIError(404, f"no uploaded adapter named {name!r}", "not_found_error", "upload_not_found")
     await asyncio.to_thread(shutil.rmtree, target)
     return Response(status_code=204)
+
+
+@api.post("/evaluate")
+async def evaluate_routing(body: EvaluationRequest, state: State) -> dict[str, Any]:
+    """Routing accuracy, per-expert precision/recall and the confusion matrix on a labelled file."""
+    try:
+        rows = parse_labelled(body.data, body.format == "csv")
+    except LabelledDataError as exc:
+        raise APIError(400, str(exc), "invalid_request_error", "invalid_labelled_data", "data") from exc
+    if not rows or len(rows) > MAX_EVALUATION_ROWS:
+        raise APIError(400, f"a labelled file needs 1 to {MAX_EVALUATION_ROWS} rows, got {len(rows)}",
+                       "invalid_request_error", "invalid_labelled_data", "data")
+    return await evaluate_labelled(state.routing, rows)
+
+
+@api.get("/stats")
+async def recent_stats(state: State, window: float = Query(300, ge=10, le=3600),
+                       bucket: float = Query(10, ge=1, le=600)) -> dict[str, Any]:
+    """The last `window` seconds per expert, and decisions over time: the console's live view."""
+    activity = state.metrics.activity
+    return {**activity.summary(window), "timeline": activity.timeline(window, bucket),
+            "registry_version": state.registry.snapshot.version, "in_flight": state.admission.in_flight}
 
 
 @api.get("/calibration")

@@ -36,7 +36,9 @@ def _matches(presented: bytes | None, secrets: list[SecretStr]) -> bool:
 
 
 def require_admin(request: Request, state: State) -> None:
-    check_admin(request, state.settings)
+    """The admin token, or a signed-in console (its session cookie plus the console header)."""
+    if not state.console.admits(request):
+        check_admin(request, state.settings)
 
 
 def check_admin(request: Request, settings: Settings) -> None:
@@ -56,7 +58,7 @@ def check_admin(request: Request, settings: Settings) -> None:
 def require_api_key(request: Request, state: State) -> None:
     """Inference keys (`api_keys`), separate from the admin token: with none configured, inference is open."""
     keys = state.settings.api_keys
-    if keys and not _matches(_bearer(request), keys):
+    if keys and not _matches(_bearer(request), keys) and not state.console.admits(request):
         raise APIError(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
 
 

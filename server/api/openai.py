@@ -3,6 +3,8 @@ own `/v1/route` and `/v1/retrieve`."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
@@ -67,20 +69,22 @@ async def route(body: RouteRequest, state: State) -> JSONResponse:
 @api.post("/retrieve", dependencies=inference)
 async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     """Routed (`model="auto"`) or pinned retrieval: passages with ids, scores and metadata, and the decision."""
+    started = time.monotonic()
     retrieval = await state.retrieval.retrieve(body.model, body.query, body.top_k, body.fuse)
     try:
         response = RetrieveResponse(query=body.query, model=retrieval.info.expert, data=retrieval.passages,
                                     switchyard=retrieval.info)
     finally:
         retrieval.release()
-    state.metrics.requests.labels("retrieve", retrieval.info.expert, "ok").inc()
+    state.metrics.served("retrieve", retrieval.info.expert, "ok", time.monotonic() - started)
     return JSONResponse(response.model_dump(), headers=routing_headers(retrieval.info))
 
 
 @api.post("/embeddings", dependencies=inference)
 async def embeddings(body: EmbeddingRequest, state: State) -> EmbeddingResponse:
+    started = time.monotonic()
     response = await state.embeddings.embed(body)
-    state.metrics.requests.labels("embeddings", response.model, "ok").inc()
+    state.metrics.served("embeddings", response.model, "ok", time.monotonic() - started)
     return response
 
 
