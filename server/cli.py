@@ -1,4 +1,9 @@
-"""The `switchyard` command line: `serve`, `prepare` and `route`."""
+"""The `switchyard` command line.
+
+`serve` and `prepare` run here; the client commands (`experts`, `route`, `eval`, `calibrate`, `bench`)
+talk to a running server and live in `server/commands/`. Exit codes: 0 done, 1 the server refused (4xx),
+2 bad arguments, 3 server unreachable, 4 server error (5xx).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-import httpx
-
 from server import evaluation_cli
+from server.commands import bench, experts, route
+from server.commands.common import CommandFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,26 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     prepare = sub.add_parser("prepare", help="convert and cache the base model without serving")
     prepare.add_argument("--config", type=Path)
 
-    route = sub.add_parser("route", help="ask a running server where a query would go")
-    route.add_argument("query")
-    route.add_argument("--url", default="http://127.0.0.1:8000")
-
+    experts.add_arguments(sub.add_parser("experts", help="list, show, add, replace or remove experts"))
+    route.add_arguments(sub.add_parser("route", help="ask a running server where a query would go"))
     evaluation = sub.add_parser("eval", help="routing accuracy on a labelled file (server or offline)")
     calibrate = sub.add_parser("calibrate", help="fit a running server's fallback rule on a labelled file")
     evaluation_cli.add_arguments(evaluation, calibrate)
+    bench.add_arguments(sub.add_parser("bench", help="load-test a running server (routing or chat)"))
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise in a CLI
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "prepare":
-        return _prepare(args)
-    if args.command == "eval":
-        return evaluation_cli.run_eval(args)
-    if args.command == "calibrate":
-        return evaluation_cli.run_calibrate(args)
-    return _route(args)
+    commands = {"serve": _serve, "prepare": _prepare, "experts": experts.run, "route": route.run,
+                "eval": evaluation_cli.run_eval, "calibrate": evaluation_cli.run_calibrate, "bench": bench.run}
+    try:
+        return commands[args.command](args)
+    except CommandFailed as failure:
+        if getattr(args, "json", False):
+            print(json.dumps(failure.body if failure.body is not None else {"error": {"message": str(failure)}}))
+        print(f"error: {failure}", file=sys.stderr)
+        return failure.exit_code
 
 
 def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN202
@@ -90,23 +94,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
     settings = _load_settings(args)
     print(resolve_base_model(settings.base_model, settings.model_cache_dir))
-    return 0
-
-
-def _route(args: argparse.Namespace) -> int:
-    try:
-        response = httpx.post(f"{args.url.rstrip('/')}/v1/route", json={"query": args.query}, timeout=30)
-    except httpx.HTTPError as exc:
-        print(f"could not reach {args.url}: {exc}", file=sys.stderr)
-        return 2
-    body = response.json()
-    if response.status_code != 200:
-        print(json.dumps(body, indent=2), file=sys.stderr)
-        return 1
-    decision = body["decision"]
-    print(f"-> {decision['expert']} ({decision['reason']})")
-    for entry in body["ranking"]:
-        print(f"   {entry['score']:.3f}  {entry['name']}")
     return 0
 
 

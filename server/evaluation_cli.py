@@ -3,40 +3,39 @@
 Labelled files are JSONL (`{"text": ..., "label": ...}`) or CSV with `text,label` columns; the label is an
 expert name, or `oos` / `generalist` for queries the generalist should answer.
 
-- `eval --data FILE --url URL` scores a running server through `/v1/route` (its experts, its rule).
+- `eval --data FILE [--url URL]` scores a running server through `/v1/route` (its experts, its rule).
 - `eval --data FILE --train FILE [--examples-per-expert K] [--router knn] [--calibrate FILE]` builds
   experts from the training file in-process (K examples per label, fixed seed) and scores the policy.
-- `calibrate --data FILE --url URL` fits the server's fallback rule through `POST /admin/calibration`.
+- `calibrate --data FILE [--url URL]` fits the server's fallback rule through `POST /admin/calibration`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
-import httpx
-
 from routers.evaluation import OUT_OF_SCOPE, EvaluationReport, evaluate
+from server.commands.common import EXIT_OK, Connection, Progress, add_connection_arguments, emit, table
 from server.labelled_data import read_labelled
 
 
 def add_arguments(eval_parser: argparse.ArgumentParser, calibrate_parser: argparse.ArgumentParser) -> None:
     eval_parser.add_argument("--data", type=Path, required=True, help="labelled JSONL or CSV to score")
-    eval_parser.add_argument("--url", help="score a running server through /v1/route")
     eval_parser.add_argument("--train", type=Path, help="offline: build experts from this labelled file")
     eval_parser.add_argument("--examples-per-expert", type=int, help="offline: sample K examples per label")
     eval_parser.add_argument("--router", default="knn", help="offline: routing policy")
     eval_parser.add_argument("--threshold", type=float, default=0.3, help="offline: global fallback threshold")
     eval_parser.add_argument("--calibrate", type=Path, help="offline: fit the fallback rule on this file first")
     eval_parser.add_argument("--confusion", type=Path, help="write the confusion matrix as a PNG")
-    eval_parser.add_argument("--json", type=Path, help="write the full report as JSON")
+    eval_parser.add_argument("--report", type=Path, help="write the full report as JSON to this file")
+    add_connection_arguments(eval_parser)
     calibrate_parser.add_argument("--data", type=Path, required=True)
-    calibrate_parser.add_argument("--url", default="http://127.0.0.1:8000")
+    add_connection_arguments(calibrate_parser)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -44,38 +43,51 @@ def run_eval(args: argparse.Namespace) -> int:
     texts, truth = [t for t, _ in data], [label for _, label in data]
     if args.train:
         predicted, abstain = _offline(args, texts)
-    elif args.url:
-        predicted, abstain = _through_server(args.url, texts)
     else:
-        print("eval needs --url (a running server) or --train (offline)", file=sys.stderr)
-        return 2
+        predicted, abstain = _through_server(args, texts)
     report = evaluate(truth, predicted, abstain)
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, default=lambda o: o.__dict__, indent=2))
+    if args.report:
+        args.report.write_text(json.dumps(asdict(report), indent=2))
+    emit(args, asdict(report), lambda _: print_report(report))
     if args.confusion:
         write_confusion_png(report, args.confusion)
-        print(f"confusion matrix: {args.confusion}")
-    return 0
+        print(f"confusion matrix: {args.confusion}", file=sys.stderr)
+    return EXIT_OK
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
     examples = [{"text": t, "label": "generalist" if label == OUT_OF_SCOPE else label}
                 for t, label in read_labelled(args.data)]
-    token = os.environ.get("SWITCHYARD_ADMIN_TOKEN", "")
-    response = httpx.post(f"{args.url.rstrip('/')}/admin/calibration", json={"examples": examples},
-                          headers={"Authorization": f"Bearer {token}"}, timeout=600)
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.status_code == 200 else 1
+    connection = Connection(args, timeout=600)
+    try:
+        result = connection.call("POST", "/admin/calibration", json={"examples": examples})
+    finally:
+        connection.close()
+    emit(args, result, _print_calibration)
+    return EXIT_OK
 
 
-def _through_server(url: str, texts: list[str]) -> tuple[list[str], list[float]]:
+def _print_calibration(result: dict) -> None:
+    print(f"calibrated on {result['fitted_on']} queries: threshold {result['threshold']:.3f}, "
+          f"margin {result['margin']:.3f}, in-scope accuracy {_pct(result.get('in_scope_accuracy'))}")
+    table(["EXPERT", "THRESHOLD"], [(name, f"{value:.3f}") for name, value in sorted(result["per_expert"].items())],
+          right=(1,))
+
+
+def _through_server(args: argparse.Namespace, texts: list[str]) -> tuple[list[str], list[float]]:
+    """Score query by query through /v1/route, as a client would see it (with a progress bar)."""
     predicted, abstain = [], []
-    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as http:
+    connection = Connection(args, timeout=60)
+    progress = Progress(len(texts), "evaluating", enabled=None if not args.json else False)
+    try:
         for text in texts:
-            decision = http.post("/v1/route", json={"query": text, "top_n": 2}).json()["decision"]
+            decision = connection.call("POST", "/v1/route", json={"query": text, "top_n": 2})["decision"]
             predicted.append(OUT_OF_SCOPE if decision["fallback"] else decision["expert"])
             abstain.append(-(decision["score"] if decision["score"] is not None else -1.0))
+            progress.advance()
+    finally:
+        progress.close()
+        connection.close()
     return predicted, abstain
 
 

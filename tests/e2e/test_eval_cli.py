@@ -34,11 +34,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_eval_against_the_server(server: ServerProcess, tmp_path: Path) -> None:
     data = write_labelled(tmp_path / "held_out.jsonl", "held_out")
-    result = cli("eval", "--data", str(data), "--url", server.base_url, "--json", str(tmp_path / "report.json"))
+    result = cli("eval", "--data", str(data), "--url", server.base_url, "--report", str(tmp_path / "report.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["n"] == 26 and report["accuracy"] == 1.0 and report["oos_recall"] == 1.0
     assert "in-scope accuracy: 100.0%" in result.stdout
+    as_json = cli("eval", "--data", str(data), "--url", server.base_url, "--json")
+    assert json.loads(as_json.stdout) == report
 
 
 def test_offline_eval_writes_a_confusion_png(tmp_path: Path) -> None:
@@ -55,9 +57,11 @@ def test_offline_eval_writes_a_confusion_png(tmp_path: Path) -> None:
 def test_calibrate_command(server: ServerProcess, tmp_path: Path) -> None:
     data = write_labelled(tmp_path / "held_out.jsonl", "held_out")
     try:
-        result = cli("calibrate", "--data", str(data), "--url", server.base_url)
+        result = cli("calibrate", "--data", str(data), "--url", server.base_url, "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         body = json.loads(result.stdout)
         assert body["calibrated"] and body["fitted_on"] == 26
+        readable = cli("calibrate", "--data", str(data), "--url", server.base_url)
+        assert readable.stdout.startswith("calibrated on 26 queries") and "THRESHOLD" in readable.stdout
     finally:  # the session's server is shared: leave its rule as it was
         httpx.delete(f"{server.base_url}/admin/calibration", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
