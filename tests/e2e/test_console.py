@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess
 
@@ -153,7 +154,9 @@ def test_register_try_watch_evaluate_remove(page: object, admin: httpx.Client, d
     shot(page, "live")
 
     # Evaluation: the same figures as the API gives for the same file.
+    off_domain = yaml.safe_load((REPO / "demo" / "experts.yaml").read_text())["off_domain"]
     rows = [{"text": q, "label": e["name"]} for e in demo_experts for q in e["held_out"][:4]]
+    rows += [{"text": q, "label": "oos"} for q in off_domain[:4]]
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("\n".join(json.dumps(r) for r in rows))
     report = admin.post("/admin/evaluate", json={"data": labelled.read_text()}).json()

@@ -65,6 +65,7 @@ function clearChart(chart) {
 }
 
 const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+const plural = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
 const pct = (value) => (value === null || value === undefined ? "–" : `${(100 * value).toFixed(1)}%`);
 
 // -- navigation ---------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ function renderExperts(experts, stats) {
   const generalist = stats.fallback_share;
   $("experts-summary").textContent =
     `${experts.data.length} experts · registry version ${experts.registry_version} · ` +
-    `${decisions} routing decisions in the last 5 minutes, ${pct(generalist)} to the generalist (fallback)`;
+    `${plural(decisions, "routing decision")} in the last 5 minutes, ${pct(generalist)} to the generalist (fallback)`;
   if (experts.data.some((e) => e.state === "indexing")) setTimeout(loadExperts, 2000);
 }
 
@@ -395,7 +396,7 @@ function drawLive(stats) {
   const fallback = el("li", {text: `fallback share (line): ${pct(stats.fallback_share)}`});
   fallback.style.setProperty("--swatch", "#cf222e");
   legend.append(fallback);
-  $("live-summary").textContent = `${stats.decisions} decisions in the last 5 minutes · ` +
+  $("live-summary").textContent = `${plural(stats.decisions, "decision")} in the last 5 minutes · ` +
     `${pct(stats.fallback_share)} fell back to the generalist · ${stats.in_flight} requests in flight · ` +
     `registry version ${stats.registry_version}`;
 }
@@ -451,8 +452,10 @@ function renderReport(report) {
         return cell;
       }))));
   matrix.querySelector("thead th").setAttribute("scope", "col");
-  table("eval-mistakes", ["Query", "True", "Predicted"], report.mistakes.map((m) =>
-    el("tr", {}, el("td", {text: m.text}), el("td", {text: label(m.label)}), el("td", {text: label(m.predicted)}))));
+  const mistakes = report.mistakes.map((m) =>
+    el("tr", {}, el("td", {text: m.text}), el("td", {text: label(m.label)}), el("td", {text: label(m.predicted)})));
+  if (!mistakes.length) mistakes.push(el("tr", {}, el("td", {colspan: "3", text: "None: every query went where its label says."})));
+  table("eval-mistakes", ["Query", "True", "Predicted"], mistakes);
 }
 
 // -- start --------------------------------------------------------------------------------------
