@@ -56,9 +56,14 @@ def check_admin(request: Request, settings: Settings) -> None:
 
 
 def require_api_key(request: Request, state: State) -> None:
+    if not state.console.admits(request):
+        check_api_key(request, state.settings)
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
     """Inference keys (`api_keys`), separate from the admin token: with none configured, inference is open."""
-    keys = state.settings.api_keys
-    if keys and not _matches(_bearer(request), keys) and not state.console.admits(request):
+    keys = settings.api_keys
+    if keys and not _matches(_bearer(request), keys):
         raise APIError(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
 
 

@@ -43,9 +43,9 @@ def build_app(args: dict[str, Any]) -> Any:
     plain["api_keys"] = [key.get_secret_value() for key in settings.api_keys]
     replicas = serve.deployment(
         num_replicas=int(args.get("expert_replicas", 2)), ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=settings.max_active_requests,
+        max_ongoing_requests=settings.max_active_requests, max_queued_requests=settings.max_queued_requests,
     )(ExpertReplica).bind(plain)
-    return ingress_deployment(int(args.get("ingress_replicas", 1))).bind(replicas, plain)
+    return ingress_deployment(int(args.get("ingress_replicas", 1)), settings).bind(replicas, plain)
 
 
 def run(settings_file: Path | None, host: str, port: int, expert_replicas: int, address: str | None) -> int:

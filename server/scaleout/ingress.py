@@ -20,6 +20,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files, resolve_within_roots
 from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
@@ -27,9 +28,10 @@ from experts.spec import ExpertSpec
 from routers.base import Decision, ExpertVectors, RoutingIndex
 from routers.encoder import QueryEncoder, resolve_encoder
 from routers.policies import create_router
-from server.api.deps import check_admin
+from server.api.deps import check_admin, check_api_key
 from server.chat_service import query_of, sampling_for
 from server.errors import APIError, install_error_handlers
+from server.limits import BodySizeLimit
 from server.protocol import ChatCompletionRequest, RouteRequest, RoutingInfo, new_id
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE, CatalogueEntry
 from server.settings import Settings
@@ -107,27 +109,34 @@ class RoutingIngress:
     # -- inference --------------------------------------------------------------------------------
 
     @api.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    async def models(self, request: Request) -> dict[str, Any]:
+        check_api_key(request, self._settings)
         _, _, entries = await self._current()
         names = [self._settings.generalist_name, "auto", *entries]
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "switchyard"}
                                            for n in names]}
 
     @api.post("/v1/route")
-    async def route(self, body: RouteRequest) -> dict[str, Any]:
+    async def route(self, request: Request, body: RouteRequest) -> dict[str, Any]:
+        check_api_key(request, self._settings)
         decision, version, _, routing_ms = await self._decide(body.query)
         ranking = decision.ranking[: body.top_n] if body.top_n else decision.ranking
         return {"query": body.query, "decision": self._info(decision, version, routing_ms).model_dump(),
                 "ranking": [{"name": r.name, "score": r.score} for r in ranking]}
 
     @api.post("/v1/chat/completions")
-    async def chat(self, body: ChatCompletionRequest) -> Any:
+    async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
+        check_api_key(request, self._settings)
         sampling = sampling_for(body, self._settings)
         model_id, info = await self._target(body)
         payload = {"messages": [{"role": m.role, "content": m.text()} for m in body.messages],
                    "sampling": {**sampling.__dict__, "stop": list(sampling.stop)}}
         stream = self._replicas.options(multiplexed_model_id=model_id, stream=True).generate.remote(payload)
-        placement = await stream.__anext__()
+        try:
+            placement = await stream.__anext__()
+        except BackPressureError as exc:
+            raise APIError(429, "every expert replica is at capacity; retry later", "rate_limit_error",
+                           "server_busy", headers={"Retry-After": str(self._settings.retry_after_seconds)}) from exc
         routing = {**info.model_dump(), **placement}
         if body.stream:
             return StreamingResponse(_sse(stream, routing, info.expert), media_type="text/event-stream")
@@ -247,8 +256,11 @@ async def _sse(stream: Any, routing: dict[str, Any], model: str) -> AsyncIterato
     yield "data: [DONE]\n\n"
 
 
-def ingress_deployment(num_replicas: int) -> Any:
-    """The ingress as a Serve deployment (decorated here so importing this module needs no running Ray)."""
+def ingress_deployment(num_replicas: int, settings: Settings) -> Any:
+    """The ingress as a Serve deployment (decorated here so importing this module needs no running Ray),
+    with the same request-size bound as the single-machine server."""
+    if not any(m.cls is BodySizeLimit for m in api.user_middleware):
+        api.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": 0})(
         serve.ingress(api)(RoutingIngress))
 

@@ -79,6 +79,9 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     experts = {e["name"]: e for e in demo_experts}
 
     assert httpx.post(f"{cluster.base_url}/admin/experts", json=_spec(experts["sql"])).status_code == 401
+    oversized = httpx.post(f"{cluster.base_url}/v1/route", content=b"x" * 300_000,
+                           headers={"Content-Type": "application/json"})
+    assert oversized.status_code == 413 and "error" in oversized.json()
     added = admin.post("/admin/experts", json=_spec(experts["sql"]))
     assert added.status_code == 201, added.text
     assert added.json()["model_id"] == "sql@1"
