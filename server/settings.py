@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_loras: int = Field(8, ge=1, description="adapters kept on the device at once")
     max_cpu_loras: int = Field(16, ge=0, description="further adapters kept in host memory")
     max_batch_size: int = Field(16, ge=1, description="requests decoded together (continuous batching)")
+    stacked_lora: bool = Field(True, description="transformers: run mixed-adapter batches as stacked, gathered "
+                                                 "matmuls (one pass); false: PEFT's per-sample adapter_names")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM: memory fraction for weights and "
                                           "KV cache (on CPU, of host memory)")
 

@@ -24,6 +24,7 @@ from transformers import DynamicCache
 
 from experts.backends.base import SamplingParams
 from experts.backends.sampling import sample_next_token
+from experts.backends.stacked_lora import StackedLora
 
 FINISHED = None  # sentinel pushed after the last token of a row
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a per-sample adapter_names list
@@ -61,10 +62,11 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 class BatchScheduler:
     def __init__(self, executor: Executor, model: Callable[[], torch.nn.Module], uses_peft: Callable[[], bool],
-                 max_batch: int) -> None:
+                 max_batch: int, stacked: StackedLora | None = None) -> None:
         self._executor = executor
         self._model = model
         self._uses_peft = uses_peft
+        self._stacked = stacked
         self.max_batch = max_batch
         self._rows: list[Row] = []
         self._cache: DynamicCache | None = None
@@ -82,15 +84,19 @@ class BatchScheduler:
     # -- model thread ---------------------------------------------------------------------------------
 
     def _forward(self, rows: list[Row], **kwargs: Any) -> Any:
-        """One forward pass for `rows`. PEFT's per-sample adapter routing costs time in every LoRA layer,
-        so a batch whose rows all use one adapter runs through the plain single-adapter path. (All-generalist
-        batches keep the per-sample path: `disable_adapter()` toggles every LoRA layer twice per step and
-        measured slower.)"""
+        """One forward pass for `rows`. With stacked LoRA (the default) every batch, mixed or not, is one
+        pass of gathered matmuls (`stacked_lora.py`). Without it, PEFT's per-sample routing costs time in
+        every LoRA layer, so a batch whose rows all use one adapter runs through PEFT's single-adapter path.
+        (All-generalist batches keep the per-sample path there: `disable_adapter()` toggles every LoRA layer
+        twice per step and measured slower.)"""
         model = self._model()
         adapters = {r.adapter for r in rows}
         with torch.inference_mode():
             if not self._uses_peft():
                 return model(use_cache=True, **kwargs)
+            if self._stacked is not None and self._stacked.ready(model):
+                with self._stacked.rows([r.adapter for r in rows], kwargs["input_ids"].device):
+                    return model(use_cache=True, **kwargs)
             if len(adapters) == 1 and BASE_ADAPTER not in adapters:
                 (only,) = adapters
                 if model.active_adapter != only:

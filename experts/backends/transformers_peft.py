@@ -33,6 +33,7 @@ from experts.backends.base import GenerationChunk, GenerationRequest, check_prom
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import StreamedText
+from experts.backends.stacked_lora import StackedLora
 from experts.errors import AdapterRejected, AdapterUnavailable
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class TransformersBackend:
 
     def __init__(
         self, model_dir: Path, device: str, max_context: int, max_loras: int = 8, max_cpu_loras: int = 16,
-        max_batch: int = 16,
+        max_batch: int = 16, stacked_lora: bool = True,
     ) -> None:
         self.model_id = str(model_dir)
         self._device = torch.device(device)
@@ -67,9 +68,10 @@ class TransformersBackend:
         self._plan = ResidencyPlan(max_loras, max_cpu_loras)
         self._files: dict[str, AdapterFiles] = {}
         self._host: dict[str, _HostCopy] = {}
+        self._stacked = StackedLora() if stacked_lora else None
         self._scheduler = BatchScheduler(
             self._executor, model=lambda: self._peft if self._peft is not None else self._base,
-            uses_peft=lambda: self._peft is not None, max_batch=max_batch,
+            uses_peft=lambda: self._peft is not None, max_batch=max_batch, stacked=self._stacked,
         )
         eos = self._base.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -152,7 +154,12 @@ class TransformersBackend:
         for key in self._plan.drops():
             self._host.pop(key, None)
 
+    def _adapters_changed(self) -> None:
+        if self._stacked is not None:
+            self._stacked.invalidate()
+
     def _inject_from_disk(self, key: str, files: AdapterFiles) -> None:
+        self._adapters_changed()
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(self._base, str(files.directory), adapter_name=key)
             self._peft.eval()
@@ -160,6 +167,7 @@ class TransformersBackend:
             self._peft.load_adapter(str(files.directory), adapter_name=key, low_cpu_mem_usage=True)
 
     def _inject_from_host(self, key: str, copy: _HostCopy) -> None:
+        self._adapters_changed()
         if self._peft is None:
             self._peft = PeftModel(self._base, copy.config, adapter_name=key, low_cpu_mem_usage=True)
             self._peft.eval()
@@ -171,6 +179,7 @@ class TransformersBackend:
         peft = self._peft
         if peft is None or key not in peft.peft_config:
             return
+        self._adapters_changed()
         remaining = [name for name in peft.peft_config if name != key]
         if not remaining:
             # PEFT cannot run with zero adapters; strip the LoRA layers and go back to the plain model.

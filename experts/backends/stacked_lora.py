@@ -1,0 +1,114 @@
+"""Stacked LoRA: every adapter on the device in one tensor per layer, so a mixed batch costs one pass.
+
+PEFT's per-sample path (`adapter_names`) loops over the distinct adapters of a batch in every LoRA layer:
+index the rows, run A and B, scatter the result back. With 8 adapters that is 8 times the small kernels and
+Python work per layer and step, and it is why a batch of 8 different experts ran at about half the speed of
+8 requests on one. This module does what BGMV/Punica kernels do on GPUs, with plain batched matmuls: each
+LoRA layer keeps `A` stacked as [slots, r, in] and `B * scaling` as [slots, out, r] (slot 0 is all zeros:
+the generalist; ranks are zero-padded to the largest), and a forward gathers each row's slot and runs two
+`bmm`s. The cost no longer grows with the number of distinct adapters in the batch.
+
+PEFT still owns loading, validation and residency; the stacks are rebuilt (a few ms) on the model thread
+after any adapter enters or leaves the model. Adapters with a LoRA variant (DoRA, ...) or a LoRA bias are
+not stacked: the backend then falls back to PEFT's per-sample path for that model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
+
+BASE_SLOT = 0
+_STACK = "_switchyard_lora_stack"
+_PATCHED = "_switchyard_stacked_forward"
+
+
+class StackedLora:
+    """Owns the stacks of one PEFT model and the per-row slots of the forward pass in progress."""
+
+    def __init__(self) -> None:
+        self._stale = True
+        self._supported = False
+        self._slot_of: dict[str, int] = {}
+        self.slots: torch.Tensor | None = None  # set only inside `rows()`, read by the patched layers
+        self.lora_off = False  # every row is the generalist: skip the LoRA maths entirely
+
+    def invalidate(self) -> None:
+        """An adapter entered or left the model: rebuild before the next forward."""
+        self._stale = True
+
+    def ready(self, peft_model: torch.nn.Module) -> bool:
+        """Rebuild if needed; False when some adapter cannot be stacked (use PEFT's path instead)."""
+        if self._stale:
+            self._supported = self._rebuild(peft_model)
+            self._stale = False
+        return self._supported
+
+    @contextmanager
+    def rows(self, adapters: Sequence[str], device: torch.device) -> Iterator[None]:
+        """Run the forward inside this block with row i using adapter `adapters[i]` (or the base)."""
+        slots = [self._slot_of.get(name, BASE_SLOT) for name in adapters]
+        self.lora_off = all(slot == BASE_SLOT for slot in slots)
+        self.slots = torch.tensor(slots, dtype=torch.long, device=device)
+        try:
+            yield
+        finally:
+            self.slots, self.lora_off = None, False
+
+    def _rebuild(self, peft_model: torch.nn.Module) -> bool:
+        layers = [m for m in peft_model.modules() if isinstance(m, LoraLinear)]
+        names = sorted({name for layer in layers for name in layer.lora_A})
+        if any(_unstackable(layer, name) for layer in layers for name in layer.lora_A):
+            return False
+        self._slot_of = {name: i + 1 for i, name in enumerate(names)}
+        rank = max((layer.lora_A[name].weight.shape[0] for layer in layers for name in layer.lora_A), default=1)
+        for layer in layers:
+            _stack_layer(layer, self._slot_of, rank)
+            if not hasattr(layer, _PATCHED):
+                setattr(layer, _PATCHED, True)
+                layer.forward = _stacked_forward(layer, type(layer).forward.__get__(layer), self)
+        return True
+
+
+def _unstackable(layer: LoraLinear, name: str) -> bool:
+    return name in getattr(layer, "lora_variant", {}) or layer.lora_B[name].bias is not None
+
+
+def _stack_layer(layer: LoraLinear, slot_of: dict[str, int], rank: int) -> None:
+    if not layer.lora_A:
+        layer.__dict__[_STACK] = None
+        return
+    some = next(iter(layer.lora_A.values())).weight
+    out_features = next(iter(layer.lora_B.values())).weight.shape[0]
+    a = torch.zeros(len(slot_of) + 1, rank, some.shape[1], dtype=some.dtype, device=some.device)
+    b = torch.zeros(len(slot_of) + 1, out_features, rank, dtype=some.dtype, device=some.device)
+    with torch.no_grad():
+        for name, lora_a in layer.lora_A.items():
+            r = lora_a.weight.shape[0]
+            a[slot_of[name], :r] = lora_a.weight
+            b[slot_of[name], :, :r] = layer.lora_B[name].weight * layer.scaling[name]
+    layer.__dict__[_STACK] = (a, b)
+
+
+def _stacked_forward(layer: LoraLinear, peft_forward: Callable[..., Any], bank: StackedLora) -> Callable[..., Any]:
+    """The layer's forward: PEFT's own outside a stacked pass, gathered batched matmuls inside one."""
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        slots = bank.slots
+        if slots is None:
+            return peft_forward(x, *args, **kwargs)
+        result = layer.base_layer(x, *args, **kwargs)
+        stack = layer.__dict__.get(_STACK)
+        if bank.lora_off or stack is None:
+            return result
+        a, b = stack
+        rows = x if x.dim() == 3 else x.unsqueeze(1)  # [batch, seq, in]
+        hidden = torch.bmm(rows.to(a.dtype), a[slots].transpose(1, 2))  # [batch, seq, r]
+        delta = torch.bmm(hidden, b[slots].transpose(1, 2))  # [batch, seq, out]
+        return result + delta.view_as(result).to(result.dtype)
+
+    return forward
