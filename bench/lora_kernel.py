@@ -4,7 +4,12 @@ Loads the embedded base model twice (stacked on, then off) with 8 adapters (the 
 copies under other names), and for each runs, greedy, `--max-tokens` per request:
 8 concurrent requests on one adapter, 8 concurrent on 8 different adapters, the 8 one at a time, and 8
 concurrent on the generalist. Reports generated tokens/s and the ratios the throughput goals are stated in.
-Both legs run in the same process, one after the other; prints a table and writes JSON.
+Both legs run in the same process, one after the other.
+
+Requests stop at their end-of-sequence token, so end-to-end tokens/s also depends on how long each
+adapter's answers are. The second table takes that out: the time of one decode step (batch of 8 rows, a
+48-token context), stacked versus PEFT on the same loaded model, for the same four cases (one at a time =
+8 steps of batch 1). Prints both tables and writes JSON.
 
 Run: python bench/lora_kernel.py [--max-tokens 32] [--repeats 2]
 """
@@ -18,7 +23,10 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -50,6 +58,39 @@ async def _scenario(backend: TransformersBackend, keys: list[str | None], concur
     return sum(counts) / (time.perf_counter() - started)
 
 
+def _step_ms(backend: TransformersBackend, rows: list[str], stacked: bool, steps: int = 12) -> float:
+    """Median time of one decode step for `rows`, through the stacked path or PEFT's (as the scheduler picks)."""
+    model = backend._peft  # noqa: SLF001 - a benchmark of the backend's own kernels
+    kwargs: dict = {}
+    if not stacked:
+        if len(set(rows)) == 1 and rows[0] != "__base__":
+            model.set_adapter(rows[0])
+        else:
+            kwargs["adapter_names"] = rows
+    torch.manual_seed(0)
+    ids = torch.randint(100, 1000, (len(rows), 48))
+    block = backend._stacked.rows(rows, ids.device) if stacked else nullcontext()  # noqa: SLF001
+    times = []
+    with torch.inference_mode(), block:
+        out = model(input_ids=ids, use_cache=True, **kwargs)
+        for _ in range(steps):
+            token = out.logits[:, -1:].argmax(-1)
+            started = time.perf_counter()
+            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True, **kwargs)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def _steps(backend: TransformersBackend, keys: list[str]) -> dict[str, dict[str, float]]:
+    assert backend._stacked.ready(backend._peft)  # noqa: SLF001
+    cases = {"one adapter x8": keys[:1] * 8, "8 adapters x8": keys, "generalist x8": ["__base__"] * 8}
+    table = {}
+    for kind in ("stacked", "peft"):
+        table[kind] = {name: _step_ms(backend, rows, kind == "stacked") for name, rows in cases.items()}
+        table[kind]["8 adapters one at a time"] = sum(_step_ms(backend, [k], kind == "stacked") for k in keys)
+    return table
+
+
 async def _leg(stacked: bool, max_tokens: int, repeats: int) -> dict[str, float]:
     model_dir = resolve_base_model(EMBEDDED_BASE, Path.home() / ".cache" / "switchyard" / "models")
     backend = TransformersBackend(Path(model_dir), "cpu", 2048, max_loras=8, max_cpu_loras=0, max_batch=16,
@@ -62,6 +103,9 @@ async def _leg(stacked: bool, max_tokens: int, repeats: int) -> dict[str, float]
     await _scenario(backend, keys, True, 4)  # warm-up
     result = {name: statistics.median([await _scenario(backend, k, c, max_tokens) for _ in range(repeats)])
               for name, (k, c) in scenarios.items()}
+    if stacked:
+        result["steps_ms"] = await asyncio.get_running_loop().run_in_executor(
+            backend._executor, _steps, backend, keys)  # noqa: SLF001 - on the model's own thread
     await backend.close()
     return result
 
@@ -74,18 +118,29 @@ def main() -> None:
     args = parser.parse_args()
     legs = {"stacked": asyncio.run(_leg(True, args.max_tokens, args.repeats)),
             "peft": asyncio.run(_leg(False, args.max_tokens, args.repeats))}
-    print(f"{'scenario':<26} {'stacked tok/s':>14} {'PEFT tok/s':>11}")
+    steps = legs["stacked"].pop("steps_ms")
+    print(f"{'end to end':<26} {'stacked tok/s':>14} {'PEFT tok/s':>11}")
     for name in legs["stacked"]:
         print(f"{name:<26} {legs['stacked'][name]:>14.1f} {legs['peft'][name]:>11.1f}")
+    print(f"\n{'decode step (8 tokens)':<26} {'stacked ms':>14} {'PEFT ms':>11}")
+    for name in steps["stacked"]:
+        print(f"{name:<26} {steps['stacked'][name]:>14.1f} {steps['peft'][name]:>11.1f}")
+    step_ratios = {kind: {"mixed / one at a time": t["8 adapters one at a time"] / t["8 adapters x8"],
+                          "mixed / one adapter": t["one adapter x8"] / t["8 adapters x8"],
+                          "one adapter / generalist (LoRA tax)": t["generalist x8"] / t["one adapter x8"]}
+                   for kind, t in steps.items()}
+    for kind, values in step_ratios.items():
+        print(f"per step, {kind}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
     ratios = {leg: {"mixed / one at a time": r["8 adapters x8"] / r["8 adapters one at a time"],
                     "mixed / one adapter": r["8 adapters x8"] / r["one adapter x8"],
                     "one adapter / generalist (LoRA tax)": r["one adapter x8"] / r["generalist x8"]}
               for leg, r in legs.items()}
     for leg, values in ratios.items():
-        print(f"{leg}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+        print(f"end to end, {leg}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.machine(), "max_tokens": args.max_tokens,
-                                    "tokens_per_s": legs, "ratios": ratios}, indent=2))
+                                    "tokens_per_s": legs, "ratios": ratios, "step_ms": steps,
+                                    "step_ratios": step_ratios}, indent=2))
 
 
 if __name__ == "__main__":
