@@ -1,10 +1,11 @@
 """Continuous batching with mixed adapters for the transformers backend.
 
 Every running request is a row of one batch. Each step is a single forward pass for all rows, whatever
-adapter each row uses (PEFT's per-sample `adapter_names`, `__base__` for the generalist). A new request
-is prefilled on its own and then joins the batch between two steps; a finished or abandoned row leaves
-it. Rows have different lengths, so the batch's KV cache is left-padded and an attention mask plus
-explicit position ids keep every row's computation what it would be alone.
+adapter each row uses (stacked LoRA, or PEFT's per-sample `adapter_names`; `__base__` is the generalist).
+Requests that arrive together are prefilled together, in one left-padded pass, and join the batch
+between two steps; a finished or abandoned row leaves it. Rows have different lengths, so the batch's KV
+cache is left-padded and an attention mask plus explicit position ids keep every row's computation what
+it would be alone.
 
 Everything here runs on the backend's model thread: steps and admissions are queued jobs on the same
 single-thread executor as adapter loads, so the model is never mutated mid-step. Results go back to
@@ -14,6 +15,7 @@ each request's asyncio queue through `call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ class BatchScheduler:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, cache_len]
         self._waiting: list[Row] = []
+        self._incoming: deque[Row] = deque()  # submitted from the event loop, not yet seen by the model thread
         self._step_queued = False
         self.steps = 0
         self.largest_batch = 0
@@ -79,7 +82,8 @@ class BatchScheduler:
     # -- called from the event loop -----------------------------------------------------------------
 
     def submit(self, row: Row) -> None:
-        self._executor.submit(self._admit, row)
+        self._incoming.append(row)
+        self._executor.submit(self._admit_incoming)
 
     # -- model thread ---------------------------------------------------------------------------------
 
@@ -104,32 +108,51 @@ class BatchScheduler:
                 return model(use_cache=True, **kwargs)
             return model(use_cache=True, adapter_names=[r.adapter for r in rows], **kwargs)
 
-    def _admit(self, row: Row) -> None:
-        if row.cancelled:
+    def _admit_incoming(self) -> None:
+        """Take every request submitted so far (an earlier job may already have taken them)."""
+        while self._incoming:
+            self._waiting.append(self._incoming.popleft())
+        self._fill()
+
+    def _fill(self) -> None:
+        """Prefill as many waiting rows as the batch has room for, in one pass, and let them join."""
+        for row in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(row)
             row.emit(FINISHED)
+        room = self.max_batch - len(self._rows)
+        if room <= 0 or not self._waiting:
             return
-        if len(self._rows) >= self.max_batch:
-            self._waiting.append(row)
-            return
+        joining, self._waiting = self._waiting[:room], self._waiting[room:]
+        lengths = [r.prompt_ids.shape[1] for r in joining]
+        longest = max(lengths)
+        device = joining[0].prompt_ids.device
+        mask = torch.cat([_left_pad(torch.ones(1, n, dtype=torch.long, device=device), longest, 1)
+                          for n in lengths])
         try:
-            out = self._forward([row], input_ids=row.prompt_ids)
-        except Exception as exc:  # reaches that request only
-            row.emit(exc)
+            out = self._forward(joining, input_ids=torch.cat([_left_pad(r.prompt_ids, longest, 1) for r in joining]),
+                                attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+        except Exception as exc:  # reaches these requests only
+            for row in joining:
+                row.emit(exc)
             return
-        row.position = row.prompt_ids.shape[1]
-        self._merge(row, out.past_key_values)
-        self._accept(row, out.logits[0, -1])
+        cache = out.past_key_values
+        with torch.inference_mode():  # padding columns hold zeros, as `_merge` pads; never attended to
+            for layer in cache.layers:
+                layer.keys.mul_(mask[:, None, :, None].to(layer.keys.dtype))
+                layer.values.mul_(mask[:, None, :, None].to(layer.values.dtype))
+        self._merge(joining, cache, mask)
+        for i, row in enumerate(joining):
+            row.position = lengths[i]
+            self._accept(row, out.logits[i, -1])
         self._drop_finished()
         self._queue_step()
 
-    def _merge(self, row: Row, cache: DynamicCache) -> None:
-        new_len = cache.get_seq_length()
-        new_mask = torch.ones(1, new_len, dtype=torch.long, device=row.prompt_ids.device)
+    def _merge(self, rows: list[Row], cache: DynamicCache, new_mask: torch.Tensor) -> None:
         if self._cache is None:
-            self._cache, self._mask, self._rows = cache, new_mask, [row]
+            self._cache, self._mask, self._rows = cache, new_mask, list(rows)
             return
         assert self._mask is not None
-        length = max(self._mask.shape[1], new_len)
+        length = max(self._mask.shape[1], new_mask.shape[1])
         merged = DynamicCache()
         for i, (old, new) in enumerate(zip(self._cache.layers, cache.layers, strict=True)):
             keys = torch.cat([_left_pad(old.keys, length, 2), _left_pad(new.keys, length, 2)], dim=0)
@@ -137,7 +160,7 @@ class BatchScheduler:
             merged.update(keys, values, i)
         self._cache = merged
         self._mask = torch.cat([_left_pad(self._mask, length, 1), _left_pad(new_mask, length, 1)], dim=0)
-        self._rows.append(row)
+        self._rows.extend(rows)
         self.largest_batch = max(self.largest_batch, len(self._rows))
 
     def _accept(self, row: Row, logits: torch.Tensor) -> None:
@@ -200,8 +223,8 @@ class BatchScheduler:
                 self._mask = self._mask[index]
                 self._rows = [self._rows[i] for i in keep]
                 self._trim()
-        while self._waiting and len(self._rows) < self.max_batch:
-            self._admit(self._waiting.pop(0))
+        if self._waiting and len(self._rows) < self.max_batch:
+            self._fill()
 
     def _trim(self) -> None:
         """Drop leading cache columns that are padding for every remaining row."""
