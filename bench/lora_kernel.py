@@ -110,6 +110,13 @@ async def _leg(stacked: bool, max_tokens: int, repeats: int) -> dict[str, float]
     return result
 
 
+def _ratios(rates: dict[str, float]) -> dict[str, float]:
+    """The throughput goals' ratios from tokens/s per scenario."""
+    return {"mixed / one at a time": rates["8 adapters x8"] / rates["8 adapters one at a time"],
+            "mixed / one adapter": rates["8 adapters x8"] / rates["one adapter x8"],
+            "one adapter / generalist (LoRA tax)": rates["one adapter x8"] / rates["generalist x8"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -125,18 +132,13 @@ def main() -> None:
     print(f"\n{'decode step (8 tokens)':<26} {'stacked ms':>14} {'PEFT ms':>11}")
     for name in steps["stacked"]:
         print(f"{name:<26} {steps['stacked'][name]:>14.1f} {steps['peft'][name]:>11.1f}")
-    step_ratios = {kind: {"mixed / one at a time": t["8 adapters one at a time"] / t["8 adapters x8"],
-                          "mixed / one adapter": t["one adapter x8"] / t["8 adapters x8"],
-                          "one adapter / generalist (LoRA tax)": t["generalist x8"] / t["one adapter x8"]}
-                   for kind, t in steps.items()}
-    for kind, values in step_ratios.items():
-        print(f"per step, {kind}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
-    ratios = {leg: {"mixed / one at a time": r["8 adapters x8"] / r["8 adapters one at a time"],
-                    "mixed / one adapter": r["8 adapters x8"] / r["one adapter x8"],
-                    "one adapter / generalist (LoRA tax)": r["one adapter x8"] / r["generalist x8"]}
-              for leg, r in legs.items()}
-    for leg, values in ratios.items():
-        print(f"end to end, {leg}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+    # A step makes 8 tokens (one per row); one at a time makes them in 8 steps: rates, then the same ratios.
+    step_rates = {kind: {name: 8000.0 / ms for name, ms in t.items()} for kind, t in steps.items()}
+    step_ratios = {kind: _ratios(rates) for kind, rates in step_rates.items()}
+    ratios = {leg: _ratios(rates) for leg, rates in legs.items()}
+    for label, table in (("per step", step_ratios), ("end to end", ratios)):
+        for kind, values in table.items():
+            print(f"{label}, {kind}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.machine(), "max_tokens": args.max_tokens,
                                     "tokens_per_s": legs, "ratios": ratios, "step_ms": steps,
