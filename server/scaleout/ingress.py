@@ -158,9 +158,7 @@ class RoutingIngress:
         """The multiplexed model id to send to ('' for the generalist) and the decision record."""
         if body.model == self._settings.generalist_name:
             version, _, _ = await self._current()
-            pinned = Decision(router="pinned", expert=None, score=None, runner_up=None, runner_up_score=None,
-                              fallback=False, reason="pinned by the request's model", threshold=0.0, ranking=())
-            return "", self._info(pinned, version, 0.0)
+            return "", self._info(_pinned(None), version, 0.0)
         if body.model == "auto":
             decision, version, entries, routing_ms = await self._decide(query_of(body))
         else:
@@ -169,9 +167,7 @@ class RoutingIngress:
                 raise APIError(404, f"model {body.model!r} does not exist; use 'auto', "
                                f"'{self._settings.generalist_name}' or an expert from GET /v1/models",
                                "not_found_error", "model_not_found", "model")
-            decision, routing_ms = Decision(
-                router="pinned", expert=body.model, score=None, runner_up=None, runner_up_score=None,
-                fallback=False, reason="pinned by the request's model", threshold=0.0, ranking=()), 0.0
+            decision, routing_ms = _pinned(body.model), 0.0
         if decision.expert is None:
             return "", self._info(decision, version, routing_ms)
         return entries[decision.expert].model_id, self._info(decision, version, routing_ms)
@@ -225,6 +221,12 @@ class RoutingIngress:
             error = ExpertNotFound if replace else ExpertExists
             raise error(_actor_message(exc)) from exc
         return {"name": entry.name, "version": entry.version, "model_id": entry.model_id}
+
+
+def _pinned(expert: str | None) -> Decision:
+    """The decision record of a request that named its model (None: the generalist)."""
+    return Decision(router="pinned", expert=expert, score=None, runner_up=None, runner_up_score=None,
+                    fallback=False, reason="pinned by the request's model", threshold=0.0, ranking=())
 
 
 def _actor_message(exc: Exception) -> str:

@@ -80,22 +80,26 @@ class ExpertReplica:
         self._loads = 0
         self._held: dict[str, LoadedExpert] = {}  # mirrors Ray's LRU: added on load, dropped on eviction
 
-    async def _materialise(self, files: dict[str, bytes]) -> tuple[str, Path]:
-        """Write an adapter's bytes to this replica's scratch disk and check them as any adapter is."""
+    async def _load(self, files: dict[str, bytes]) -> tuple[str, Path]:
+        """Write an adapter's bytes to this replica's scratch disk, check them as any adapter is checked,
+        and load them into the model under a key never used before. A refusal leaves nothing behind."""
         self._loads += 1
-        directory = self._scratch / f"load-{self._loads}"
+        key = f"load-{self._loads}"
+        directory = self._scratch / key
         directory.mkdir()
-        for filename, data in files.items():
-            (directory / Path(filename).name).write_bytes(data)
-        return f"load-{self._loads}", directory
+        try:
+            for filename, data in files.items():
+                (directory / Path(filename).name).write_bytes(data)
+            await self._backend.load_adapter(key, check_adapter_files(directory, self._settings.max_adapter_rank))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return key, directory
 
     @serve.multiplexed(max_num_models_per_replica=EXPERTS_PER_REPLICA)
     async def expert(self, model_id: str) -> LoadedExpert:
         started = time.perf_counter()
-        files = await self._catalogue.files.remote(model_id)
-        key, directory = await self._materialise(files)
-        checked = check_adapter_files(directory, self._settings.max_adapter_rank)
-        await self._backend.load_adapter(key, checked)
+        key, directory = await self._load(await self._catalogue.files.remote(model_id))
         log.info("replica %s loaded %s", self._replica, model_id)
         loaded = LoadedExpert(key, self._backend, directory, (time.perf_counter() - started) * 1000,
                               on_evicted=lambda: self._held.pop(model_id, None))
@@ -104,15 +108,12 @@ class ExpertReplica:
 
     async def validate(self, files: dict[str, bytes]) -> str | None:
         """Load an adapter once and drop it: the ingress publishes only what a replica accepted."""
-        key, directory = await self._materialise(files)
         try:
-            checked = check_adapter_files(directory, self._settings.max_adapter_rank)
-            await self._backend.load_adapter(key, checked)
+            key, directory = await self._load(files)
         except AdapterRejected as exc:
             return str(exc)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
         self._backend.unload_adapter(key)
+        shutil.rmtree(directory, ignore_errors=True)
         return None
 
     async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
