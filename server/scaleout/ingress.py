@@ -26,10 +26,10 @@ from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_file
 from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
 from experts.spec import ExpertSpec
 from routers.base import Decision, ExpertVectors, RoutingIndex
-from routers.encoder import QueryEncoder, resolve_encoder
 from routers.policies import create_router
 from server.api.deps import check_admin, check_api_key
 from server.chat_service import query_of, sampling_for
+from server.encoder_pool import shared_encoder
 from server.errors import APIError, install_error_handlers
 from server.limits import BodySizeLimit
 from server.protocol import ChatCompletionRequest, RouteRequest, RoutingInfo, new_id
@@ -47,7 +47,7 @@ class RoutingIngress:
         self._settings = Settings(**settings)
         self._replicas = replicas
         self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
-        self._encoder = QueryEncoder(resolve_encoder(self._settings.encoder_model))
+        self._encoder = shared_encoder(self._settings, "cpu")
         self._router = create_router(self._settings.router, self._settings.fallback_threshold,
                                      self._settings.router_params)
         self._entries: dict[str, CatalogueEntry] = {}

@@ -76,13 +76,3 @@ def test_a_query_that_breaks_the_encoder_fails_alone_in_a_shared_batch() -> None
     assert results[0] == 4.0 and results[1] == 2.0 and results[3] == 4.0
     assert isinstance(results[2], RuntimeError)
 
-
-def test_int8_encoder_keeps_the_geometry() -> None:
-    from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
-
-    texts = ["How do I reset my password?", "Write SQL to count the orders", "What is 7 times 8?"]
-    full = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER)).encode(texts)
-    int8 = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER), int8=True).encode(texts)
-    assert torch.allclose(int8.norm(dim=1), torch.ones(3), atol=1e-4)
-    assert ((full * int8).sum(dim=1) > 0.7).all()  # each query stays close to its fp32 embedding
-    assert ((int8 @ int8.T).argmax(dim=1) == torch.arange(3)).all()
