@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+CLINC = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 sys.path.insert(0, str(REPO))
 from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
 
@@ -40,23 +41,64 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+class KeepAliveClient:
+    """A minimal HTTP/1.1 keep-alive client for small JSON POSTs, one request at a time per connection.
+
+    The load client shares the server's two cores; httpx spends about a millisecond of CPU per request,
+    which at 64 clients is the bottleneck being measured. This writes the request bytes and reads a
+    Content-Length response, as wrk-style load generators do, so the server's cost is what shows.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._address = (host, port)
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post_json(self, path: str, payload: dict) -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(*self._address)
+        reader, writer = self._streams
+        body = json.dumps(payload).encode()
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self._address[0]}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in head[1:] if ": " in line)
+        content = await reader.readexactly(int(headers["content-length"]))
+        return int(head[0].split()[1]), content
+
+    async def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+
+
+def routing_queries() -> list[str]:
+    """Distinct real questions (CLINC150's test split), so no two requests in a run are the same text."""
+    if CLINC.is_file():
+        return [text for text, _ in json.loads(CLINC.read_text())["test"]]
+    return QUERIES
+
+
 async def routing_scenario(base_url: str, concurrency: int, total: int) -> dict:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(total))
-    async with httpx.AsyncClient(base_url=base_url, timeout=60,
-                                 limits=httpx.Limits(max_connections=concurrency)) as http:
-        async def worker() -> None:
-            nonlocal errors
+    queries = routing_queries()
+    host, port = base_url.removeprefix("http://").split(":")
+
+    async def worker() -> None:
+        nonlocal errors
+        client = KeepAliveClient(host, int(port))
+        try:
             for i in counter:
                 started = time.perf_counter()
-                response = await http.post("/v1/route", json={"query": QUERIES[i % len(QUERIES)], "top_n": 2})
+                status, _ = await client.post_json("/v1/route", {"query": queries[i % len(queries)], "top_n": 2})
                 latencies.append((time.perf_counter() - started) * 1000)
-                errors += response.status_code != 200
+                errors += status != 200
+        finally:
+            await client.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     return {"scenario": f"route, concurrency {concurrency}", "requests": total, "errors": errors,
             "throughput_per_s": total / elapsed, "p50_ms": pct(latencies, 0.5), "p95_ms": pct(latencies, 0.95),
             "p99_ms": pct(latencies, 0.99)}
@@ -169,11 +211,13 @@ def register_extra_experts(base_url: str, adapter_root: Path) -> None:
             "name": name, "adapter_path": str(adapter_root / name), "examples": [f"{name} example"]}).raise_for_status()
 
 
-async def run(base_url: str, max_tokens: int) -> list[dict]:
+async def run(base_url: str, max_tokens: int, routing_only: bool) -> list[dict]:
     rows = []
     await routing_scenario(base_url, 4, 40)  # warm-up
     for concurrency, total in ((1, 300), (4, 600), (16, 1000), (64, 2000)):
         rows.append(await routing_scenario(base_url, concurrency, total))
+    if routing_only:
+        return rows
     experts = ["sql", "math", "support", *EXTRA_EXPERTS]
     await chat_scenario(base_url, "warm-up", experts, True, 4)  # brings every adapter onto the device
     rows.append(await chat_scenario(base_url, "chat, 8 concurrent, one expert", ["support"] * 8, True, max_tokens))
@@ -188,14 +232,19 @@ async def run(base_url: str, max_tokens: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--routing-only", action="store_true", help="only the /v1/route rows")
+    parser.add_argument("--encoder-runtime", choices=["torch", "onnx"], default="onnx")
+    parser.add_argument("--encoder-int8", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "load.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc = ServerProcess(write_config(root, max_loras=8), root / "server.log").start()
+        config = write_config(root, max_loras=8, encoder_runtime=args.encoder_runtime,
+                              encoder_int8=args.encoder_int8)
+        proc = ServerProcess(config, root / "server.log").start()
         try:
             register_extra_experts(proc.base_url, root / "adapters")
-            rows = asyncio.run(run(proc.base_url, args.max_tokens))
+            rows = asyncio.run(run(proc.base_url, args.max_tokens, args.routing_only))
         finally:
             proc.stop()
     print(f"{'scenario':<36} {'n':>5} {'err':>4} {'rate':>12} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
@@ -205,6 +254,13 @@ def main() -> None:
         ttft = f"{r['ttft_p50_ms']:.0f}" if "ttft_p50_ms" in r else "-"
         print(f"{r['scenario']:<36} {r['requests']:>5} {r['errors']:>4} {rate:>12} {r['p50_ms']:>9.1f} "
               f"{r['p95_ms']:>9.1f} {r['p99_ms']:>9.1f} {ttft:>9}")
+    if args.routing_only:
+        args.out = args.out.with_name(args.out.stem + f"_routing_{args.encoder_runtime}"
+                                      f"{'_int8' if args.encoder_int8 else ''}.json")
+        args.out.write_text(json.dumps({"benchmark": "load", "machine": platform.machine(), "rows": rows},
+                                       indent=2))
+        print(f"\nwrote {args.out}")
+        return
     mixed = rows[-1]
     by_kind = [f"{k} {mixed['by_kind_p50_ms'][k]:.0f} / {mixed['by_kind_p99_ms'][k]:.0f}"
                for k in sorted(mixed["by_kind_p50_ms"])]

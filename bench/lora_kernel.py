@@ -7,11 +7,12 @@ concurrent on the generalist. Reports generated tokens/s and the ratios the thro
 Both legs run in the same process, one after the other.
 
 Requests stop at their end-of-sequence token, so end-to-end tokens/s also depends on how long each
-adapter's answers are. The second table takes that out: the time of one decode step (batch of 8 rows, a
+adapter's answers are; `--ignore-eos` makes every request generate exactly `--max-tokens` (vLLM's
+benchmarks do the same), which takes uneven answer lengths out of the end-to-end ratios. The second table takes that out: the time of one decode step (batch of 8 rows, a
 48-token context), stacked versus PEFT on the same loaded model, for the same four cases (one at a time =
 8 steps of batch 1). Prints both tables and writes JSON.
 
-Run: python bench/lora_kernel.py [--max-tokens 32] [--repeats 2]
+Run: python bench/lora_kernel.py [--max-tokens 32] [--repeats 2] [--ignore-eos] [--legs stacked]
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ PROMPTS = ["List all customers from Paris.", "What is 12 times 11?", "My order n
            "Show the ten most recent orders.", "I was charged twice."]
 
 
+IGNORE_EOS = False  # set from --ignore-eos
+
+
 async def _one(backend: TransformersBackend, key: str | None, prompt: str, max_tokens: int) -> int:
-    request = GenerationRequest([{"role": "user", "content": prompt}], key, SamplingParams(max_tokens, 0.0, 1.0))
+    sampling = SamplingParams(max_tokens, 0.0, 1.0, ignore_eos=IGNORE_EOS)
+    request = GenerationRequest([{"role": "user", "content": prompt}], key, sampling)
     tokens = 0
     async for chunk in backend.generate(request):
         tokens = chunk.completion_tokens
@@ -121,10 +126,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--ignore-eos", action="store_true", help="every request generates --max-tokens")
+    parser.add_argument("--legs", choices=["both", "stacked"], default="both", help="stacked: skip PEFT's leg")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "lora_kernel.json")
     args = parser.parse_args()
-    legs = {"stacked": asyncio.run(_leg(True, args.max_tokens, args.repeats)),
-            "peft": asyncio.run(_leg(False, args.max_tokens, args.repeats))}
+    global IGNORE_EOS
+    IGNORE_EOS = args.ignore_eos
+    legs = {"stacked": asyncio.run(_leg(True, args.max_tokens, args.repeats))}
+    legs["peft"] = asyncio.run(_leg(False, args.max_tokens, args.repeats)) if args.legs == "both" else {
+        name: float("nan") for name in legs["stacked"] if name != "steps_ms"}
     steps = legs["stacked"].pop("steps_ms")
     print(f"{'end to end':<26} {'stacked tok/s':>14} {'PEFT tok/s':>11}")
     for name in legs["stacked"]:
@@ -141,6 +151,7 @@ def main() -> None:
             print(f"{label}, {kind}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.machine(), "max_tokens": args.max_tokens,
+                                    "ignore_eos": args.ignore_eos,
                                     "tokens_per_s": legs, "ratios": ratios, "step_ms": steps,
                                     "step_ratios": step_ratios}, indent=2))
 

@@ -273,4 +273,5 @@ def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
         top_p=s.default_top_p if request.top_p is None else request.top_p,
         stop=stop,
         seed=request.seed,
+        ignore_eos=request.ignore_eos,
     )

@@ -61,6 +61,8 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens whatever the model "
+                             "says (for benchmarks); the openai client sends it through extra_body")
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:

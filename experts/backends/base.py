@@ -27,6 +27,9 @@ class SamplingParams:
     top_p: float
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Keep generating past end-of-sequence up to max_tokens (vLLM's extension): fixed output lengths for
+    # benchmarks, so throughput compares the same work whatever the model would have said.
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

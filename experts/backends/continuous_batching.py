@@ -168,7 +168,7 @@ class BatchScheduler:
         row.last_token = token
         row.emitted += 1
         row.emit(token)
-        if token in row.eos_ids or row.emitted >= row.sampling.max_tokens:
+        if (token in row.eos_ids and not row.sampling.ignore_eos) or row.emitted >= row.sampling.max_tokens:
             row.done = True
             row.emit(FINISHED)
 

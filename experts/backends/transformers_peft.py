@@ -230,7 +230,7 @@ class TransformersBackend:
                     break
                 if isinstance(item, Exception):
                     raise item
-                if item in self._eos_ids:
+                if item in self._eos_ids and not request.sampling.ignore_eos:
                     finish = "stop"
                     break
                 generated.append(item)

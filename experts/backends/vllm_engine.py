@@ -102,7 +102,7 @@ class VLLMBackend:
         s = request.sampling
         params = SamplingParams(
             max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
-            stop=list(s.stop) or None, seed=s.seed, output_kind=RequestOutputKind.DELTA,
+            stop=list(s.stop) or None, seed=s.seed, ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
         )
         request_id = uuid.uuid4().hex
         completion_tokens = 0

@@ -108,6 +108,17 @@ def test_max_tokens_stop_and_seed(client: openai.OpenAI) -> None:
     assert sampled[0] == sampled[1]
 
 
+def test_ignore_eos_generates_exactly_max_tokens(client: openai.OpenAI) -> None:
+    """vLLM's `ignore_eos` extension (benchmarks use it for fixed output lengths), through extra_body."""
+    messages = [{"role": "user", "content": "Say hello."}]
+    natural = client.chat.completions.create(model="support", messages=messages, max_tokens=96, temperature=0)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 96
+    forced = client.chat.completions.create(model="support", messages=messages, max_tokens=96, temperature=0,
+                                            extra_body={"ignore_eos": True})
+    assert forced.choices[0].finish_reason == "length" and forced.usage.completion_tokens == 96
+    assert forced.choices[0].message.content.startswith(natural.choices[0].message.content.strip()[:20])
+
+
 def test_mixed_adapters_in_one_batch_equal_solo_runs(client: openai.OpenAI) -> None:
     solo = [greedy(client, model, text) for model, text in MIXED]
     assert len(set(solo)) == len(solo)  # distinct answers, so a mix-up would be visible
