@@ -8,9 +8,10 @@ Both legs run in the same process, one after the other.
 
 Requests stop at their end-of-sequence token, so end-to-end tokens/s also depends on how long each
 adapter's answers are; `--ignore-eos` makes every request generate exactly `--max-tokens` (vLLM's
-benchmarks do the same), which takes uneven answer lengths out of the end-to-end ratios. The second table takes that out: the time of one decode step (batch of 8 rows, a
-48-token context), stacked versus PEFT on the same loaded model, for the same four cases (one at a time =
-8 steps of batch 1). Prints both tables and writes JSON.
+benchmarks do the same), which takes uneven answer lengths out of the end-to-end ratios. The second
+table takes prefill out as well: the time of one decode step (batch of 8 rows, a 48-token context),
+stacked versus PEFT on the same loaded model, for the same four cases (one at a time = 8 steps of batch
+1). Prints both tables and writes JSON.
 
 Run: python bench/lora_kernel.py [--max-tokens 32] [--repeats 2] [--ignore-eos] [--legs stacked]
 """

@@ -61,7 +61,7 @@ async def build_state(settings: Settings) -> AppState:
     backend = await asyncio.to_thread(
         create_backend, settings.backend, model_dir, device, settings.max_context_tokens,
         settings.max_loras, settings.max_cpu_loras, settings.max_batch_size, settings.max_adapter_rank,
-        settings.gpu_memory_utilization, settings.stacked_lora,
+        settings.gpu_memory_utilization, settings.stacked_lora, settings.prefix_caching,
     )
     metrics = Metrics()
     manifest = Manifest(settings.data_dir / "manifest.sqlite3")

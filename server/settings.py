@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, description="requests decoded together (continuous batching)")
     stacked_lora: bool = Field(True, description="transformers: run mixed-adapter batches as stacked, gathered "
                                                  "matmuls (one pass); false: PEFT's per-sample adapter_names")
+    prefix_caching: bool = Field(True, description="transformers: keep the chat template's fixed opening's KV "
+                                 "cache per adapter and prefill only the rest of each prompt")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM: memory fraction for weights and "
                                           "KV cache (on CPU, of host memory)")
 

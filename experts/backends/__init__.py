@@ -15,12 +15,14 @@ __all__ = ["Backend", "GenerationChunk", "GenerationRequest", "SamplingParams", 
 def create_backend(
     kind: str, model_dir: Path, device: str, max_context: int, max_loras: int, max_cpu_loras: int, max_batch: int,
     max_lora_rank: int = 64, gpu_memory_utilization: float = 0.3, stacked_lora: bool = True,
+    prefix_caching: bool = True,
 ) -> Backend:
     """Build the backend named in the settings. Blocking: loads the base model."""
     if kind == "transformers":
         from experts.backends.transformers_peft import TransformersBackend
 
-        return TransformersBackend(model_dir, device, max_context, max_loras, max_cpu_loras, max_batch, stacked_lora)
+        return TransformersBackend(model_dir, device, max_context, max_loras, max_cpu_loras, max_batch, stacked_lora,
+                                   prefix_caching)
     if kind == "vllm":
         from experts.backends.vllm_engine import VLLMBackend
 

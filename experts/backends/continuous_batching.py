@@ -2,8 +2,9 @@
 
 Every running request is a row of one batch. Each step is a single forward pass for all rows, whatever
 adapter each row uses (stacked LoRA, or PEFT's per-sample `adapter_names`; `__base__` is the generalist).
-Requests that arrive together are prefilled together, in one left-padded pass, and join the batch
-between two steps; a finished or abandoned row leaves it. Rows have different lengths, so the batch's KV
+Requests that arrive together are prefilled together, in one left-padded pass (the chat template's
+fixed opening comes from a per-adapter prefix cache, `prefix_cache.py`), and join the batch between two
+steps; a finished or abandoned row leaves it. Rows have different lengths, so the batch's KV
 cache is left-padded and an attention mask plus explicit position ids keep every row's computation what
 it would be alone.
 
@@ -25,6 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from experts.backends.base import SamplingParams
+from experts.backends.prefix_cache import PrefixCache
 from experts.backends.sampling import sample_next_token
 from experts.backends.stacked_lora import StackedLora
 
@@ -64,11 +66,12 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 class BatchScheduler:
     def __init__(self, executor: Executor, model: Callable[[], torch.nn.Module], uses_peft: Callable[[], bool],
-                 max_batch: int, stacked: StackedLora | None = None) -> None:
+                 max_batch: int, stacked: StackedLora | None = None, prefixes: PrefixCache | None = None) -> None:
         self._executor = executor
         self._model = model
         self._uses_peft = uses_peft
         self._stacked = stacked
+        self.prefixes = prefixes
         self.max_batch = max_batch
         self._rows: list[Row] = []
         self._cache: DynamicCache | None = None
@@ -87,26 +90,26 @@ class BatchScheduler:
 
     # -- model thread ---------------------------------------------------------------------------------
 
-    def _forward(self, rows: list[Row], **kwargs: Any) -> Any:
+    def _forward(self, adapters_of_rows: list[str], **kwargs: Any) -> Any:
         """One forward pass for `rows`. With stacked LoRA (the default) every batch, mixed or not, is one
         pass of gathered matmuls (`stacked_lora.py`). Without it, PEFT's per-sample routing costs time in
         every LoRA layer, so a batch whose rows all use one adapter runs through PEFT's single-adapter path.
         (All-generalist batches keep the per-sample path there: `disable_adapter()` toggles every LoRA layer
         twice per step and measured slower.)"""
         model = self._model()
-        adapters = {r.adapter for r in rows}
+        adapters = set(adapters_of_rows)
         with torch.inference_mode():
             if not self._uses_peft():
                 return model(use_cache=True, **kwargs)
             if self._stacked is not None and self._stacked.ready(model):
-                with self._stacked.rows([r.adapter for r in rows], kwargs["input_ids"].device):
+                with self._stacked.rows(adapters_of_rows, kwargs["input_ids"].device):
                     return model(use_cache=True, **kwargs)
             if len(adapters) == 1 and BASE_ADAPTER not in adapters:
                 (only,) = adapters
                 if model.active_adapter != only:
                     model.set_adapter(only)
                 return model(use_cache=True, **kwargs)
-            return model(use_cache=True, adapter_names=[r.adapter for r in rows], **kwargs)
+            return model(use_cache=True, adapter_names=adapters_of_rows, **kwargs)
 
     def _admit_incoming(self) -> None:
         """Take every request submitted so far (an earlier job may already have taken them)."""
@@ -123,16 +126,33 @@ class BatchScheduler:
         if room <= 0 or not self._waiting:
             return
         joining, self._waiting = self._waiting[:room], self._waiting[room:]
-        lengths = [r.prompt_ids.shape[1] for r in joining]
+        prefixes = self.prefixes
+        with_prefix = [r for r in joining if prefixes is not None and prefixes.covers(r.prompt_ids)]
+        for group in (with_prefix, [r for r in joining if r not in with_prefix]):
+            if group:
+                self._prefill(group, len(prefixes) if group is with_prefix and prefixes is not None else 0)
+        self._drop_finished()
+        self._queue_step()
+
+    def _prefill(self, rows: list[Row], cached: int) -> None:
+        """One left-padded pass over `rows`' prompts; with `cached` > 0 every row's first `cached` tokens
+        come from the prefix cache, and only the rest is computed (the padding then sits between the
+        cached opening and the rest, which the mask and the explicit positions make invisible)."""
+        lengths = [r.prompt_ids.shape[1] - cached for r in rows]
         longest = max(lengths)
-        device = joining[0].prompt_ids.device
+        device = rows[0].prompt_ids.device
         mask = torch.cat([_left_pad(torch.ones(1, n, dtype=torch.long, device=device), longest, 1)
                           for n in lengths])
+        positions = cached + (mask.cumsum(1) - 1).clamp(min=0)
         try:
-            out = self._forward(joining, input_ids=torch.cat([_left_pad(r.prompt_ids, longest, 1) for r in joining]),
-                                attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0))
+            past = self._cached_prefixes(rows, device) if cached else None
+            if cached:
+                mask = torch.cat([torch.ones(len(rows), cached, dtype=torch.long, device=device), mask], dim=1)
+            out = self._forward([r.adapter for r in rows],
+                                input_ids=torch.cat([_left_pad(r.prompt_ids[:, cached:], longest, 1) for r in rows]),
+                                attention_mask=mask, position_ids=positions, past_key_values=past)
         except Exception as exc:  # reaches these requests only
-            for row in joining:
+            for row in rows:
                 row.emit(exc)
             return
         cache = out.past_key_values
@@ -140,12 +160,27 @@ class BatchScheduler:
             for layer in cache.layers:
                 layer.keys.mul_(mask[:, None, :, None].to(layer.keys.dtype))
                 layer.values.mul_(mask[:, None, :, None].to(layer.values.dtype))
-        self._merge(joining, cache, mask)
-        for i, row in enumerate(joining):
-            row.position = lengths[i]
+        self._merge(rows, cache, mask)
+        for i, row in enumerate(rows):
+            row.position = cached + lengths[i]
             self._accept(row, out.logits[i, -1])
-        self._drop_finished()
-        self._queue_step()
+
+    def _cached_prefixes(self, rows: list[Row], device: torch.device) -> DynamicCache:
+        """The rows' cached openings as one batch cache, computing (in one pass) those not cached yet."""
+        prefixes = self.prefixes
+        assert prefixes is not None
+        missing = list(dict.fromkeys(r.adapter for r in rows if prefixes.get(r.adapter) is None))
+        if missing:
+            ids = torch.tensor([prefixes.prefix_ids] * len(missing), device=device)
+            out = self._forward(missing, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                position_ids=torch.arange(ids.shape[1], device=device).expand_as(ids))
+            for i, adapter in enumerate(missing):
+                prefixes.put(adapter, [(layer.keys[i:i + 1].clone(), layer.values[i:i + 1].clone())
+                                       for layer in out.past_key_values.layers])
+        past = DynamicCache()
+        for i, (keys, values) in enumerate(prefixes.batch([r.adapter for r in rows])):
+            past.update(keys, values, i)
+        return past
 
     def _merge(self, rows: list[Row], cache: DynamicCache, new_mask: torch.Tensor) -> None:
         if self._cache is None:
@@ -188,7 +223,7 @@ class BatchScheduler:
         mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=self._mask.dtype, device=device)], dim=1)
         try:
             out = self._forward(
-                rows,
+                [r.adapter for r in rows],
                 input_ids=torch.tensor([[r.last_token] for r in rows], device=device),
                 position_ids=torch.tensor([[r.position] for r in rows], device=device),
                 attention_mask=mask,

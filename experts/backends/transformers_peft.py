@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from experts.adapters import AdapterFiles, check_fits_model
 from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
+from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import StreamedText
 from experts.backends.stacked_lora import StackedLora
@@ -55,7 +56,7 @@ class TransformersBackend:
 
     def __init__(
         self, model_dir: Path, device: str, max_context: int, max_loras: int = 8, max_cpu_loras: int = 16,
-        max_batch: int = 16, stacked_lora: bool = True,
+        max_batch: int = 16, stacked_lora: bool = True, prefix_caching: bool = True,
     ) -> None:
         self.model_id = str(model_dir)
         self._device = torch.device(device)
@@ -69,9 +70,11 @@ class TransformersBackend:
         self._files: dict[str, AdapterFiles] = {}
         self._host: dict[str, _HostCopy] = {}
         self._stacked = StackedLora() if stacked_lora else None
+        self._prefixes = PrefixCache(template_prefix(self._tokenizer), max(32, max_batch)) if prefix_caching else None
         self._scheduler = BatchScheduler(
             self._executor, model=lambda: self._peft if self._peft is not None else self._base,
             uses_peft=lambda: self._peft is not None, max_batch=max_batch, stacked=self._stacked,
+            prefixes=self._prefixes,
         )
         eos = self._base.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -109,6 +112,8 @@ class TransformersBackend:
         self._executor.submit(self._forget, key)
 
     def _forget(self, key: str) -> None:
+        if self._prefixes is not None:
+            self._prefixes.forget(key)
         self._remove_from_model(key)
         self._host.pop(key, None)
         self._files.pop(key, None)
