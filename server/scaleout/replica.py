@@ -73,7 +73,7 @@ class ExpertReplica:
         self._backend = TransformersBackend(
             Path(model_dir), self._settings.resolved_device(), self._settings.max_context_tokens,
             max_loras=EXPERTS_PER_REPLICA, max_cpu_loras=0, max_batch=self._settings.max_batch_size,
-            stacked_lora=self._settings.stacked_lora,
+            stacked_lora=self._settings.stacked_lora, prefix_caching=self._settings.prefix_caching,
         )
         self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
         self._scratch = Path(tempfile.mkdtemp(prefix="switchyard-replica-"))
