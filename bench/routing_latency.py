@@ -4,7 +4,8 @@ Rows: the demo experts (real example embeddings), then 10 / 1,000 / 10,000 synth
 random unit-vector examples each, for the `knn` policy and the `centroid` baseline. Queries are short real
 questions (CLINC150 test split), one at a time. Prints a table and writes JSON.
 
-Run: python bench/routing_latency.py [--queries 1000] [--out bench/results/routing_latency.json]
+Run: python bench/routing_latency.py [--queries 1000] [--encoder-runtime onnx|torch] [--encoder-int8]
+     [--out bench/results/routing_latency.json]
 """
 
 from __future__ import annotations
@@ -71,10 +72,12 @@ def measure(encoder: QueryEncoder, router: Router, experts: list[ExpertVectors],
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--encoder-runtime", choices=["torch", "onnx"], default="onnx", help="the server's default")
+    parser.add_argument("--encoder-int8", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing_latency.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER))
+    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER), runtime=args.encoder_runtime, int8=args.encoder_int8)
     queries = load_queries(args.queries)
     demo = yaml.safe_load((REPO / "demo" / "experts.yaml").read_text())["experts"]
     demo_experts = [ExpertVectors(e["name"], encoder.encode(e["examples"])) for e in demo]
@@ -96,7 +99,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "routing_latency", "queries": len(queries), "machine": platform.machine(),
-        "threads": torch.get_num_threads(), "rows": rows,
+        "threads": torch.get_num_threads(), "encoder_runtime": args.encoder_runtime,
+        "encoder_int8": args.encoder_int8, "rows": rows,
     }, indent=2))
     print(f"\nwrote {args.out}")
 
