@@ -53,12 +53,15 @@ class QueryEncoder:
         if runtime == "onnx" and self.device.type != "cpu":
             log.info("encoder runtime onnx runs on CPU only; using torch on %s", self.device)
             runtime = "torch"
-        self.runtime = runtime
-        self._forward: EncoderRuntime
+        onnx: EncoderRuntime | None = None
         if runtime == "onnx":
-            self._forward = OnnxRuntime(source, cache_dir or _default_cache_dir(), int8)
-        else:
-            self._forward = TorchRuntime(source, self.device, int8, use_safetensors)
+            try:
+                onnx = OnnxRuntime(source, cache_dir or _default_cache_dir(), int8)
+            except Exception:  # an encoder the exporter cannot trace, a read-only cache: serve, but slower
+                log.warning("the ONNX Runtime encoder could not be prepared; using PyTorch", exc_info=True)
+                runtime = "torch"
+        self._forward: EncoderRuntime = onnx or TorchRuntime(source, self.device, int8, use_safetensors)
+        self.runtime = runtime
         self._max_tokens = max_tokens
         self._lock = threading.Lock()  # HF fast tokenizers are not safe under concurrent batch calls
         self.dim = self._forward.hidden_size

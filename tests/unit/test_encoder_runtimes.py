@@ -74,3 +74,12 @@ def test_length_buckets_partition_the_rows(lengths: list[int], overhead: int) ->
     assert overhead * len(runs) + padded <= overhead + len(lengths) * max(lengths)  # never worse than one block
     if overhead >= len(lengths) * max(lengths):
         assert len(runs) == 1  # a call costs more than any padding it could save
+
+
+def test_an_encoder_that_cannot_be_exported_falls_back_to_pytorch(tmp_path: Path,
+                                                                   torch_fp32: QueryEncoder) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the export cache cannot be created under a file
+    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER), runtime="onnx", cache_dir=blocked / "encoders")
+    assert encoder.runtime == "torch"
+    assert torch.allclose(encoder.encode(TEXTS), torch_fp32.encode(TEXTS), atol=1e-6)
