@@ -6,7 +6,9 @@ Python work per layer and step, and it is why a batch of 8 different experts ran
 8 requests on one. This module does what BGMV/Punica kernels do on GPUs, with plain batched matmuls: each
 LoRA layer keeps `A` stacked as [slots, r, in] and `B * scaling` as [slots, out, r] (slot 0 is all zeros:
 the generalist; ranks are zero-padded to the largest), and a forward gathers each row's slot and runs two
-`bmm`s. The cost no longer grows with the number of distinct adapters in the batch.
+`bmm`s. The cost no longer grows with the number of distinct adapters in the batch. When every row
+uses the same adapter (one expert's traffic, or one request) there is nothing to gather: two plain
+matmuls with that adapter's slice.
 
 PEFT still owns loading, validation and residency; the stacks are rebuilt (a few ms) on the model thread
 after any adapter enters or leaves the model. Adapters with a LoRA variant (DoRA, ...) or a LoRA bias are
@@ -36,6 +38,7 @@ class StackedLora:
         self._slot_of: dict[str, int] = {}
         self.slots: torch.Tensor | None = None  # set only inside `rows()`, read by the patched layers
         self.lora_off = False  # every row is the generalist: skip the LoRA maths entirely
+        self.only_slot: int | None = None  # every row uses this one adapter: no gather needed
 
     def invalidate(self) -> None:
         """An adapter entered or left the model: rebuild before the next forward."""
@@ -53,11 +56,12 @@ class StackedLora:
         """Run the forward inside this block with row i using adapter `adapters[i]` (or the base)."""
         slots = [self._slot_of.get(name, BASE_SLOT) for name in adapters]
         self.lora_off = all(slot == BASE_SLOT for slot in slots)
+        self.only_slot = slots[0] if len(set(slots)) == 1 else None
         self.slots = torch.tensor(slots, dtype=torch.long, device=device)
         try:
             yield
         finally:
-            self.slots, self.lora_off = None, False
+            self.slots, self.lora_off, self.only_slot = None, False, None
 
     def _rebuild(self, peft_model: torch.nn.Module) -> bool:
         layers = [m for m in peft_model.modules() if isinstance(m, LoraLinear)]
@@ -106,6 +110,10 @@ def _stacked_forward(layer: LoraLinear, peft_forward: Callable[..., Any], bank: 
         if bank.lora_off or stack is None:
             return result
         a, b = stack
+        if bank.only_slot is not None:  # one adapter for the whole batch: two plain matmuls, no gather
+            delta = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a[bank.only_slot]),
+                                               b[bank.only_slot])
+            return result + delta.to(result.dtype)
         rows = x if x.dim() == 3 else x.unsqueeze(1)  # [batch, seq, in]
         hidden = torch.bmm(rows.to(a.dtype), a[slots].transpose(1, 2))  # [batch, seq, r]
         delta = torch.bmm(hidden, b[slots].transpose(1, 2))  # [batch, seq, out]
