@@ -33,6 +33,13 @@ POLICIES = [("centroid", {}), ("knn", {"k": 3, "aggregation": "mean"}), ("knn", 
 SIZES = (5, 20, 100, None)
 
 
+def load_clinc() -> tuple[dict, dict[str, str]]:
+    """CLINC150's splits, and each intent's domain (the experts here are domains)."""
+    data = json.loads((DATA / "data_full.json").read_text())
+    domains = json.loads((DATA / "domains.json").read_text())
+    return data, {intent: domain for domain, intents in domains.items() for intent in intents}
+
+
 def load_split(encoder: QueryEncoder, rows: list[list[str]], domain_of: dict[str, str]) -> tuple[torch.Tensor, list]:
     texts = [text for text, _ in rows]
     labels = [domain_of.get(intent, OUT_OF_SCOPE) for _, intent in rows]
@@ -67,9 +74,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing_quality.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    data = json.loads((DATA / "data_full.json").read_text())
-    domains = json.loads((DATA / "domains.json").read_text())
-    domain_of = {intent: domain for domain, intents in domains.items() for intent in intents}
+    data, domain_of = load_clinc()
     encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER))
     started = time.time()
     train = load_split(encoder, data["train"], domain_of)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing_quality import DATA, load_split, sample_experts  # noqa: E402
+from routing_quality import load_clinc, load_split, sample_experts  # noqa: E402
 
 from routers.base import Router  # noqa: E402
 from routers.batching import MicroBatcher  # noqa: E402
@@ -101,9 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    data = json.loads((DATA / "data_full.json").read_text())
-    domains = json.loads((DATA / "domains.json").read_text())
-    domain_of = {intent: domain for domain, intents in domains.items() for intent in intents}
+    data, domain_of = load_clinc()
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as cache:  # fresh exports: measures the code as it is now
         for runtime, int8 in CONFIGS:
