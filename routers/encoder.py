@@ -77,14 +77,14 @@ class QueryEncoder:
         with self._lock:
             tokens = self._tokenizer(texts, truncation=True, max_length=self._max_tokens)
         lengths = [len(ids) for ids in tokens["input_ids"]]
-        pooled = torch.empty(len(texts), self.dim)
+        pooled = torch.empty(len(texts), self.dim, device=self.device)
         for rows in length_buckets(lengths, self._forward.call_overhead_tokens):
             batch = self._padded(tokens, rows)
             hidden = self._forward.hidden_states(batch)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled[rows] = ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)).cpu()
+            pooled[rows] = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         # Stays on the encoder's device: expert prototypes and the routing index live there too.
-        return torch.nn.functional.normalize(pooled, dim=-1).to(self.device)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
     def _padded(self, tokens: dict[str, list[list[int]]], rows: list[int]) -> dict[str, torch.Tensor]:
         """The runtime's inputs for `rows`, padded to the longest of them on the tokenizer's side."""
@@ -119,7 +119,7 @@ def length_buckets(lengths: list[int], call_overhead_tokens: int) -> list[list[i
     size): a run costs `call_overhead_tokens + rows * longest`. Returns row indices, shortest run first.
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    best = [0] + [0] * len(order)
+    best = [0] * (len(order) + 1)
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         longest = lengths[order[end - 1]]
