@@ -43,6 +43,18 @@ class Decision:
     reason: str
     threshold: float
     ranking: tuple[ScoredExpert, ...]
+    context: ContextSummary | None = None  # set by conversation routing (routers/conversation.py)
+
+
+@dataclass(frozen=True)
+class ContextSummary:
+    """How the conversation decided: user turns read, the previous turn's expert, stayed or switched."""
+
+    turns: int
+    previous_expert: str | None
+    outcome: str  # "single", "stayed" or "switched"
+    reason: str
+    from_session: bool = False
 
 
 class RoutingIndex(ABC):
@@ -89,15 +101,30 @@ class Router(ABC):
     def decide_batch(
         self, queries: torch.Tensor, index: RoutingIndex, top_n: int | None = 2, rule: FallbackRule | None = None
     ) -> list[Decision]:
+        if not index.names:
+            return [self._decision((), rule or self.rule, index) for _ in range(queries.shape[0])]
+        return self.decide_scores(self.score(queries, index), index, top_n, rule)
+
+    def decide_scores(
+        self, scores: torch.Tensor, index: RoutingIndex, top_n: int | None = 2, rule: FallbackRule | None = None,
+        chosen: torch.Tensor | None = None,
+    ) -> list[Decision]:
+        """Decisions from precomputed scores [batch, n_experts] (conversation routing fuses them first).
+
+        `chosen` [batch], when given, is the expert each row goes to (conversation context may keep an
+        expert that is not the top scorer); it leads the ranking, the others follow by score.
+        """
         rule = rule or self.rule
         if not index.names:
-            return [self._decision((), rule, index) for _ in range(queries.shape[0])]
-        scores = self.score(queries, index).float()
+            return [self._decision((), rule, index) for _ in range(scores.shape[0])]
+        scores = scores.float()
+        order = scores if chosen is None else scores.scatter(1, chosen[:, None], float("inf"))
         keep = len(index.names) if top_n is None else max(1, min(top_n, len(index.names)))
-        best = torch.topk(scores, max(keep, min(2, len(index.names))), dim=1)
+        best = torch.topk(order, max(keep, min(2, len(index.names))), dim=1).indices
+        values = scores.gather(1, best)
         decisions = []
-        for values, ranks in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-            ranking = tuple(ScoredExpert(index.names[i], v) for i, v in zip(ranks, values, strict=True))
+        for row_values, ranks in zip(values.tolist(), best.tolist(), strict=True):
+            ranking = tuple(ScoredExpert(index.names[i], v) for i, v in zip(ranks, row_values, strict=True))
             decisions.append(self._decision(ranking, rule, index, keep))
         return decisions
 

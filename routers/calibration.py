@@ -17,7 +17,7 @@ import torch
 
 from routers.evaluation import OUT_OF_SCOPE
 
-KEEP_SHARES = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.99)
+KEEP_SHARES = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 MARGINS = (0.0, 0.01, 0.02, 0.04)
 
 
@@ -82,16 +82,29 @@ def outcome(rule: FallbackRule, queries: Sequence[ScoredQuery]) -> tuple[float, 
     return (right / in_scope if in_scope else 0.0), (caught / oos if oos else 0.0)
 
 
-def fit_fallback_rule(queries: Sequence[ScoredQuery], min_per_expert: int = 10) -> FallbackRule:
-    """Pick the rule maximising in-scope accuracy + out-of-scope recall on `queries`."""
+def fit_fallback_rule(queries: Sequence[ScoredQuery], min_per_expert: int = 10,
+                      max_accuracy_loss: float | None = None) -> FallbackRule:
+    """Pick the rule maximising in-scope accuracy + out-of-scope recall on `queries`.
+
+    With `max_accuracy_loss`, the rule that catches the most out-of-scope queries while keeping in-scope
+    accuracy within that many points (a fraction) of no fallback at all; on conversations, where a few
+    out-of-scope turns face thousands in scope, the plain sum would give up accuracy for a few turns.
+    """
     if not any(q.label != OUT_OF_SCOPE for q in queries):
         raise ValueError("calibration needs in-scope examples")
-    best_rule, best_value = None, -1.0
+    floor = None
+    if max_accuracy_loss is not None:
+        floor = outcome(FallbackRule(float("-inf")), queries)[0] - max_accuracy_loss
+    best_rule, best_value = None, (-1.0, -1.0)
     for keep in KEEP_SHARES:
         for margin in MARGINS:
             rule = rule_for_share(queries, keep, margin, min_per_expert)
             accuracy, recall = outcome(rule, queries)
-            if accuracy + recall > best_value:
-                best_rule, best_value = rule, accuracy + recall
+            if floor is None:
+                value = (accuracy + recall, 0.0)
+            else:  # within budget: most recall, then most accuracy; over it: only accuracy counts
+                value = (1.0 + recall, accuracy) if accuracy >= floor - 1e-12 else (0.0, accuracy)
+            if value > best_value:
+                best_rule, best_value = rule, value
     assert best_rule is not None
     return best_rule

@@ -21,6 +21,7 @@ from experts.registry import Expert, ExpertRegistry
 from experts.retrieval.store import SegmentStore
 from routers.base import ExpertVectors, Router
 from routers.batching import MicroBatcher
+from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
 from server.admission import Admission
 from server.api import admin, openai, ops
@@ -38,6 +39,7 @@ from server.metrics import Metrics
 from server.retrieval_service import RetrievalService
 from server.routing_service import RoutingService
 from server.seeding import seed_registry
+from server.sessions import SessionStore
 from server.settings import Settings
 from server.state import AppState
 
@@ -85,7 +87,11 @@ async def build_state(settings: Settings) -> AppState:
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
     batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms)
-    routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name)
+    sessions = (SessionStore(settings.session_max_entries, settings.session_ttl_seconds)
+                if settings.session_affinity else None)
+    routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name,
+                             context=settings.conversation_context(),
+                             cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions)
     restore_rule(manifest, routing)
     admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
     metrics.requests_in_flight.set_function(lambda: admission.in_flight)

@@ -1,7 +1,9 @@
 """Fitting and keeping the calibrated fallback rule: labelled queries in, per-expert thresholds out.
 
-The rule is stored in the manifest beside the experts (so it survives restarts) and swapped into the
-routing service in one assignment.
+Labelled conversations also refit conversation routing's context parameters (temperature and switch
+probability, routers/conversation.py `fit_context`) together with the thresholds. Both are stored in the
+manifest beside the experts (so they survive restarts) and swapped into the routing service in one
+assignment each.
 """
 
 from __future__ import annotations
@@ -11,64 +13,99 @@ import json
 from types import MappingProxyType
 
 from experts.manifest import Manifest
-from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome
+from routers.calibration import FallbackRule, fit_fallback_rule, outcome
+from routers.conversation import ContextParams, LabelledTurns, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
 from server.errors import APIError
-from server.protocol import CalibrationOut, LabelledQuery
+from server.labelled_data import LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
+from server.protocol import CalibrationOut, CalibrationRequest
 from server.routing_service import RoutingService
 
 _SETTING = "fallback_rule"
 OUT_OF_SCOPE_LABELS = {"oos", "out_of_scope", "generalist"}
+CONVERSATION_ACCURACY_BUDGET = 0.03
 
 
-def rule_to_json(rule: FallbackRule) -> str:
-    return json.dumps({"threshold": rule.threshold, "per_expert": dict(rule.per_expert), "margin": rule.margin})
+def rule_to_json(rule: FallbackRule, context: ContextParams | None = None) -> str:
+    data = {"threshold": rule.threshold, "per_expert": dict(rule.per_expert), "margin": rule.margin}
+    if context is not None:
+        data["context"] = context.as_dict()
+    return json.dumps(data)
 
 
-def rule_from_json(text: str) -> FallbackRule:
+def rule_from_json(text: str) -> tuple[FallbackRule, ContextParams | None]:
     data = json.loads(text)
-    return FallbackRule(data["threshold"], MappingProxyType(data["per_expert"]), data["margin"])
+    context = ContextParams(**data["context"]) if data.get("context") else None
+    return FallbackRule(data["threshold"], MappingProxyType(data["per_expert"]), data["margin"]), context
 
 
 def restore_rule(manifest: Manifest, routing: RoutingService) -> None:
     stored = manifest.get_setting(_SETTING)
     if stored is not None:
-        routing.rule = rule_from_json(stored)
+        routing.rule, context = rule_from_json(stored)
+        routing.context = context or routing.default_context
 
 
-def describe(rule: FallbackRule, calibrated: bool, accuracy: float | None = None,
-             recall: float | None = None, n: int = 0) -> CalibrationOut:
-    return CalibrationOut(calibrated=calibrated, threshold=rule.threshold, per_expert=dict(rule.per_expert),
-                          margin=rule.margin, fitted_on=n, in_scope_accuracy=accuracy, oos_recall=recall)
+def describe(routing: RoutingService, accuracy: float | None = None, recall: float | None = None, n: int = 0,
+             out_of_scope_labels: list[str] | None = None) -> CalibrationOut:
+    rule = routing.rule
+    return CalibrationOut(calibrated=rule is not routing.default_rule, threshold=rule.threshold,
+                          per_expert=dict(rule.per_expert), margin=rule.margin, fitted_on=n,
+                          in_scope_accuracy=accuracy, oos_recall=recall, context=routing.context.as_dict(),
+                          out_of_scope_labels=out_of_scope_labels)
 
 
-async def calibrate(
-    routing: RoutingService, manifest: Manifest, examples: list[LabelledQuery], generalist_name: str
-) -> CalibrationOut:
-    """Score every labelled query without fallback, fit the rule, store it, swap it in."""
-    known = set(routing.expert_names())
-    labels = []
-    for example in examples:
+def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> list[LabelledTurn]:
+    if body.conversations is not None:
+        try:
+            return conversation_cases([c.model_dump() for c in body.conversations])
+        except LabelledDataError as exc:
+            raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "conversations") from exc
+    cases = []
+    for example in body.examples or []:
         label = OUT_OF_SCOPE if example.label in OUT_OF_SCOPE_LABELS | {generalist_name} else example.label
         if label != OUT_OF_SCOPE and label not in known:
             raise APIError(400, f"label {example.label!r} is neither an expert nor 'generalist'",
                            "invalid_request_error", "unknown_label", "examples")
-        labels.append(label)
-    decisions = await routing.rank_without_fallback([e.text for e in examples])
-    queries = [ScoredQuery(label, d.ranking[0].name, d.ranking[0].score, d.runner_up_score)
-               for label, d in zip(labels, decisions, strict=True) if d.ranking]
+        cases.append(LabelledTurn((example.text,), label, "query"))
+    return cases
+
+
+async def calibrate(routing: RoutingService, manifest: Manifest, body: CalibrationRequest,
+                    generalist_name: str) -> CalibrationOut:
+    """Score every labelled case in context without fallback, fit the rule (and, on conversations, the
+    context parameters), store them, swap them in."""
+    names = routing.index_names()
+    cases = _cases(body, set(names), generalist_name)
+    labels, out_of_scope = resolve_labels(cases, set(names))
+    if not cases or not names:
+        raise APIError(400, "calibration needs labelled cases and registered experts", "invalid_request_error",
+                       "calibration_data", "examples")
+    scores, valid, neutral = await routing.context_scores([c.turns for c in cases])
+    turns = LabelledTurns(scores, valid, neutral, labels)
+    conversations = body.conversations is not None
+    budget = body.max_accuracy_loss
     try:
-        rule = fit_fallback_rule(queries)
+        if conversations:
+            context, rule, queries = await asyncio.to_thread(
+                fit_context, turns, names, routing.context,
+                CONVERSATION_ACCURACY_BUDGET if budget is None else budget)
+        else:
+            context = routing.context
+            queries = scored_turns(turns, names, context)
+            rule = fit_fallback_rule(queries, max_accuracy_loss=budget)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "examples") from exc
-    await asyncio.to_thread(manifest.put_setting, _SETTING, rule_to_json(rule))
-    routing.rule = rule
+    stored_context = context if conversations or context != routing.default_context else None
+    await asyncio.to_thread(manifest.put_setting, _SETTING, rule_to_json(rule, stored_context))
+    routing.rule, routing.context = rule, context
     accuracy, recall = outcome(rule, queries)
     has_oos = any(q.label == OUT_OF_SCOPE for q in queries)
-    return describe(rule, True, accuracy, recall if has_oos else None, len(queries))
+    return describe(routing, accuracy, recall if has_oos else None, len(queries),
+                    out_of_scope if conversations else None)
 
 
 async def reset(routing: RoutingService, manifest: Manifest) -> CalibrationOut:
     await asyncio.to_thread(manifest.put_setting, _SETTING, None)
-    routing.rule = routing.default_rule
-    return describe(routing.rule, False)
+    routing.rule, routing.context = routing.default_rule, routing.default_context
+    return describe(routing)

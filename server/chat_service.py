@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
 from experts.errors import AdapterUnavailable
 from server.admission import Admission, Slot
+from server.conversation import user_turns_of
 from server.errors import APIError
 from server.grounding import Grounding, GroundingService
 from server.metrics import Metrics
@@ -48,6 +49,11 @@ def routing_headers(info: RoutingInfo) -> dict[str, str]:
         headers["x-switchyard-runner-up"] = info.runner_up
     if info.adapter_tier is not None:
         headers["x-switchyard-adapter-tier"] = info.adapter_tier
+    if info.context is not None:
+        headers["x-switchyard-context"] = info.context
+        headers["x-switchyard-turns"] = str(info.turns)
+    if info.previous_expert is not None:
+        headers["x-switchyard-previous-expert"] = info.previous_expert
     return headers
 
 
@@ -108,9 +114,12 @@ class ChatService:
         self._settings = settings
         self._metrics = metrics
 
-    async def start(self, request: ChatCompletionRequest) -> ChatRun:
-        """Route, lease and start generating. Errors surface here, before any byte is sent."""
-        query = query_of(request)
+    async def start(self, request: ChatCompletionRequest, session: str | None = None) -> ChatRun:
+        """Route, lease and start generating. Errors surface here, before any byte is sent.
+
+        Routing reads the conversation's user turns; `session` (optional) is the session-affinity key.
+        """
+        turns = user_turns_of(request.messages)
         sampling = sampling_for(request, self._settings)
         started = time.monotonic()
         slot = await self._admission.acquire()
@@ -118,7 +127,8 @@ class ChatService:
         try:
             for attempt in range(2):
                 try:
-                    return await self._start_on_target(request, query, sampling, slot, started, deadline)
+                    return await self._start_on_target(request, turns, session, sampling, slot, started,
+                                                       deadline)
                 except AdapterUnavailable as exc:
                     # Its files were damaged or deleted after registration: the expert leaves routing, and
                     # an `auto` request is routed again (to another expert or the generalist).
@@ -132,9 +142,10 @@ class ChatService:
             slot.release()
             raise
 
-    async def _start_on_target(self, request: ChatCompletionRequest, query: str, sampling: SamplingParams,
-                               slot: Slot, started: float, deadline: float) -> ChatRun:
-        target = await self._routing.resolve(request.model, query)
+    async def _start_on_target(self, request: ChatCompletionRequest, turns: list[str], session: str | None,
+                               sampling: SamplingParams, slot: Slot, started: float, deadline: float) -> ChatRun:
+        target = await self._routing.resolve(request.model, turns, session)
+        query = turns[-1]  # a grounded answer searches with the turn being answered
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         grounding = None
         adapter_key = target.expert.backend_key if target.expert is not None else None
@@ -240,19 +251,6 @@ def _event(chunk: ChatCompletionChunk) -> str:
 def _usage(run: ChatRun, last: GenerationChunk) -> Usage:
     prompt, completion = (last.prompt_tokens, last.completion_tokens) if last.prompt_tokens else run.counts
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-def query_of(request: ChatCompletionRequest) -> str:
-    """The text routing looks at: the last user message with text."""
-    if not request.messages:
-        raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
-    for message in reversed(request.messages):
-        if message.role == "user" and message.text().strip():
-            return message.text()
-    raise APIError(
-        400, "messages must contain a user message with text", "invalid_request_error",
-        "no_user_message", "messages",
-    )
 
 
 def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:

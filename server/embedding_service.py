@@ -35,7 +35,7 @@ class EmbeddingService:
             info = self._routing.unrouted_info(name, "generalist", "the shared query encoder was requested by name",
                                                False, version)
         elif request.model == AUTO_MODEL:
-            ranking, info, snapshot = await self._retrieval.route(texts[0])
+            ranking, info, snapshot = await self._retrieval.route([texts[0]])
             expert = snapshot.experts[ranking[0].name]
             name, encoder = expert.name, expert.resource.encoder
             info = info.model_copy(update={"retrievers": [name], "fused": False,

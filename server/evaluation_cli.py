@@ -1,7 +1,10 @@
 """`switchyard eval` and `switchyard calibrate`: routing quality on a labelled file.
 
 Labelled files are JSONL (`{"text": ..., "label": ...}`) or CSV with `text,label` columns; the label is an
-expert name, or `oos` / `generalist` for queries the generalist should answer.
+expert name, or `oos` / `generalist` for queries the generalist should answer. Conversation JSONL (the
+format of `../shared/data/sgd`, a `domain` on each user turn) is told apart by its `turns`: every user
+turn is routed with the conversation up to it, the report adds accuracy for opening, follow-up and switch
+turns, and domains with no expert count as out of scope.
 
 - `eval --data FILE [--url URL]` scores a running server through `/v1/route` (its experts, its rule).
 - `eval --data FILE --train FILE [--examples-per-expert K] [--router knn] [--calibrate FILE]` builds
@@ -21,7 +24,14 @@ from pathlib import Path
 
 from routers.evaluation import OUT_OF_SCOPE, EvaluationReport, evaluate
 from server.commands.common import EXIT_OK, Connection, Progress, add_connection_arguments, emit, table
-from server.labelled_data import read_labelled
+from server.labelled_data import (
+    LabelledTurn,
+    by_turn_kind,
+    is_conversation_data,
+    read_labelled,
+    read_labelled_turns,
+    resolve_labels,
+)
 
 
 def add_arguments(eval_parser: argparse.ArgumentParser, calibrate_parser: argparse.ArgumentParser) -> None:
@@ -34,21 +44,32 @@ def add_arguments(eval_parser: argparse.ArgumentParser, calibrate_parser: argpar
     eval_parser.add_argument("--confusion", type=Path, help="write the confusion matrix as a PNG")
     eval_parser.add_argument("--report", type=Path, help="write the full report as JSON to this file")
     add_connection_arguments(eval_parser)
-    calibrate_parser.add_argument("--data", type=Path, required=True)
+    calibrate_parser.add_argument("--data", type=Path, required=True, help="labelled queries or conversations")
+    calibrate_parser.add_argument("--max-accuracy-loss", type=float,
+                                  help="catch the most out-of-scope cases for at most this in-scope accuracy loss "
+                                       "(a fraction; conversations default to 0.03)")
     add_connection_arguments(calibrate_parser)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    data = read_labelled(args.data)
-    texts, truth = [t for t, _ in data], [label for _, label in data]
+    cases = read_labelled_turns(args.data)
+    conversations = any(c.kind != "query" for c in cases)
     if args.train:
-        predicted, abstain = _offline(args, texts)
+        if conversations:
+            raise SystemExit("offline evaluation takes labelled queries; evaluate conversations through a "
+                             "server (--url)")
+        predicted, abstain = _offline(args, [c.turns[0] for c in cases])
+        truth = [c.label for c in cases]
     else:
-        predicted, abstain = _through_server(args, texts)
+        predicted, abstain, experts = _through_server(args, cases)
+        truth, _ = resolve_labels(cases, experts)
     report = evaluate(truth, predicted, abstain)
+    result = asdict(report)
+    if conversations:
+        result["turn_kinds"] = by_turn_kind(cases, truth, predicted)
     if args.report:
-        args.report.write_text(json.dumps(asdict(report), indent=2))
-    emit(args, asdict(report), lambda _: print_report(report))
+        args.report.write_text(json.dumps(result, indent=2))
+    emit(args, result, lambda _: print_report(report, result.get("turn_kinds")))
     if args.confusion:
         write_confusion_png(report, args.confusion)
         print(f"confusion matrix: {args.confusion}", file=sys.stderr)
@@ -56,11 +77,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    examples = [{"text": t, "label": "generalist" if label == OUT_OF_SCOPE else label}
-                for t, label in read_labelled(args.data)]
+    text = args.data.read_text(encoding="utf-8")
+    if is_conversation_data(text):
+        body: dict = {"conversations": [json.loads(line) for line in text.splitlines() if line.strip()]}
+    else:
+        body = {"examples": [{"text": t, "label": "generalist" if label == OUT_OF_SCOPE else label}
+                             for t, label in read_labelled(args.data)]}
+    if args.max_accuracy_loss is not None:
+        body["max_accuracy_loss"] = args.max_accuracy_loss
     connection = Connection(args, timeout=600)
     try:
-        result = connection.call("POST", "/admin/calibration", json={"examples": examples})
+        result = connection.call("POST", "/admin/calibration", json=body)
     finally:
         connection.close()
     emit(args, result, _print_calibration)
@@ -68,27 +95,36 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _print_calibration(result: dict) -> None:
+    if result.get("out_of_scope_labels"):
+        print(f"domains with no expert, fitted as out of scope: {', '.join(result['out_of_scope_labels'])}")
+    if result.get("context"):
+        print("context: " + ", ".join(f"{k} {v}" for k, v in result["context"].items()))
     print(f"calibrated on {result['fitted_on']} queries: threshold {result['threshold']:.3f}, "
           f"margin {result['margin']:.3f}, in-scope accuracy {_pct(result.get('in_scope_accuracy'))}")
     table(["EXPERT", "THRESHOLD"], [(name, f"{value:.3f}") for name, value in sorted(result["per_expert"].items())],
           right=(1,))
 
 
-def _through_server(args: argparse.Namespace, texts: list[str]) -> tuple[list[str], list[float]]:
-    """Score query by query through /v1/route, as a client would see it (with a progress bar)."""
+def _through_server(args: argparse.Namespace, cases: list[LabelledTurn]) -> tuple[list[str], list[float], set[str]]:
+    """Score case by case through /v1/route, as a client would see it (with a progress bar); a conversation
+    turn is sent as the user messages up to it."""
     predicted, abstain = [], []
     connection = Connection(args, timeout=60)
-    progress = Progress(len(texts), "evaluating", enabled=None if not args.json else False)
+    progress = Progress(len(cases), "evaluating", enabled=None if not args.json else False)
     try:
-        for text in texts:
-            decision = connection.call("POST", "/v1/route", json={"query": text, "top_n": 2})["decision"]
+        models = connection.call("GET", "/v1/models")["data"]
+        experts = {m["id"] for m in models if m.get("kind") in ("adapter", "retriever")}
+        for case in cases:
+            body: dict = ({"query": case.turns[0]} if case.kind == "query" else
+                          {"messages": [{"role": "user", "content": t} for t in case.turns]})
+            decision = connection.call("POST", "/v1/route", json={**body, "top_n": 2})["decision"]
             predicted.append(OUT_OF_SCOPE if decision["fallback"] else decision["expert"])
             abstain.append(-(decision["score"] if decision["score"] is not None else -1.0))
             progress.advance()
     finally:
         progress.close()
         connection.close()
-    return predicted, abstain
+    return predicted, abstain, experts
 
 
 def _offline(args: argparse.Namespace, texts: list[str]) -> tuple[list[str], list[float]]:
@@ -139,8 +175,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def print_report(report: EvaluationReport) -> None:
+def print_report(report: EvaluationReport, turn_kinds: dict | None = None) -> None:
     print(f"queries: {report.n}")
+    if turn_kinds:
+        print("   ".join(f"{kind}: {_pct(v['accuracy'])} of {v['n']}" for kind, v in turn_kinds.items()))
     print(f"accuracy: {_pct(report.accuracy)}   in-scope accuracy: {_pct(report.in_scope_accuracy)}   "
           f"macro-F1: {report.macro_f1:.3f}")
     print(f"out-of-scope precision {_pct(report.oos_precision)}, recall {_pct(report.oos_recall)}, "

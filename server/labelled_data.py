@@ -1,7 +1,9 @@
 """Labelled routing data, the format `switchyard eval`, `switchyard calibrate` and the console share.
 
 JSONL (`{"text": ..., "label": ...}` per line) or CSV with `text,label` columns. The label is an expert
-name, or `oos` / `out_of_scope` / `generalist` for a query the generalist should answer.
+name, or `oos` / `out_of_scope` / `generalist` for a query the generalist should answer. Conversations
+are JSONL too, one per line, in the format of `../shared/data/sgd` (`{"turns": [...]}`, a `domain` on
+each user turn): every user turn becomes a case routed with the conversation up to it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from routers.evaluation import OUT_OF_SCOPE
 
@@ -50,3 +55,103 @@ def _row(record: object, where: str) -> tuple[str, str]:
     if not isinstance(text, str) or not text.strip() or not isinstance(label, str) or not label.strip():
         raise LabelledDataError(f"{where} needs a non-empty 'text' and 'label'")
     return text, label.strip()
+
+
+@dataclass(frozen=True)
+class LabelledTurn:
+    """One labelled routing case: the user turns so far (oldest first; one for a plain query), the label,
+    and the kind of turn: `query` (a labelled query), `opening`, `follow-up` (same label as the previous
+    user turn) or `switch` (another label)."""
+
+    turns: tuple[str, ...]
+    label: str
+    kind: str
+
+
+def is_conversation_data(text: str) -> bool:
+    """JSONL whose first record has `turns`: conversations in the format of `../shared/data/sgd`."""
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return False
+            return isinstance(record, dict) and "turns" in record
+    return False
+
+
+def parse_conversations(text: str) -> list[LabelledTurn]:
+    """Every labelled user turn of a conversation JSONL file (see `conversation_cases`)."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            raise LabelledDataError(f"line {number} is not JSON: {exc}") from exc
+    return conversation_cases(records)
+
+
+def conversation_cases(records: list[object]) -> list[LabelledTurn]:
+    """Every labelled user turn of every conversation, each with the user turns up to it.
+
+    A conversation is `{"turns": [{"role": "user"|"assistant", "content": ..., "domain": ...}, ...]}`; user
+    turns need a `domain` (the expert that should answer, or an out-of-scope label). Only user turns
+    enter routing, as on the serving path.
+    """
+    out: list[LabelledTurn] = []
+    for number, record in enumerate(records, start=1):
+        turns = record.get("turns") if isinstance(record, dict) else None
+        if not isinstance(turns, list) or not turns:
+            raise LabelledDataError(f"conversation {number} needs a non-empty 'turns' list")
+        users: list[str] = []
+        previous: str | None = None
+        for position, turn in enumerate(turns, start=1):
+            if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+                raise LabelledDataError(f"conversation {number}, turn {position} needs a 'role' and a text "
+                                        "'content'")
+            if turn.get("role") != "user" or not turn["content"].strip():
+                continue
+            label = turn.get("domain")
+            if not isinstance(label, str) or not label.strip():
+                raise LabelledDataError(f"conversation {number}, turn {position}: a user turn needs a 'domain'")
+            label = OUT_OF_SCOPE if label.strip() in OOS_LABELS else label.strip()
+            users.append(turn["content"])
+            kind = "opening" if previous is None else ("follow-up" if label == previous else "switch")
+            previous = label
+            out.append(LabelledTurn(tuple(users), label, kind))
+    return out
+
+
+def parse_labelled_turns(text: str, is_csv: bool) -> list[LabelledTurn]:
+    """Labelled queries or conversations, told apart by their first record."""
+    if not is_csv and is_conversation_data(text):
+        return parse_conversations(text)
+    return [LabelledTurn((t,), label, "query") for t, label in parse_labelled(text, is_csv)]
+
+
+def read_labelled_turns(path: Path) -> list[LabelledTurn]:
+    return parse_labelled_turns(path.read_text(encoding="utf-8"), path.suffix.lower() == ".csv")
+
+
+TURN_KINDS = ("opening", "follow-up", "switch")
+
+
+def resolve_labels(cases: Sequence[LabelledTurn], experts: set[str]) -> tuple[list[str], list[str]]:
+    """Each case's label, a conversation's unknown domains mapped to out of scope; and those domains."""
+    conversations = any(c.kind != "query" for c in cases)
+    if not conversations:
+        return [c.label for c in cases], []
+    unknown = sorted({c.label for c in cases if c.label not in experts and c.label != OUT_OF_SCOPE})
+    return [c.label if c.label in experts else OUT_OF_SCOPE for c in cases], unknown
+
+
+def by_turn_kind(cases: Sequence[LabelledTurn], truth: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
+    """In-scope accuracy (fallback counted wrong) per kind of conversation turn."""
+    out: dict[str, Any] = {}
+    for kind in TURN_KINDS:
+        rows = [(t, p) for c, t, p in zip(cases, truth, predicted, strict=True)
+                if c.kind == kind and t != OUT_OF_SCOPE]
+        out[kind] = {"n": len(rows), "accuracy": sum(t == p for t, p in rows) / len(rows) if rows else None}
+    return out

@@ -107,6 +107,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.embedding_cache_lookups = Counter(
+            "switchyard_embedding_cache_lookups_total",
+            "Query texts looked up in the routing encoder's embedding cache, by result (hit or miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.embedding_cache_entries = Gauge(
+            "switchyard_embedding_cache_entries", "Embeddings held by the routing encoder's cache.",
+            registry=self.registry,
+        )
+        self.sessions = Gauge(
+            "switchyard_sessions", "Sessions whose expert is remembered (session affinity).", registry=self.registry
+        )
+        self.context_outcomes = Counter(
+            "switchyard_context_decisions_total",
+            "Routed decisions by what the conversation did: single (one user turn), stayed or switched.",
+            ["outcome"],
+            registry=self.registry,
+        )
+
         self.activity = RecentActivity()  # the console's live view (server/activity.py)
 
     def decided(self, expert: str, fallback: bool, score: float | None) -> None:
@@ -115,6 +135,13 @@ class Metrics:
         if score is not None:
             self.routing_score.labels(expert).observe(score)
         self.activity.decided(expert, fallback)
+
+    def embedding_cache(self, entries: int, hits: int, misses: int) -> None:
+        if hits:
+            self.embedding_cache_lookups.labels("hit").inc(hits)
+        if misses:
+            self.embedding_cache_lookups.labels("miss").inc(misses)
+        self.embedding_cache_entries.set(entries)
 
     def served(self, endpoint: str, expert: str, status: str, seconds: float | None = None) -> None:
         """One inference request finished (status 'ok' or 'error'), with its duration when known."""

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.spec import ExpertSpec
 
@@ -60,7 +60,8 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1)
-    user: str | None = None
+    user: str | None = Field(None, max_length=256, description="end-user id; also the session key for "
+                             "session affinity unless the x-switchyard-session header names one")
     ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens whatever the model "
                              "says (for benchmarks); the openai client sends it through extra_body")
 
@@ -96,6 +97,13 @@ class RoutingInfo(BaseModel):
     retrievers: list[str] | None = Field(None, description="retrievers searched (two when fused)")
     fused: bool | None = Field(None, description="rankings merged by reciprocal-rank fusion")
     generator: str | None = Field(None, description="grounded chat: the model that wrote the answer")
+    turns: int | None = Field(None, description="user turns the decision read (since the last topic switch "
+                              "they all count; neutral turns carry no evidence)")
+    previous_expert: str | None = Field(None, description="the expert the conversation had before this turn")
+    context: Literal["single", "stayed", "switched"] | None = Field(
+        None, description="single: one user turn; stayed with or switched from the previous expert")
+    context_reason: str | None = Field(None, description="the conversation's part of the decision, in words")
+    session: bool | None = Field(None, description="a session's remembered expert took part")
 
 
 class Usage(BaseModel):
@@ -189,23 +197,36 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class RouteRequest(BaseModel):
+class ConversationQuery(BaseModel):
+    """What routing reads: one `query`, or a conversation's `messages` (their user turns, oldest first)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1)
+    query: str | None = Field(None, min_length=1, max_length=4000)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ConversationQuery:
+        if (self.query is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'query' and 'messages'")
+        return self
+
+
+class RouteRequest(ConversationQuery):
     top_n: int | None = Field(None, ge=1, description="how many experts to return; all when omitted")
+    user: str | None = Field(None, max_length=256, description="session key (read only: a dry run changes "
+                             "no session)")
 
 
 class RouteResponse(BaseModel):
-    query: str
+    query: str = Field(description="the last user turn")
     decision: RoutingInfo
     ranking: list[ScoredExpertOut]
 
 
-class RetrieveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RetrieveRequest(ConversationQuery):
+    """Routed on the whole conversation when `messages` are given; searched with the last user turn."""
 
-    query: str = Field(min_length=1, max_length=4000)
     model: str = Field("auto", min_length=1, max_length=128, description="'auto' or a retriever's name")
     top_k: int | None = Field(None, description="passages to return (default and maximum are settings)")
     fuse: Literal["auto", "always", "never"] = Field(
@@ -345,10 +366,42 @@ class LabelledQuery(BaseModel):
     label: str = Field(min_length=1, max_length=128, description="an expert name, or 'generalist' / 'oos'")
 
 
-class CalibrationRequest(BaseModel):
+class ConversationTurnIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    examples: list[LabelledQuery] = Field(min_length=1, max_length=50_000)
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str = Field(max_length=4000)
+    domain: str | None = Field(None, max_length=128, description="user turns: the expert that should answer, "
+                               "or 'generalist' / 'oos'; a domain with no expert counts as out of scope")
+
+
+class ConversationIn(BaseModel):
+    """A labelled conversation, as one line of `../shared/data/sgd`'s JSONL."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = Field(None, max_length=128)
+    turns: list[ConversationTurnIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+
+class CalibrationRequest(BaseModel):
+    """Labelled queries (`examples`) or labelled conversations; conversations also refit the context
+    parameters (temperature, switch probability) of conversation routing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    examples: list[LabelledQuery] | None = Field(None, min_length=1, max_length=50_000)
+    conversations: list[ConversationIn] | None = Field(None, min_length=1, max_length=10_000)
+    max_accuracy_loss: float | None = Field(
+        None, ge=0.0, le=1.0, description="the fallback rule catching the most out-of-scope cases for at most "
+        "this loss of in-scope accuracy (a fraction); default: 0.03 for conversations, and for queries the "
+        "rule maximising in-scope accuracy + out-of-scope recall")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> CalibrationRequest:
+        if (self.examples is None) == (self.conversations is None):
+            raise ValueError("give exactly one of 'examples' and 'conversations'")
+        return self
 
 
 class EvaluationRequest(BaseModel):
@@ -368,12 +421,14 @@ class CalibrationOut(BaseModel):
     fitted_on: int = 0
     in_scope_accuracy: float | None = Field(None, description="on the calibration data, fallback counted wrong")
     oos_recall: float | None = None
+    context: dict[str, float] | None = Field(None, description="conversation routing's parameters in force")
+    out_of_scope_labels: list[str] | None = Field(None, description="conversation domains with no expert, "
+                                                  "fitted as out of scope")
 
 
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FeedbackRequest(ConversationQuery):
+    """The query, or a conversation whose last user turn was misrouted: that turn becomes the example."""
 
-    query: str = Field(min_length=1, max_length=4000)
     expert: str = Field(min_length=1, max_length=128, description="the expert that should answer, or 'generalist'")
     response_id: str | None = Field(None, max_length=128, description="the chat completion id, for your records")
 

@@ -75,14 +75,16 @@ class RetrievalService:
                            "top_k_out_of_range", "top_k")
         return top_k
 
-    async def retrieve(self, model: str, query: str, top_k: int | None, fuse: Fuse = "auto") -> Retrieval:
-        """Routed (`auto`) or pinned retrieval; the caller releases the result's leases."""
+    async def retrieve(self, model: str, turns: list[str], top_k: int | None, fuse: Fuse = "auto") -> Retrieval:
+        """Routed (`auto`, on the conversation's user `turns`) or pinned retrieval, searched with the last
+        turn; the caller releases the result's leases."""
+        query = turns[-1] if turns else ""
         if not query.strip():
             raise APIError(400, "query must not be empty", "invalid_request_error", "empty_query", "query")
         top_k = self.check_top_k(top_k)
         started = time.perf_counter()
         if model == AUTO_MODEL:
-            retrieval = await self._routed(query, top_k, fuse)
+            retrieval = await self._routed(turns, top_k, fuse)
         else:
             retrieval = await self.pinned(self.retriever_named(model), query, top_k)
         self._metrics.retrieval_latency.observe(time.perf_counter() - started)
@@ -132,9 +134,10 @@ class RetrievalService:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    async def route(self, query: str) -> tuple[list[ScoredExpert], RoutingInfo, Snapshot]:
-        """Rank the retriever experts only, and apply the fallback rule to the best of them."""
-        decision, snapshot, routing_ms = await self._routing.rank(query, top_n=None)
+    async def route(self, turns: list[str]) -> tuple[list[ScoredExpert], RoutingInfo, Snapshot]:
+        """Rank the retriever experts only (on the conversation's user turns), and apply the fallback rule
+        to the best of them."""
+        decision, snapshot, routing_ms = await self._routing.rank(turns, top_n=None)
         ranking = [s for s in decision.ranking
                    if (e := snapshot.experts.get(s.name)) is not None and e.resource.index is not None]
         if not ranking:
@@ -142,18 +145,18 @@ class RetrievalService:
         best = ranking[0]
         second = ranking[1] if len(ranking) > 1 else None
         fallback, threshold, reason = self._routing.rule.check(best.name, best.score, second.score if second else None)
-        info = RoutingInfo(
-            expert=best.name, kind="retriever", score=best.score, runner_up=second.name if second else None,
-            runner_up_score=second.score if second else None, fallback=fallback, reason=reason,
-            router=decision.router, threshold=threshold, registry_version=snapshot.version,
-            routing_ms=round(routing_ms, 3),
-        )
+        info = self._routing.routing_info(decision, snapshot.version, routing_ms).model_copy(update={
+            "expert": best.name, "kind": "retriever", "score": best.score,
+            "runner_up": second.name if second else None, "runner_up_score": second.score if second else None,
+            "fallback": fallback, "reason": reason, "threshold": threshold,
+        })
         self._metrics.decided(best.name, fallback, best.score)
         return ranking, info, snapshot
 
-    async def _routed(self, query: str, top_k: int, fuse: Fuse) -> Retrieval:
+    async def _routed(self, turns: list[str], top_k: int, fuse: Fuse) -> Retrieval:
+        query = turns[-1]
         for _ in range(_MAX_REROUTES):
-            ranking, info, snapshot = await self.route(query)
+            ranking, info, snapshot = await self.route(turns)
             best, second = ranking[0], (ranking[1] if len(ranking) > 1 else None)
             chosen = [snapshot.experts[s.name] for s in self._to_search(best, second, info.fallback, fuse)]
             try:

@@ -1,14 +1,17 @@
-"""From a request's `model` and query to a leased target: an expert version or the generalist.
+"""From a request's `model` and conversation to a leased target: an expert version or the generalist.
 
-`auto` encodes the query and asks the routing policy; an expert name pins that expert and skips routing;
-the generalist's name forces the base model alone. The lease is taken on the exact expert version the
-decision saw; if that version was removed in between, `auto` routes again on the fresh snapshot.
+`auto` encodes the user turns (earlier turns come from the embedding cache) and asks the routing policy,
+through the conversation filter (routers/conversation.py); an expert name pins that expert and skips
+routing; the generalist's name forces the base model alone. The lease is taken on the exact expert
+version the decision saw; if that version was removed in between, `auto` routes again on the fresh
+snapshot. A session key (optional) lends the filter the expert the session had last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -19,10 +22,21 @@ from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from routers.base import Decision, Router
 from routers.batching import MicroBatcher
 from routers.calibration import FallbackRule
+from routers.conversation import (
+    NEUTRAL_PHRASES,
+    ContextParams,
+    conversation_context,
+    decide_conversation,
+    neutral_turns,
+    pack_turns,
+)
+from routers.embedding_cache import EmbeddingCache
 from routers.encoder import QueryEncoder
+from server.conversation import context_fields
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import RoutingInfo
+from server.sessions import SessionStore
 
 AUTO_MODEL = "auto"
 _MAX_REROUTES = 3
@@ -54,6 +68,9 @@ class RoutingService:
         registry: ExpertRegistry,
         metrics: Metrics,
         generalist_name: str,
+        context: ContextParams | None = None,
+        cache: EmbeddingCache | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
         self._encoder = encoder
         self._batcher = batcher
@@ -63,26 +80,63 @@ class RoutingService:
         self.generalist_name = generalist_name
         self.default_rule = router.rule
         self.rule: FallbackRule = router.rule  # replaced whole by calibration; readers never lock
+        self.default_context = context or ContextParams()
+        self.context: ContextParams = self.default_context  # likewise
+        self.cache = cache or EmbeddingCache(capacity=10_000)
+        self.sessions = sessions
+        self._neutral = encoder.encode(list(NEUTRAL_PHRASES))
 
-    async def rank(self, query: str, top_n: int | None = 2) -> tuple[Decision, Snapshot, float]:
-        """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds)."""
+    async def embed_turns(self, turns: Sequence[str]) -> torch.Tensor:
+        """[turns, dim]: cached turns from the cache, the others through the micro-batcher, together."""
+        found = self.cache.lookup(turns)
+        missing = list(dict.fromkeys(t for t, v in zip(turns, found, strict=True) if v is None))
+        if missing:
+            fresh = await asyncio.gather(*(self._batcher.encode_one(t) for t in missing))
+            self.cache.store(missing, torch.stack(fresh))
+            by_text = dict(zip(missing, fresh, strict=True))
+            found = [v if v is not None else by_text[t] for t, v in zip(turns, found, strict=True)]
+        self._metrics.embedding_cache(len(self.cache), hits=len(turns) - len(missing), misses=len(missing))
+        return torch.stack([v for v in found if v is not None])
+
+    async def rank(self, turns: Sequence[str], top_n: int | None = 2,
+                   session: str | None = None) -> tuple[Decision, Snapshot, float]:
+        """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds).
+
+        `turns` are the conversation's user messages, oldest first (one for a single query); `session`
+        a session key whose remembered expert the filter starts from (the store is only read here).
+        """
         started = time.perf_counter()
-        vector = await self._batcher.encode_one(query)
+        vectors = await self.embed_turns(list(turns)[-self.context.max_turns:])
         snapshot = self._registry.snapshot
-        decision = _apply_generalist_feedback(
-            self._router.decide(vector, snapshot.index, top_n, self.rule), vector, snapshot.generalist_vectors)
+        previous = self.sessions.get(session) if self.sessions is not None and session else None
+        decision = decide_conversation(self._router, snapshot.index, vectors, self._neutral, self.context,
+                                       self.rule, top_n, previous)
+        decision = _apply_generalist_feedback(decision, vectors[-1], snapshot.generalist_vectors)
         elapsed = time.perf_counter() - started
         self._metrics.routing_latency.observe(elapsed)
         return decision, snapshot, elapsed * 1000.0
 
-    async def resolve(self, model: str, query: str) -> Target:
+    def remember(self, session: str | None, decision: Decision) -> None:
+        """Keep a served decision's expert for the session (a fallback forgets it: the conversation left
+        every expert's domain)."""
+        if self.sessions is None or not session:
+            return
+        if decision.expert is None:
+            self.sessions.forget(session)
+        else:
+            self.sessions.put(session, decision.expert, decision.score or 0.0)
+        self._metrics.sessions.set(len(self.sessions))
+        if decision.context is not None:
+            self._metrics.context_outcomes.labels(decision.context.outcome).inc()
+
+    async def resolve(self, model: str, turns: Sequence[str], session: str | None = None) -> Target:
         """Pick and lease the target for `model`; raises a 404 `APIError` for an unknown model name."""
         if model == self.generalist_name:
             return self._generalist(reason="the generalist was requested by name", fallback=False)
         if model != AUTO_MODEL:
             return self._pinned(model)
         for _ in range(_MAX_REROUTES):
-            decision, snapshot, routing_ms = await self.rank(query)
+            decision, snapshot, routing_ms = await self.rank(turns, session=session)
             expert = snapshot.experts.get(decision.expert) if decision.expert else None
             lease = None
             if expert is not None:
@@ -92,6 +146,7 @@ class RoutingService:
                     continue  # removed between ranking and leasing: rank again on the new snapshot
             info = self.routing_info(decision, snapshot.version, routing_ms)
             self._metrics.decided(info.expert, decision.fallback, decision.score)
+            self.remember(session, decision)
             return Target(expert=expert, info=info, lease=lease)
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 
@@ -106,19 +161,55 @@ class RoutingService:
     def expert_names(self) -> list[str]:
         return list(self._registry.snapshot.experts)
 
-    async def rank_without_fallback(self, queries: list[str]) -> list[Decision]:
-        """Top-2 decisions with no threshold applied: what calibration fits its thresholds on."""
-        vectors = await asyncio.to_thread(self._encoder.encode, queries)
-        index = self._registry.snapshot.index
-        return self._router.decide_batch(vectors, index, top_n=2, rule=FallbackRule(float("-inf")))
+    def index_names(self) -> list[str]:
+        """The routable experts in the order of the policy's score columns."""
+        return list(self._registry.snapshot.index.names)
 
-    async def rank_batch(self, queries: list[str]) -> list[Decision]:
+    async def context_scores(self, conversations: Sequence[Sequence[str]]
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-turn policy scores of many conversations (each a list of user turns, oldest first),
+        packed for the filter: (scores [n, turns, experts], valid, neutral), `max_turns` newest kept."""
+        keep = self.context.max_turns
+        texts = list(dict.fromkeys(t for turns in conversations for t in turns[-keep:]))
+        vectors = await asyncio.to_thread(self._encode_many, texts)
+        row = {t: i for i, t in enumerate(texts)}
+        index = self._registry.snapshot.index
+        per_text = self._router.score(vectors, index).float()
+        is_neutral = neutral_turns(vectors, self._neutral, self.context.neutral_similarity)
+        rows = [[row[t] for t in turns[-keep:]] for turns in conversations]
+        scores, valid = pack_turns([per_text[r] for r in rows], keep)
+        neutral, _ = pack_turns([is_neutral[r] for r in rows], keep)
+        return scores, valid, neutral
+
+    def _encode_many(self, texts: list[str]) -> torch.Tensor:
+        return torch.cat([self._encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+
+    async def rank_without_fallback(self, conversations: Sequence[Sequence[str]]) -> list[Decision]:
+        """Top-2 decisions in context with no threshold applied: what calibration fits its thresholds on."""
+        return await self._rank_many(conversations, FallbackRule(float("-inf")), feedback=False)
+
+    async def rank_batch(self, conversations: Sequence[Sequence[str]]) -> list[Decision]:
         """Top-2 decisions under the rule in force, as `rank` makes them; for evaluation (not traffic)."""
-        vectors = await asyncio.to_thread(self._encoder.encode, queries)
+        return await self._rank_many(conversations, self.rule, feedback=True)
+
+    async def _rank_many(self, conversations: Sequence[Sequence[str]], rule: FallbackRule,
+                         feedback: bool) -> list[Decision]:
         snapshot = self._registry.snapshot
-        decisions = self._router.decide_batch(vectors, snapshot.index, top_n=2, rule=self.rule)
+        if not snapshot.index.names:
+            return [self._router.decide_scores(torch.zeros(1, 0), snapshot.index, 2, rule)[0]
+                    for _ in conversations]
+        scores, valid, neutral = await self.context_scores(conversations)
+        context = conversation_context(scores, valid, neutral, self.context)
+        decisions = self._router.decide_scores(context.scores, snapshot.index, 2, rule, chosen=context.chosen)
+        if not feedback or snapshot.generalist_vectors is None:
+            return decisions
+        last = await asyncio.to_thread(self._encode_many, [turns[-1] for turns in conversations])
         return [_apply_generalist_feedback(d, v, snapshot.generalist_vectors)
-                for d, v in zip(decisions, vectors, strict=True)]
+                for d, v in zip(decisions, last, strict=True)]
+
+    @property
+    def neutral_vectors(self) -> torch.Tensor:
+        return self._neutral
 
     def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
         expert = self._registry.snapshot.experts.get(decision.expert) if decision.expert else None
@@ -134,6 +225,7 @@ class RoutingService:
             threshold=decision.threshold,
             registry_version=version,
             routing_ms=round(routing_ms, 3),
+            **context_fields(decision.context),
         )
 
     def _pinned(self, name: str) -> Target:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from experts.models import EMBEDDED_BASE
+from routers.conversation import ContextParams
 from routers.encoder import EMBEDDED_ENCODER
 
 
@@ -41,6 +42,17 @@ class Settings(BaseSettings):
     router: str = "knn"
     router_params: dict[str, Any] = Field(default_factory=lambda: {"k": 3, "aggregation": "mean"})
     fallback_threshold: float = Field(0.3, description="below this best score the generalist answers")
+    context_params: dict[str, float] = Field(
+        default_factory=dict, description="conversation routing (routers/conversation.py ContextParams): "
+        "temperature, switch_probability, decay, neutral_similarity, max_turns; calibrating on conversations "
+        "refits temperature and switch_probability")
+    embedding_cache_size: int = Field(10_000, ge=0, description="query embeddings cached by exact text "
+                                      "(earlier conversation turns, repeated queries)")
+    session_affinity: bool = Field(True, description="remember each session's expert (OpenAI's `user` field "
+                                   "or the x-switchyard-session header)")
+    session_max_entries: int = Field(10_000, ge=1, description="sessions remembered at once (least recent go)")
+    session_ttl_seconds: float = Field(1800.0, gt=0, description="a session's expert is forgotten after this "
+                                       "long unused")
 
     # Adapter residency (as vLLM's max_loras / max_cpu_loras): on the device, in host memory, else disk
     max_loras: int = Field(8, ge=1, description="adapters kept on the device at once")
@@ -127,6 +139,18 @@ class Settings(BaseSettings):
             file_values = _resolve_relative_paths(loaded, base)
         env_values = cls().model_dump(exclude_unset=True)
         return cls(**{**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @field_validator("context_params")
+    @classmethod
+    def _valid_context(cls, value: dict[str, float]) -> dict[str, float]:
+        try:
+            ContextParams(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"context_params: {exc}") from exc
+        return value
+
+    def conversation_context(self) -> ContextParams:
+        return ContextParams(**self.context_params)
 
     @field_validator("seed_experts", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from server.api.deps import AdminAccess, State
 from server.errors import APIError
 from server.evaluation_service import evaluate_labelled
 from server.indexing_service import IndexingJob
-from server.labelled_data import LabelledDataError, parse_labelled
+from server.labelled_data import LabelledDataError, parse_labelled_turns
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
@@ -44,7 +44,10 @@ from server.state import AppState
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
 MAX_EVALUATION_ROWS = 20_000
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; larger ids in a path are refused before they reach the database
-UPLOAD_PREFIXES = ("/admin/adapters/", "/admin/documents/", "/admin/retrievers/")
+# Bodies bounded by max_upload_bytes rather than max_request_bytes: uploads, and labelled data (a
+# conversation dev set is a few MB).
+UPLOAD_PREFIXES = ("/admin/adapters/", "/admin/documents/", "/admin/retrievers/", "/admin/calibration",
+                   "/admin/evaluate")
 
 
 def _job_out(job: IndexingJob) -> IndexingJobOut:
@@ -240,7 +243,7 @@ async def delete_upload(state: State, name: str = Path(pattern=EXPERT_NAME_PATTE
 async def evaluate_routing(body: EvaluationRequest, state: State) -> dict[str, Any]:
     """Routing accuracy, per-expert precision/recall and the confusion matrix on a labelled file."""
     try:
-        rows = parse_labelled(body.data, body.format == "csv")
+        rows = parse_labelled_turns(body.data, body.format == "csv")
     except LabelledDataError as exc:
         raise APIError(400, str(exc), "invalid_request_error", "invalid_labelled_data", "data") from exc
     if not rows or len(rows) > MAX_EVALUATION_ROWS:
@@ -260,16 +263,15 @@ async def recent_stats(state: State, window: float = Query(300, ge=10, le=3600),
 
 @api.get("/calibration")
 async def get_calibration(state: State) -> CalibrationOut:
-    rule = state.routing.rule
-    return calibration_service.describe(rule, rule is not state.routing.default_rule)
+    return calibration_service.describe(state.routing)
 
 
 @api.post("/calibration")
 async def calibrate(body: CalibrationRequest, state: State) -> CalibrationOut:
-    """Fit per-expert thresholds and the margin on labelled queries; stored and applied at once."""
+    """Fit per-expert thresholds and the margin on labelled queries, or on labelled conversations (which
+    also refit conversation routing's context parameters); stored and applied at once."""
     with admin_operation(state, "calibrate"):
-        return await calibration_service.calibrate(
-            state.routing, state.manifest, body.examples, state.settings.generalist_name)
+        return await calibration_service.calibrate(state.routing, state.manifest, body, state.settings.generalist_name)
 
 
 @api.delete("/calibration")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from server.api.deps import AdminAccess, InferenceAccess, State
 from server.chat_service import routing_headers
+from server.conversation import session_key, turns_of
 from server.protocol import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -32,8 +33,10 @@ inference = [InferenceAccess]  # every endpoint but feedback, which changes rout
 
 
 @api.post("/chat/completions", response_model=None, dependencies=inference)
-async def chat_completions(body: ChatCompletionRequest, state: State) -> JSONResponse | StreamingResponse:
-    run = await state.chat.start(body)
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           state: State) -> JSONResponse | StreamingResponse:
+    session = session_key(request.headers, body.user) if state.routing.sessions is not None else None
+    run = await state.chat.start(body, session)
     if body.stream:
         # The background close covers a client that disconnects before the first byte is sent.
         return StreamingResponse(state.chat.stream(run), media_type="text/event-stream", headers=run.headers,
@@ -58,11 +61,15 @@ async def list_models(state: State) -> ModelList:
 
 
 @api.post("/route", dependencies=inference)
-async def route(body: RouteRequest, state: State) -> JSONResponse:
-    decision, snapshot, routing_ms = await state.routing.rank(body.query, body.top_n)
+async def route(body: RouteRequest, request: Request, state: State) -> JSONResponse:
+    """The decision without generating: for a `query`, or for the last turn of `messages` in context.
+    A session key (header or `user`) is read, never written: a dry run changes no session."""
+    turns = turns_of(body)
+    session = session_key(request.headers, body.user)
+    decision, snapshot, routing_ms = await state.routing.rank(turns, body.top_n, session)
     info = state.routing.routing_info(decision, snapshot.version, routing_ms)
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
-    response = RouteResponse(query=body.query, decision=info, ranking=ranking)
+    response = RouteResponse(query=turns[-1], decision=info, ranking=ranking)
     return JSONResponse(response.model_dump(), headers=routing_headers(info))
 
 
@@ -70,9 +77,10 @@ async def route(body: RouteRequest, state: State) -> JSONResponse:
 async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     """Routed (`model="auto"`) or pinned retrieval: passages with ids, scores and metadata, and the decision."""
     started = time.monotonic()
-    retrieval = await state.retrieval.retrieve(body.model, body.query, body.top_k, body.fuse)
+    turns = turns_of(body)
+    retrieval = await state.retrieval.retrieve(body.model, turns, body.top_k, body.fuse)
     try:
-        response = RetrieveResponse(query=body.query, model=retrieval.info.expert, data=retrieval.passages,
+        response = RetrieveResponse(query=turns[-1], model=retrieval.info.expert, data=retrieval.passages,
                                     switchyard=retrieval.info)
     finally:
         retrieval.release()
@@ -92,6 +100,7 @@ async def embeddings(body: EmbeddingRequest, state: State) -> EmbeddingResponse:
 async def feedback(body: FeedbackRequest, state: State) -> FeedbackOut:
     """Say which expert (or 'generalist') should have answered `query`; routing learns it at once.
 
-    It changes routing for every user, so it needs the admin token like any other registry change.
+    It changes routing for every user, so it needs the admin token like any other registry change. Given
+    a conversation, its last user turn (the one that was misrouted) becomes the example.
     """
-    return await state.feedback.submit(body.query, body.expert)
+    return await state.feedback.submit(turns_of(body)[-1], body.expert)

@@ -26,9 +26,12 @@ from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_file
 from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
 from experts.spec import ExpertSpec
 from routers.base import Decision, ExpertVectors, RoutingIndex
+from routers.conversation import NEUTRAL_PHRASES, decide_conversation
+from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
 from server.api.deps import check_admin, check_api_key
-from server.chat_service import query_of, sampling_for
+from server.chat_service import sampling_for
+from server.conversation import context_fields, turns_of, user_turns_of
 from server.encoder_pool import shared_encoder
 from server.errors import APIError, install_error_handlers
 from server.limits import BodySizeLimit
@@ -53,6 +56,11 @@ class RoutingIngress:
         self._entries: dict[str, CatalogueEntry] = {}
         self._vectors: dict[str, torch.Tensor] = {}  # model id → example embeddings (kept across versions)
         self._index: RoutingIndex = self._router.build_index([])
+        # Conversation routing as on one machine: the same filter, fed from an embedding cache. Stateless
+        # over `messages`, so any ingress replica decides alike (session affinity is one machine's only).
+        self._cache = EmbeddingCache(self._settings.embedding_cache_size)
+        self._context = self._settings.conversation_context()
+        self._neutral = self._encoder.encode(list(NEUTRAL_PHRASES))
         self._version = -1
         self._refresh = asyncio.Lock()
 
@@ -77,11 +85,13 @@ class RoutingIngress:
         index = self._router.build_index([ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
         self._vectors, self._entries, self._index, self._version = vectors, {e.name: e for e in entries}, index, version
 
-    async def _decide(self, query: str) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
+    async def _decide(self, turns: list[str]) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
         started = time.perf_counter()
         version, index, entries = await self._current()
-        vector = await asyncio.to_thread(self._encoder.encode_one, query)
-        decision = self._router.decide(vector, index, top_n=None)
+        vectors = await asyncio.to_thread(self._cache.get_or_encode, turns[-self._context.max_turns:],
+                                          self._encoder.encode)
+        decision = decide_conversation(self._router, index, vectors, self._neutral, self._context,
+                                       self._router.rule, top_n=None)
         return decision, version, entries, (time.perf_counter() - started) * 1000
 
     def _info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
@@ -90,7 +100,7 @@ class RoutingIngress:
             kind="adapter" if decision.expert else "generalist", score=decision.score,
             runner_up=decision.runner_up, runner_up_score=decision.runner_up_score, fallback=decision.fallback,
             reason=decision.reason, router=decision.router, threshold=decision.threshold,
-            registry_version=version, routing_ms=round(routing_ms, 3),
+            registry_version=version, routing_ms=round(routing_ms, 3), **context_fields(decision.context),
         )
 
     # -- health -----------------------------------------------------------------------------------
@@ -119,9 +129,10 @@ class RoutingIngress:
     @api.post("/v1/route")
     async def route(self, request: Request, body: RouteRequest) -> dict[str, Any]:
         check_api_key(request, self._settings)
-        decision, version, _, routing_ms = await self._decide(body.query)
+        turns = turns_of(body)
+        decision, version, _, routing_ms = await self._decide(turns)
         ranking = decision.ranking[: body.top_n] if body.top_n else decision.ranking
-        return {"query": body.query, "decision": self._info(decision, version, routing_ms).model_dump(),
+        return {"query": turns[-1], "decision": self._info(decision, version, routing_ms).model_dump(),
                 "ranking": [{"name": r.name, "score": r.score} for r in ranking]}
 
     @api.post("/v1/chat/completions")
@@ -160,7 +171,7 @@ class RoutingIngress:
             version, _, _ = await self._current()
             return "", self._info(_pinned(None), version, 0.0)
         if body.model == "auto":
-            decision, version, entries, routing_ms = await self._decide(query_of(body))
+            decision, version, entries, routing_ms = await self._decide(user_turns_of(body.messages))
         else:
             version, _, entries = await self._current()
             if body.model not in entries:
