@@ -95,12 +95,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _print_calibration(result: dict) -> None:
+    print(f"calibrated on {result['fitted_on']} queries: threshold {result['threshold']:.3f}, "
+          f"margin {result['margin']:.3f}, in-scope accuracy {_pct(result.get('in_scope_accuracy'))}")
     if result.get("out_of_scope_labels"):
         print(f"domains with no expert, fitted as out of scope: {', '.join(result['out_of_scope_labels'])}")
     if result.get("context"):
-        print("context: " + ", ".join(f"{k} {v}" for k, v in result["context"].items()))
-    print(f"calibrated on {result['fitted_on']} queries: threshold {result['threshold']:.3f}, "
-          f"margin {result['margin']:.3f}, in-scope accuracy {_pct(result.get('in_scope_accuracy'))}")
+        print("conversation context: " + ", ".join(f"{k} {v}" for k, v in result["context"].items()))
     table(["EXPERT", "THRESHOLD"], [(name, f"{value:.3f}") for name, value in sorted(result["per_expert"].items())],
           right=(1,))
 

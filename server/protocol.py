@@ -421,7 +421,7 @@ class CalibrationOut(BaseModel):
     fitted_on: int = 0
     in_scope_accuracy: float | None = Field(None, description="on the calibration data, fallback counted wrong")
     oos_recall: float | None = None
-    context: dict[str, float] | None = Field(None, description="conversation routing's parameters in force")
+    context: dict[str, float | int] | None = Field(None, description="conversation routing's parameters in force")
     out_of_scope_labels: list[str] | None = Field(None, description="conversation domains with no expert, "
                                                   "fitted as out of scope")
 

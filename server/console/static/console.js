@@ -247,13 +247,15 @@ async function loadModels() {
 
 async function tryQuery(event) {
   event.preventDefault();
-  const query = $("try-query").value.trim();
-  if (!query) return;
+  // One line per user turn: a short conversation, routed in context as a chat client would send it.
+  const messages = $("try-query").value.split("\n").map((line) => line.trim()).filter(Boolean)
+    .map((content) => ({role: "user", content}));
+  if (!messages.length) return;
   for (const id of ["try-error", "try-decision", "try-answer"]) $(id).textContent = "";
   $("try-passages").replaceChildren();
   $("try-submit").disabled = true;
   try {
-    const route = await api("/v1/route", {method: "POST", json: {query}});
+    const route = await api("/v1/route", {method: "POST", json: {messages}});
     drawRanking(route.ranking, route.decision);
     const model = $("try-model").value;
     const d = route.decision;
@@ -261,9 +263,10 @@ async function tryQuery(event) {
       : d.fallback ? `Fallback to the generalist (${d.expert}): ${d.reason}.`
         : `Routed to ${d.expert} (score ${fmt(d.score)}, runner-up ${d.runner_up || "–"} ` +
           `${fmt(d.runner_up_score)}): ${d.reason}.`;
+    if (d.context && d.context !== "single") $("try-decision").textContent += ` Conversation: ${d.context_reason}.`;
     const target = model === "auto" ? d.expert : model;
-    if ((model === "auto" ? d.kind : kindOf(target)) === "retriever") await showPassages(query, model);
-    await streamAnswer(query, model);
+    if ((model === "auto" ? d.kind : kindOf(target)) === "retriever") await showPassages(messages, model);
+    await streamAnswer(messages, model);
   } catch (error) {
     $("try-error").textContent = error.message;
   } finally {
@@ -305,8 +308,8 @@ function drawRanking(ranking, decision) {
   }
 }
 
-async function showPassages(query, model) {
-  const result = await api("/v1/retrieve", {method: "POST", json: {query, model, top_k: 5}});
+async function showPassages(messages, model) {
+  const result = await api("/v1/retrieve", {method: "POST", json: {messages, model, top_k: 5}});
   for (const passage of result.data) {
     $("try-passages").append(el("li", {},
       el("strong", {text: `${passage.title} `}), el("span", {class: "hint", text: `(${passage.id}, score ` +
@@ -314,10 +317,10 @@ async function showPassages(query, model) {
   }
 }
 
-async function streamAnswer(query, model) {
+async function streamAnswer(messages, model) {
   const maxTokens = Number($("try-max-tokens").value) || 64;
   const response = await api("/v1/chat/completions", {method: "POST", raw: true, json: {
-    model, stream: true, max_tokens: maxTokens, messages: [{role: "user", content: query}]}});
+    model, stream: true, max_tokens: maxTokens, messages}});
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
