@@ -3,9 +3,10 @@
 Experts are SGD's 16 train domains, each with 20 or 200 example user turns drawn from `sgd_train.jsonl`
 (fixed seed). Every user turn of `sgd_dev.jsonl` is routed given the conversation up to it, by:
 - `last message`: the last user message alone (routing before conversation context);
-- `mean of last two`: the mean embedding of the last two user turns (the anchor's second row);
-- `context (default)`: routers/conversation.py with its default parameters;
-- `context (calibrated)`: its parameters and the fallback rule fitted on dev (`fit_context`), as
+- `mean of last two user turns`: their mean embedding (the anchor's second row);
+- `context, user turns only`: routers/conversation.py reading user turns alone;
+- `context (default)`: routers/conversation.py with its default parameters (assistant turns included);
+- `context (calibrated on dev)`: its parameters and the fallback rule fitted on dev (`fit_context`), as
   `switchyard calibrate` does on a conversation file.
 Columns: accuracy with no fallback on all in-scope turns, opening turns, follow-ups (same domain as the
 previous user turn) and switch turns (another domain); then, with a fallback rule fitted on dev for that
@@ -14,8 +15,9 @@ fallback counts as wrong) and out-of-scope recall: Alarm has no expert, so its t
 generalist.
 
 Latency: one conversation at a time through the serving path's parts (embedding cache, ONNX encoder for the
-turns the cache misses, policy score, filter), for conversations of 1, 5 and 20 user turns, each turn
-a new text following cached earlier turns as in a live chat; p50 as a ratio to one message.
+turns the cache misses, policy score, filter), for conversations of 1, 5 and 20 user turns with an
+assistant reply between turns; as in a live chat, the new user turn and the reply before it are cache
+misses and the earlier turns hits. p50, as a ratio to one message.
 
 Run: python bench/conversation_routing.py [--examples 20 200] [--out bench/results/conversation_routing.json]
 """
@@ -24,31 +26,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from routers.base import ExpertVectors
-from routers.calibration import ScoredQuery, fit_fallback_rule, outcome
+from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome
 from routers.conversation import (
+    ASSISTANT_CHARS,
     LAST_MESSAGE,
     NEUTRAL_PHRASES,
     ContextParams,
     LabelledTurns,
-    conversation_context,
+    Turn,
+    decide_conversation,
     fit_context,
     neutral_turns,
     pack_turns,
     scored_turns,
+    window,
 )
 from routers.embedding_cache import EmbeddingCache
 from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.evaluation import OUT_OF_SCOPE
 from routers.policies import create_router
+from server.labelled_data import conversation_cases, resolve_labels
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "sgd"
@@ -67,22 +75,6 @@ def examples_by_domain(train: list[dict], per_domain: int) -> dict[str, list[str
                 by_domain[turn["domain"]].append(turn["content"])
     rng = random.Random(0)
     return {domain: rng.sample(texts, min(per_domain, len(texts))) for domain, texts in sorted(by_domain.items())}
-
-
-def dev_turns(dev: list[dict], experts: set[str]) -> list[tuple[list[str], str, str]]:
-    """(user turns so far, label, kind) for every user turn; kind: opening, follow-up or switch."""
-    out = []
-    for dialogue in dev:
-        users: list[str] = []
-        previous = None
-        for turn in dialogue["turns"]:
-            if turn["role"] != "user":
-                continue
-            users.append(turn["content"])
-            kind = "opening" if previous is None else ("follow-up" if turn["domain"] == previous else "switch")
-            previous = turn["domain"]
-            out.append((list(users), turn["domain"] if turn["domain"] in experts else OUT_OF_SCOPE, kind))
-    return out
 
 
 ACCURACY_BUDGET = 0.03  # the fallback may cost at most 3 points of in-scope accuracy (the issue's goal)
@@ -110,40 +102,45 @@ def main() -> None:
     train, dev = load("sgd_train.jsonl"), load("sgd_dev.jsonl")
     pools = {n: examples_by_domain(train, n) for n in args.examples}
     names = sorted(next(iter(pools.values())))
-    items = dev_turns(dev, set(names))
-    kinds = [kind for _, _, kind in items]
-    texts = sorted({t for users, _, _ in items for t in users} | {t for p in pools.values() for v in p.values()
-                                                                   for t in v})
+    cases = conversation_cases(dev)  # every user turn with the conversation so far, as the server reads it
+    labels, _ = resolve_labels(cases, set(names))
+    kinds = [case.kind for case in cases]
+    texts = sorted({t.text for c in cases for t in c.turns} | {t for p in pools.values() for v in p.values()
+                                                              for t in v})
     started = time.time()
     vectors = torch.cat([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
     row_of = {t: i for i, t in enumerate(texts)}
-    print(f"encoded {len(texts)} texts in {time.time() - started:.0f} s; {len(items)} dev user turns\n")
+    print(f"encoded {len(texts)} texts in {time.time() - started:.0f} s; {len(cases)} dev user turns\n")
     neutral_vectors = encoder.encode(list(NEUTRAL_PHRASES))
     default = ContextParams()
+    user_only = replace(default, assistant_temperature=math.inf)
     neutral_all = neutral_turns(vectors, neutral_vectors, default.neutral_similarity)
     rows, fitted = [], {}
     for per_domain, pool in pools.items():
         router = create_router(POLICY[0], threshold=0.0, params=POLICY[1])
         index = router.build_index([ExpertVectors(n, vectors[[row_of[t] for t in pool[n]]]) for n in names])
-        per_turn = router.score(vectors, index).float()
+        per_text = router.score(vectors, index).float()
 
-        def packed(params: ContextParams, index_rows: list[list[int]], per_turn: torch.Tensor = per_turn
-                   ) -> LabelledTurns:
-            scores, valid = pack_turns([per_turn[r] for r in index_rows], params.max_turns)
-            neutral, _ = pack_turns([neutral_all[r] for r in index_rows], params.max_turns)
-            return LabelledTurns(scores, valid, neutral, [label for _, label, _ in items])
+        def packed(params: ContextParams, per_text: torch.Tensor = per_text) -> LabelledTurns:
+            windows = [window(case.turns, params.max_turns) for case in cases]
+            index_rows = [[row_of[t.text] for t in w] for w in windows]
+            scores, valid = pack_turns([per_text[r] for r in index_rows])
+            neutral, _ = pack_turns([neutral_all[r] for r in index_rows])
+            assistant, _ = pack_turns([torch.tensor([t.assistant for t in w]) for w in windows])
+            return LabelledTurns(scores, valid, neutral, assistant, labels)
 
-        turn_rows = [[row_of[t] for t in users] for users, _, _ in items]
-        methods = [("last message", scored_turns(packed(LAST_MESSAGE, turn_rows), names, LAST_MESSAGE))]
-        last_two = torch.nn.functional.normalize(torch.stack([vectors[r[-2:]].mean(0) for r in turn_rows]), dim=-1)
+        methods = [("last message", scored_turns(packed(LAST_MESSAGE), names, LAST_MESSAGE))]
+        last_two = torch.nn.functional.normalize(torch.stack([
+            vectors[[row_of[t.text] for t in c.turns if not t.assistant][-2:]].mean(0) for c in cases]), dim=-1)
         two = router.score(last_two, index).float().topk(2, dim=1)
-        methods.append(("mean of last two", [
+        methods.append(("mean of last two user turns", [
             ScoredQuery(label, names[i[0]], v[0], v[1])
-            for (_, label, _), v, i in zip(items, two.values.tolist(), two.indices.tolist(), strict=True)]))
-        methods.append(("context (default)", scored_turns(packed(default, turn_rows), names, default)))
-        params, _, queries = fit_context(packed(default, turn_rows), names, default, ACCURACY_BUDGET)
+            for label, v, i in zip(labels, two.values.tolist(), two.indices.tolist(), strict=True)]))
+        methods.append(("context, user turns only", scored_turns(packed(user_only), names, user_only)))
+        methods.append(("context (default)", scored_turns(packed(default), names, default)))
+        params, _, queries = fit_context(packed(default), names, default, ACCURACY_BUDGET)
         fitted[per_domain] = params.as_dict()
-        methods.append(("context (calibrated)", queries))
+        methods.append(("context (calibrated on dev)", queries))
         for name, queries in methods:
             rows.append({"examples_per_expert": per_domain, **report(name, queries, kinds)})
         rows[-1]["params"] = params.as_dict()
@@ -168,28 +165,32 @@ def main() -> None:
 
 def measure_latency(encoder: QueryEncoder, pool: dict[str, list[str]], names: list[str], dev: list[dict],
                     neutral_vectors: torch.Tensor, repeats: int = 200) -> list[dict]:
-    """Routing p50 of one conversation at a time: the last turn is new, the earlier ones hit the cache."""
+    """Routing p50 of one conversation at a time, as in a live chat: the new user turn and the assistant
+    reply before it are encoded (cache misses), the earlier turns hit the cache."""
     router = create_router(POLICY[0], threshold=0.0, params=POLICY[1])
     index = router.build_index([ExpertVectors(n, encoder.encode(pool[n])) for n in names])
     params = ContextParams()
-    user_texts = [t["content"] for d in dev for t in d["turns"] if t["role"] == "user"]
+    users = [t["content"] for d in dev for t in d["turns"] if t["role"] == "user"]
+    replies = [t["content"][:ASSISTANT_CHARS] for d in dev for t in d["turns"] if t["role"] == "assistant"]
     cache = EmbeddingCache(capacity=100_000)
     rng = random.Random(1)
     out = []
-    for turns in (1, 5, 20):
+    for count in (1, 5, 20):
         timings = []
         for _ in range(repeats):
-            conversation = rng.sample(user_texts, turns)
-            if turns > 1:  # the earlier turns were seen on earlier requests of this conversation
-                cache.get_or_encode(conversation[:-1], encoder.encode)
-            cache.forget(conversation[-1])
+            turns: list[Turn] = []
+            for text in rng.sample(users, count):
+                turns += [Turn(rng.choice(replies), assistant=True), Turn(text)] if turns else [Turn(text)]
+            if count > 1:  # the turns before the reply were seen on earlier requests of this conversation
+                cache.get_or_encode([t.text for t in turns[:-2]], encoder.encode)
+            for turn in turns[-2:]:
+                cache.forget(turn.text)
             started = time.perf_counter()
-            vectors = cache.get_or_encode(conversation[-params.max_turns:], encoder.encode)
-            scores = router.score(vectors, index)
-            neutral = neutral_turns(vectors, neutral_vectors, params.neutral_similarity)
-            conversation_context(scores[None], torch.ones(1, len(vectors), dtype=torch.bool), neutral[None], params)
+            kept = window(turns, params.max_turns)
+            vectors = cache.get_or_encode([t.text for t in kept], encoder.encode)
+            decide_conversation(router, index, kept, vectors, neutral_vectors, params, FallbackRule(0.0))
             timings.append((time.perf_counter() - started) * 1000)
-        out.append({"turns": turns, "p50_ms": statistics.median(timings)})
+        out.append({"turns": count, "p50_ms": statistics.median(timings)})
     for r in out:
         r["ratio"] = r["p50_ms"] / out[0]["p50_ms"]
     return out

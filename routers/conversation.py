@@ -36,6 +36,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -60,6 +61,8 @@ class ContextParams:
     `decay`: weight of a turn relative to the one after it, in the score the fallback rule reads.
     `neutral_similarity`: similarity to a neutral phrase above which a turn carries no evidence (> 1: off).
     `max_turns`: user turns read, newest first (bounds the cost of long conversations).
+    `assistant_temperature`: the same as `temperature` for assistant turns (weaker evidence); inf: ignore
+    assistant turns.
     """
 
     temperature: float = 0.05
@@ -67,10 +70,11 @@ class ContextParams:
     decay: float = 0.5
     neutral_similarity: float = 0.55
     max_turns: int = 8
+    assistant_temperature: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+        if self.temperature <= 0 or self.assistant_temperature <= 0:
+            raise ValueError("temperatures must be positive")
         if not 0.0 < self.switch_probability <= 1.0:
             raise ValueError("switch_probability must be in (0, 1]")
         if not 0.0 <= self.decay < 1.0:
@@ -80,10 +84,12 @@ class ContextParams:
 
     def as_dict(self) -> dict[str, float]:
         return {"temperature": self.temperature, "switch_probability": self.switch_probability,
-                "decay": self.decay, "neutral_similarity": self.neutral_similarity, "max_turns": self.max_turns}
+                "decay": self.decay, "neutral_similarity": self.neutral_similarity, "max_turns": self.max_turns,
+                "assistant_temperature": self.assistant_temperature}
 
 
-LAST_MESSAGE = ContextParams(switch_probability=1.0, decay=0.0, neutral_similarity=math.inf, max_turns=1)
+LAST_MESSAGE = ContextParams(switch_probability=1.0, decay=0.0, neutral_similarity=math.inf, max_turns=1,
+                             assistant_temperature=math.inf)
 
 
 @dataclass(frozen=True)
@@ -112,17 +118,23 @@ class ContextBatch:
 
 def conversation_context(
     turn_scores: torch.Tensor, valid: torch.Tensor, neutral: torch.Tensor, params: ContextParams,
-    session_previous: torch.Tensor | None = None,
+    session_previous: torch.Tensor | None = None, assistant: torch.Tensor | None = None,
 ) -> ContextBatch:
-    """Run the filter over `turn_scores` [batch, turns, experts] (left-padded; `valid` and `neutral` are
-    [batch, turns] masks). `session_previous` [batch] (or None; -1 for none) is an expert a session
-    remembers: before the last turn the belief is set to it, as if every earlier turn had chosen it (so a
-    client that sends only its latest message still stays with the session's expert)."""
+    """Run the filter over `turn_scores` [batch, turns, experts] (left-padded; `valid`, `neutral` and
+    `assistant` are [batch, turns] masks; the last turn of each row is a user turn).
+
+    Assistant turns are evidence too, weaker (`assistant_temperature`) and with no topic change of their
+    own: they move the belief but not the chosen expert or the fallback's score. `session_previous`
+    [batch] (or None; -1 for none) is an expert a session remembers: before the last turn the belief is
+    set to it, as if every earlier turn had chosen it (so a client that sends only its latest message
+    still stays with the session's expert).
+    """
     batch, turns, experts = turn_scores.shape
     if batch == 0 or experts == 0:
         raise ValueError("need at least one conversation and one expert")
-    if not bool(valid[:, -1].all()):
-        raise ValueError("every conversation needs its last user turn")
+    replies = torch.zeros_like(valid) if assistant is None else assistant & valid
+    if not bool((valid[:, -1] & ~replies[:, -1]).all()):
+        raise ValueError("every conversation must end with a user turn")
     scores = turn_scores.float()
     rows = torch.arange(batch)
     belief = torch.full((batch, experts), 1.0 / experts)
@@ -136,7 +148,12 @@ def conversation_context(
     stay = 1.0 - params.switch_probability
     for t in range(turns):
         current = scores[:, t]
-        here = valid[:, t]
+        relative = current - current.max(dim=1, keepdim=True).values
+        if math.isfinite(params.assistant_temperature):
+            reply = replies[:, t] & ~neutral[:, t]
+            replied = belief * torch.exp(relative / params.assistant_temperature)
+            belief = torch.where(reply[:, None], replied / replied.sum(dim=1, keepdim=True), belief)
+        here = valid[:, t] & ~replies[:, t]  # a user turn
         if t == turns - 1 and session_previous is not None:
             remembered = here & (session_previous >= 0)
             if bool(remembered.any()):
@@ -146,8 +163,7 @@ def conversation_context(
                 evidence = evidence | remembered
         counts = here & ~(neutral[:, t] & evidence)  # a neutral turn counts only before any evidence
         prior = stay * belief + params.switch_probability / experts
-        likelihood = torch.exp((current - current.max(dim=1, keepdim=True).values) / params.temperature)
-        posterior = prior * likelihood
+        posterior = prior * torch.exp(relative / params.temperature)
         posterior = posterior / posterior.sum(dim=1, keepdim=True)
         belief = torch.where(counts[:, None], posterior, belief)
         new_chosen = belief.argmax(dim=1)
@@ -181,14 +197,12 @@ def explain(result: ContextBatch, row: int, names: Sequence[str], from_session: 
     return f"switched from {previous} to {name}: belief {belief} over {turns} user turns{skipped}"
 
 
-def pack_turns(conversations: Sequence[torch.Tensor], max_turns: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad per-conversation matrices [turns_i, ...] into (stacked, valid) for the filter, keeping
-    each one's `max_turns` newest turns."""
-    kept = [c[-max_turns:] for c in conversations]
-    width = max(c.shape[0] for c in kept)
-    stacked = torch.zeros((len(kept), width, *kept[0].shape[1:]), dtype=kept[0].dtype)
-    valid = torch.zeros(len(kept), width, dtype=torch.bool)
-    for i, c in enumerate(kept):
+def pack_turns(conversations: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad per-conversation matrices [turns_i, ...] into (stacked, valid) for the filter."""
+    width = max(c.shape[0] for c in conversations)
+    stacked = torch.zeros((len(conversations), width, *conversations[0].shape[1:]), dtype=conversations[0].dtype)
+    valid = torch.zeros(len(conversations), width, dtype=torch.bool)
+    for i, c in enumerate(conversations):
         stacked[i, width - c.shape[0]:] = c
         valid[i, width - c.shape[0]:] = True
     return stacked, valid
@@ -201,31 +215,41 @@ def neutral_turns(vectors: torch.Tensor, neutral_vectors: torch.Tensor | None, t
     return (vectors.to(neutral_vectors.dtype) @ neutral_vectors.T).max(dim=1).values >= threshold
 
 
-def user_turns(messages: Sequence[tuple[str, str]], max_turns: int) -> list[str]:
-    """The user messages with text, oldest first, at most the `max_turns` newest ones.
+class Turn(NamedTuple):
+    """One message routing reads: a user turn, or an assistant turn (`assistant`), by its text."""
 
-    `messages` are (role, text) pairs as a chat request carries them; system, assistant and tool messages
-    do not enter routing: assistant turns are written by the expert routing chose, and on SGD reading them
-    as evidence added about one point (measured while designing this filter).
-    """
-    texts = [text for role, text in messages if role == "user" and text.strip()]
-    return texts[-max_turns:]
+    text: str
+    assistant: bool = False
+
+
+ASSISTANT_CHARS = 300  # an assistant turn's opening names its topic; the rest would only cost encoder time
+
+
+def window(turns: Sequence[Turn], max_turns: int) -> list[Turn]:
+    """The turns from the `max_turns`-th newest user turn on, assistant turns before it dropped; the
+    conversation must end with a user turn."""
+    users = [i for i, turn in enumerate(turns) if not turn.assistant]
+    if not users or users[-1] != len(turns) - 1:
+        raise ValueError("a conversation must end with a user turn")
+    return list(turns[users[max(0, len(users) - max_turns)]:])
 
 
 @dataclass(frozen=True)
 class LabelledTurns:
     """Every labelled user turn of a set of conversations, packed for the filter: `scores` [n, turns,
-    experts] with `valid` and `neutral` masks, and each turn's label (an expert name or OUT_OF_SCOPE)."""
+    experts] with `valid`, `neutral` and `assistant` masks, and each turn's label (an expert name or
+    OUT_OF_SCOPE)."""
 
     scores: torch.Tensor
     valid: torch.Tensor
     neutral: torch.Tensor
+    assistant: torch.Tensor
     labels: list[str]
 
 
 def scored_turns(turns: LabelledTurns, names: Sequence[str], params: ContextParams) -> list[ScoredQuery]:
     """Each turn's contextual best expert, score and runner-up score, with no fallback applied."""
-    context = conversation_context(turns.scores, turns.valid, turns.neutral, params)
+    context = conversation_context(turns.scores, turns.valid, turns.neutral, params, assistant=turns.assistant)
     best = context.scores.gather(1, context.chosen[:, None])[:, 0]
     others = context.scores.scatter(1, context.chosen[:, None], float("-inf"))
     runner_up = others.max(dim=1).values if len(names) > 1 else None
@@ -261,26 +285,28 @@ def fit_context(turns: LabelledTurns, names: Sequence[str], base: ContextParams 
 
 
 def decide_conversation(
-    router: Router, index: RoutingIndex, vectors: torch.Tensor, neutral_vectors: torch.Tensor | None,
-    params: ContextParams, rule: FallbackRule, top_n: int | None = 2,
+    router: Router, index: RoutingIndex, turns: Sequence[Turn], vectors: torch.Tensor,
+    neutral_vectors: torch.Tensor | None, params: ContextParams, rule: FallbackRule, top_n: int | None = 2,
     session_previous: tuple[str, float] | None = None,
 ) -> Decision:
-    """The decision for the last of `vectors` [user turns, dim] (oldest first), read in context.
+    """The decision for the last of `turns` (oldest first, cut by `window`; `vectors` [turns, dim] their
+    embeddings), read in context.
 
-    With one turn and no session this is exactly the policy's decision on that message. The fallback rule
-    applies to the context score of the chosen expert. `session_previous` is a session's (expert, score)
-    from its last decision: while the session stays with that expert, its score is at least the
-    remembered one, so a client that sends only its latest message keeps the expert the session reached.
+    With one user turn, no assistant turn and no session this is exactly the policy's decision on that
+    message. The fallback rule applies to the context score of the chosen expert. `session_previous` is a
+    session's (expert, score) from its last decision: while the session stays with that expert, its score
+    is at least the remembered one, so a client that sends only its latest message keeps the expert the
+    session reached.
     """
-    vectors = vectors[-params.max_turns:]
     if not index.names:
         return router.decide_batch(vectors[-1:], index, top_n, rule)[0]
     scores = router.score(vectors, index).float()
     neutral = neutral_turns(vectors, neutral_vectors, params.neutral_similarity)
+    assistant = torch.tensor([[turn.assistant for turn in turns]])
     session_expert, session_score = session_previous or (None, 0.0)
     remembered = index.names.index(session_expert) if session_expert in index.names else -1
-    context = conversation_context(scores[None], torch.ones(1, vectors.shape[0], dtype=torch.bool), neutral[None],
-                                   params, torch.tensor([remembered]) if remembered >= 0 else None)
+    context = conversation_context(scores[None], torch.ones(1, len(turns), dtype=torch.bool), neutral[None],
+                                   params, torch.tensor([remembered]) if remembered >= 0 else None, assistant)
     fused = context.scores
     if remembered >= 0 and int(context.chosen[0]) == remembered:
         fused = fused.clone()

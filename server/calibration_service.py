@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from experts.manifest import Manifest
 from routers.calibration import FallbackRule, fit_fallback_rule, outcome
-from routers.conversation import ContextParams, LabelledTurns, fit_context, scored_turns
+from routers.conversation import ContextParams, LabelledTurns, Turn, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
 from server.errors import APIError
 from server.labelled_data import LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
@@ -67,7 +67,7 @@ def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> l
         if label != OUT_OF_SCOPE and label not in known:
             raise APIError(400, f"label {example.label!r} is neither an expert nor 'generalist'",
                            "invalid_request_error", "unknown_label", "examples")
-        cases.append(LabelledTurn((example.text,), label, "query"))
+        cases.append(LabelledTurn((Turn(example.text),), label, "query"))
     return cases
 
 
@@ -81,8 +81,8 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
     if not cases or not names:
         raise APIError(400, "calibration needs labelled cases and registered experts", "invalid_request_error",
                        "calibration_data", "examples")
-    scores, valid, neutral = await routing.context_scores([c.turns for c in cases])
-    turns = LabelledTurns(scores, valid, neutral, labels)
+    scores, valid, neutral, assistant = await routing.context_scores([c.turns for c in cases])
+    turns = LabelledTurns(scores, valid, neutral, assistant, labels)
     conversations = body.conversations is not None
     budget = body.max_accuracy_loss
     try:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
 from experts.errors import AdapterUnavailable
+from routers.conversation import Turn
 from server.admission import Admission, Slot
-from server.conversation import user_turns_of
+from server.conversation import conversation_turns
 from server.errors import APIError
 from server.grounding import Grounding, GroundingService
 from server.metrics import Metrics
@@ -117,9 +118,9 @@ class ChatService:
     async def start(self, request: ChatCompletionRequest, session: str | None = None) -> ChatRun:
         """Route, lease and start generating. Errors surface here, before any byte is sent.
 
-        Routing reads the conversation's user turns; `session` (optional) is the session-affinity key.
+        Routing reads the conversation's turns; `session` (optional) is the session-affinity key.
         """
-        turns = user_turns_of(request.messages)
+        turns = conversation_turns(request.messages)
         sampling = sampling_for(request, self._settings)
         started = time.monotonic()
         slot = await self._admission.acquire()
@@ -142,10 +143,10 @@ class ChatService:
             slot.release()
             raise
 
-    async def _start_on_target(self, request: ChatCompletionRequest, turns: list[str], session: str | None,
+    async def _start_on_target(self, request: ChatCompletionRequest, turns: list[Turn], session: str | None,
                                sampling: SamplingParams, slot: Slot, started: float, deadline: float) -> ChatRun:
         target = await self._routing.resolve(request.model, turns, session)
-        query = turns[-1]  # a grounded answer searches with the turn being answered
+        query = turns[-1].text  # a grounded answer searches with the turn being answered
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
         grounding = None
         adapter_key = target.expert.backend_key if target.expert is not None else None

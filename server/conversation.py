@@ -1,8 +1,8 @@
-"""What routing reads from a request: the conversation's user turns, and the session key if any.
+"""What routing reads from a request: the conversation's turns, and the session key if any.
 
 One home for the rule, so chat, `/v1/route`, `/v1/retrieve`, feedback and the Ray ingress read a
-conversation the same way: user messages with text, oldest first; the last message must be the user's
-(the turn being answered). System, assistant and tool messages do not enter routing.
+conversation the same way: user and assistant messages with text, oldest first, up to the last user
+message (the turn being answered). System, developer and tool messages do not enter routing.
 """
 
 from __future__ import annotations
@@ -11,26 +11,31 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from routers.base import ContextSummary
+from routers.conversation import ASSISTANT_CHARS, Turn
 from server.errors import APIError
 from server.protocol import ChatMessage, ConversationQuery
 
 SESSION_HEADER = "x-switchyard-session"
 
 
-def user_turns_of(messages: Sequence[ChatMessage]) -> list[str]:
-    """The user turns with text, oldest first; a 400 when there is none."""
+def conversation_turns(messages: Sequence[ChatMessage]) -> list[Turn]:
+    """User and assistant turns with text, oldest first, up to the last user message (the turn being
+    answered); an assistant turn is cut to its opening `ASSISTANT_CHARS`. A 400 when there is no user
+    message with text."""
     if not messages:
         raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
-    turns = [m.text() for m in messages if m.role == "user" and m.text().strip()]
-    if not turns:
+    turns = [Turn(m.text() if m.role == "user" else m.text()[:ASSISTANT_CHARS], m.role == "assistant")
+             for m in messages if m.role in ("user", "assistant") and m.text().strip()]
+    last_user = max((i for i, turn in enumerate(turns) if not turn.assistant), default=None)
+    if last_user is None:
         raise APIError(400, "messages must contain a user message with text", "invalid_request_error",
                        "no_user_message", "messages")
-    return turns
+    return turns[:last_user + 1]
 
 
-def turns_of(body: ConversationQuery) -> list[str]:
-    """A `query` is a conversation of one turn; `messages` give their user turns."""
-    return [body.query] if body.query is not None else user_turns_of(body.messages or [])
+def turns_of(body: ConversationQuery) -> list[Turn]:
+    """A `query` is a conversation of one user turn; `messages` give their turns."""
+    return [Turn(body.query)] if body.query is not None else conversation_turns(body.messages or [])
 
 
 def session_key(headers: Mapping[str, str], user: str | None) -> str | None:

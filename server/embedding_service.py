@@ -13,6 +13,7 @@ import base64
 import torch
 
 from experts.retrieval.index import TextEmbedder
+from routers.conversation import Turn
 from server.errors import APIError
 from server.protocol import MAX_EMBEDDING_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.retrieval_service import RetrievalService
@@ -35,7 +36,7 @@ class EmbeddingService:
             info = self._routing.unrouted_info(name, "generalist", "the shared query encoder was requested by name",
                                                False, version)
         elif request.model == AUTO_MODEL:
-            ranking, info, snapshot = await self._retrieval.route([texts[0]])
+            ranking, info, snapshot = await self._retrieval.route([Turn(texts[0])])
             expert = snapshot.experts[ranking[0].name]
             name, encoder = expert.name, expert.resource.encoder
             info = info.model_copy(update={"retrievers": [name], "fused": False,

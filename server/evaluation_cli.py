@@ -58,7 +58,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if conversations:
             raise SystemExit("offline evaluation takes labelled queries; evaluate conversations through a "
                              "server (--url)")
-        predicted, abstain = _offline(args, [c.turns[0] for c in cases])
+        predicted, abstain = _offline(args, [c.turns[0].text for c in cases])
         truth = [c.label for c in cases]
     else:
         predicted, abstain, experts = _through_server(args, cases)
@@ -107,7 +107,7 @@ def _print_calibration(result: dict) -> None:
 
 def _through_server(args: argparse.Namespace, cases: list[LabelledTurn]) -> tuple[list[str], list[float], set[str]]:
     """Score case by case through /v1/route, as a client would see it (with a progress bar); a conversation
-    turn is sent as the user messages up to it."""
+    turn is sent as the conversation's messages up to it."""
     predicted, abstain = [], []
     connection = Connection(args, timeout=60)
     progress = Progress(len(cases), "evaluating", enabled=None if not args.json else False)
@@ -115,8 +115,9 @@ def _through_server(args: argparse.Namespace, cases: list[LabelledTurn]) -> tupl
         models = connection.call("GET", "/v1/models")["data"]
         experts = {m["id"] for m in models if m.get("kind") in ("adapter", "retriever")}
         for case in cases:
-            body: dict = ({"query": case.turns[0]} if case.kind == "query" else
-                          {"messages": [{"role": "user", "content": t} for t in case.turns]})
+            body: dict = ({"query": case.turns[0].text} if case.kind == "query" else
+                          {"messages": [{"role": "assistant" if t.assistant else "user", "content": t.text}
+                                        for t in case.turns]})
             decision = connection.call("POST", "/v1/route", json={**body, "top_n": 2})["decision"]
             predicted.append(OUT_OF_SCOPE if decision["fallback"] else decision["expert"])
             abstain.append(-(decision["score"] if decision["score"] is not None else -1.0))

@@ -34,7 +34,8 @@ async def evaluate_labelled(routing: RoutingService, cases: list[LabelledTurn]) 
     if any(c.kind != "query" for c in cases):
         report["turn_kinds"] = by_turn_kind(cases, truth, predicted)
         report["out_of_scope_labels"] = out_of_scope
-    report["mistakes"] = [{"text": case.turns[-1], "turns": len(case.turns), "label": label, "predicted": guess}
+    report["mistakes"] = [{"text": case.turns[-1].text, "turns": sum(not t.assistant for t in case.turns),
+                           "label": label, "predicted": guess}
                           for case, label, guess in zip(cases, truth, predicted, strict=True)
                           if label != guess][:SHOWN_MISTAKES]
     return report

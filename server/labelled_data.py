@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from routers.conversation import ASSISTANT_CHARS, Turn
 from routers.evaluation import OUT_OF_SCOPE
 
 OOS_LABELS = {"oos", "out_of_scope", "generalist"}
@@ -59,11 +60,11 @@ def _row(record: object, where: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class LabelledTurn:
-    """One labelled routing case: the user turns so far (oldest first; one for a plain query), the label,
-    and the kind of turn: `query` (a labelled query), `opening`, `follow-up` (same label as the previous
-    user turn) or `switch` (another label)."""
+    """One labelled routing case: the conversation so far, ending with the labelled user turn (one turn
+    for a plain query), the label, and the kind of turn: `query` (a labelled query), `opening`,
+    `follow-up` (same label as the previous user turn) or `switch` (another label)."""
 
-    turns: tuple[str, ...]
+    turns: tuple[Turn, ...]
     label: str
     kind: str
 
@@ -97,30 +98,33 @@ def conversation_cases(records: list[object]) -> list[LabelledTurn]:
     """Every labelled user turn of every conversation, each with the user turns up to it.
 
     A conversation is `{"turns": [{"role": "user"|"assistant", "content": ..., "domain": ...}, ...]}`; user
-    turns need a `domain` (the expert that should answer, or an out-of-scope label). Only user turns
-    enter routing, as on the serving path.
+    turns need a `domain` (the expert that should answer, or an out-of-scope label). Turns are read as
+    on the serving path (`server.conversation.conversation_turns`): user and assistant turns, the latter
+    cut to their opening.
     """
     out: list[LabelledTurn] = []
     for number, record in enumerate(records, start=1):
         turns = record.get("turns") if isinstance(record, dict) else None
         if not isinstance(turns, list) or not turns:
             raise LabelledDataError(f"conversation {number} needs a non-empty 'turns' list")
-        users: list[str] = []
+        so_far: list[Turn] = []
         previous: str | None = None
         for position, turn in enumerate(turns, start=1):
             if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
                 raise LabelledDataError(f"conversation {number}, turn {position} needs a 'role' and a text "
                                         "'content'")
+            if turn.get("role") == "assistant" and turn["content"].strip():
+                so_far.append(Turn(turn["content"][:ASSISTANT_CHARS], assistant=True))
             if turn.get("role") != "user" or not turn["content"].strip():
                 continue
             label = turn.get("domain")
             if not isinstance(label, str) or not label.strip():
                 raise LabelledDataError(f"conversation {number}, turn {position}: a user turn needs a 'domain'")
             label = OUT_OF_SCOPE if label.strip() in OOS_LABELS else label.strip()
-            users.append(turn["content"])
+            so_far.append(Turn(turn["content"]))
             kind = "opening" if previous is None else ("follow-up" if label == previous else "switch")
             previous = label
-            out.append(LabelledTurn(tuple(users), label, kind))
+            out.append(LabelledTurn(tuple(so_far), label, kind))
     return out
 
 
@@ -128,7 +132,7 @@ def parse_labelled_turns(text: str, is_csv: bool) -> list[LabelledTurn]:
     """Labelled queries or conversations, told apart by their first record."""
     if not is_csv and is_conversation_data(text):
         return parse_conversations(text)
-    return [LabelledTurn((t,), label, "query") for t, label in parse_labelled(text, is_csv)]
+    return [LabelledTurn((Turn(t),), label, "query") for t, label in parse_labelled(text, is_csv)]
 
 
 def read_labelled_turns(path: Path) -> list[LabelledTurn]:

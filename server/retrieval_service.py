@@ -19,6 +19,7 @@ from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from experts.retrieval.index import Hit
 from routers.base import ScoredExpert
+from routers.conversation import Turn
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import Passage, RoutingInfo
@@ -75,10 +76,10 @@ class RetrievalService:
                            "top_k_out_of_range", "top_k")
         return top_k
 
-    async def retrieve(self, model: str, turns: list[str], top_k: int | None, fuse: Fuse = "auto") -> Retrieval:
-        """Routed (`auto`, on the conversation's user `turns`) or pinned retrieval, searched with the last
+    async def retrieve(self, model: str, turns: list[Turn], top_k: int | None, fuse: Fuse = "auto") -> Retrieval:
+        """Routed (`auto`, on the conversation's `turns`) or pinned retrieval, searched with the last (user)
         turn; the caller releases the result's leases."""
-        query = turns[-1] if turns else ""
+        query = turns[-1].text if turns else ""
         if not query.strip():
             raise APIError(400, "query must not be empty", "invalid_request_error", "empty_query", "query")
         top_k = self.check_top_k(top_k)
@@ -134,8 +135,8 @@ class RetrievalService:
 
     # -- internals ----------------------------------------------------------------------------------
 
-    async def route(self, turns: list[str]) -> tuple[list[ScoredExpert], RoutingInfo, Snapshot]:
-        """Rank the retriever experts only (on the conversation's user turns), and apply the fallback rule
+    async def route(self, turns: list[Turn]) -> tuple[list[ScoredExpert], RoutingInfo, Snapshot]:
+        """Rank the retriever experts only (on the conversation's turns), and apply the fallback rule
         to the best of them."""
         decision, snapshot, routing_ms = await self._routing.rank(turns, top_n=None)
         ranking = [s for s in decision.ranking
@@ -153,8 +154,8 @@ class RetrievalService:
         self._metrics.decided(best.name, fallback, best.score)
         return ranking, info, snapshot
 
-    async def _routed(self, turns: list[str], top_k: int, fuse: Fuse) -> Retrieval:
-        query = turns[-1]
+    async def _routed(self, turns: list[Turn], top_k: int, fuse: Fuse) -> Retrieval:
+        query = turns[-1].text
         for _ in range(_MAX_REROUTES):
             ranking, info, snapshot = await self.route(turns)
             best, second = ranking[0], (ranking[1] if len(ranking) > 1 else None)

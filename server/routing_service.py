@@ -25,10 +25,12 @@ from routers.calibration import FallbackRule
 from routers.conversation import (
     NEUTRAL_PHRASES,
     ContextParams,
+    Turn,
     conversation_context,
     decide_conversation,
     neutral_turns,
     pack_turns,
+    window,
 )
 from routers.embedding_cache import EmbeddingCache
 from routers.encoder import QueryEncoder
@@ -98,18 +100,20 @@ class RoutingService:
         self._metrics.embedding_cache(len(self.cache), hits=len(turns) - len(missing), misses=len(missing))
         return torch.stack([v for v in found if v is not None])
 
-    async def rank(self, turns: Sequence[str], top_n: int | None = 2,
+    async def rank(self, turns: Sequence[Turn], top_n: int | None = 2,
                    session: str | None = None) -> tuple[Decision, Snapshot, float]:
         """Encode and rank without leasing: (decision, the snapshot it used, routing milliseconds).
 
-        `turns` are the conversation's user messages, oldest first (one for a single query); `session`
-        a session key whose remembered expert the filter starts from (the store is only read here).
+        `turns` are the conversation's turns, oldest first, ending with the user turn being answered (one
+        for a single query); `session` a session key whose remembered expert the filter starts from (the
+        store is only read here).
         """
         started = time.perf_counter()
-        vectors = await self.embed_turns(list(turns)[-self.context.max_turns:])
+        turns = window(turns, self.context.max_turns)
+        vectors = await self.embed_turns([turn.text for turn in turns])
         snapshot = self._registry.snapshot
         previous = self.sessions.get(session) if self.sessions is not None and session else None
-        decision = decide_conversation(self._router, snapshot.index, vectors, self._neutral, self.context,
+        decision = decide_conversation(self._router, snapshot.index, turns, vectors, self._neutral, self.context,
                                        self.rule, top_n, previous)
         decision = _apply_generalist_feedback(decision, vectors[-1], snapshot.generalist_vectors)
         elapsed = time.perf_counter() - started
@@ -129,7 +133,7 @@ class RoutingService:
         if decision.context is not None:
             self._metrics.context_outcomes.labels(decision.context.outcome).inc()
 
-    async def resolve(self, model: str, turns: Sequence[str], session: str | None = None) -> Target:
+    async def resolve(self, model: str, turns: Sequence[Turn], session: str | None = None) -> Target:
         """Pick and lease the target for `model`; raises a 404 `APIError` for an unknown model name."""
         if model == self.generalist_name:
             return self._generalist(reason="the generalist was requested by name", fallback=False)
@@ -165,45 +169,45 @@ class RoutingService:
         """The routable experts in the order of the policy's score columns."""
         return list(self._registry.snapshot.index.names)
 
-    async def context_scores(self, conversations: Sequence[Sequence[str]]
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-turn policy scores of many conversations (each a list of user turns, oldest first),
-        packed for the filter: (scores [n, turns, experts], valid, neutral), `max_turns` newest kept."""
-        keep = self.context.max_turns
-        texts = list(dict.fromkeys(t for turns in conversations for t in turns[-keep:]))
+    async def context_scores(self, conversations: Sequence[Sequence[Turn]]
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-turn policy scores of many conversations (each ending with the user turn to route), cut by
+        `window` and packed for the filter: (scores [n, turns, experts], valid, neutral, assistant)."""
+        windows = [window(turns, self.context.max_turns) for turns in conversations]
+        texts = list(dict.fromkeys(turn.text for turns in windows for turn in turns))
         vectors = await asyncio.to_thread(self._encode_many, texts)
         row = {t: i for i, t in enumerate(texts)}
-        index = self._registry.snapshot.index
-        per_text = self._router.score(vectors, index).float()
+        per_text = self._router.score(vectors, self._registry.snapshot.index).float()
         is_neutral = neutral_turns(vectors, self._neutral, self.context.neutral_similarity)
-        rows = [[row[t] for t in turns[-keep:]] for turns in conversations]
-        scores, valid = pack_turns([per_text[r] for r in rows], keep)
-        neutral, _ = pack_turns([is_neutral[r] for r in rows], keep)
-        return scores, valid, neutral
+        rows = [[row[turn.text] for turn in turns] for turns in windows]
+        scores, valid = pack_turns([per_text[r] for r in rows])
+        neutral, _ = pack_turns([is_neutral[r] for r in rows])
+        assistant, _ = pack_turns([torch.tensor([turn.assistant for turn in turns]) for turns in windows])
+        return scores, valid, neutral, assistant
 
     def _encode_many(self, texts: list[str]) -> torch.Tensor:
         return torch.cat([self._encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
 
-    async def rank_without_fallback(self, conversations: Sequence[Sequence[str]]) -> list[Decision]:
+    async def rank_without_fallback(self, conversations: Sequence[Sequence[Turn]]) -> list[Decision]:
         """Top-2 decisions in context with no threshold applied: what calibration fits its thresholds on."""
         return await self._rank_many(conversations, FallbackRule(float("-inf")), feedback=False)
 
-    async def rank_batch(self, conversations: Sequence[Sequence[str]]) -> list[Decision]:
+    async def rank_batch(self, conversations: Sequence[Sequence[Turn]]) -> list[Decision]:
         """Top-2 decisions under the rule in force, as `rank` makes them; for evaluation (not traffic)."""
         return await self._rank_many(conversations, self.rule, feedback=True)
 
-    async def _rank_many(self, conversations: Sequence[Sequence[str]], rule: FallbackRule,
+    async def _rank_many(self, conversations: Sequence[Sequence[Turn]], rule: FallbackRule,
                          feedback: bool) -> list[Decision]:
         snapshot = self._registry.snapshot
         if not snapshot.index.names:
             return [self._router.decide_scores(torch.zeros(1, 0), snapshot.index, 2, rule)[0]
                     for _ in conversations]
-        scores, valid, neutral = await self.context_scores(conversations)
-        context = conversation_context(scores, valid, neutral, self.context)
+        scores, valid, neutral, assistant = await self.context_scores(conversations)
+        context = conversation_context(scores, valid, neutral, self.context, assistant=assistant)
         decisions = self._router.decide_scores(context.scores, snapshot.index, 2, rule, chosen=context.chosen)
         if not feedback or snapshot.generalist_vectors is None:
             return decisions
-        last = await asyncio.to_thread(self._encode_many, [turns[-1] for turns in conversations])
+        last = await asyncio.to_thread(self._encode_many, [turns[-1].text for turns in conversations])
         return [_apply_generalist_feedback(d, v, snapshot.generalist_vectors)
                 for d, v in zip(decisions, last, strict=True)]
 

@@ -69,7 +69,7 @@ async def route(body: RouteRequest, request: Request, state: State) -> JSONRespo
     decision, snapshot, routing_ms = await state.routing.rank(turns, body.top_n, session)
     info = state.routing.routing_info(decision, snapshot.version, routing_ms)
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
-    response = RouteResponse(query=turns[-1], decision=info, ranking=ranking)
+    response = RouteResponse(query=turns[-1].text, decision=info, ranking=ranking)
     return JSONResponse(response.model_dump(), headers=routing_headers(info))
 
 
@@ -80,7 +80,7 @@ async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     turns = turns_of(body)
     retrieval = await state.retrieval.retrieve(body.model, turns, body.top_k, body.fuse)
     try:
-        response = RetrieveResponse(query=turns[-1], model=retrieval.info.expert, data=retrieval.passages,
+        response = RetrieveResponse(query=turns[-1].text, model=retrieval.info.expert, data=retrieval.passages,
                                     switchyard=retrieval.info)
     finally:
         retrieval.release()
@@ -103,4 +103,4 @@ async def feedback(body: FeedbackRequest, state: State) -> FeedbackOut:
     It changes routing for every user, so it needs the admin token like any other registry change. Given
     a conversation, its last user turn (the one that was misrouted) becomes the example.
     """
-    return await state.feedback.submit(turns_of(body)[-1], body.expert)
+    return await state.feedback.submit(turns_of(body)[-1].text, body.expert)

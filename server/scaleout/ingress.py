@@ -26,12 +26,12 @@ from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_file
 from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
 from experts.spec import ExpertSpec
 from routers.base import Decision, ExpertVectors, RoutingIndex
-from routers.conversation import NEUTRAL_PHRASES, decide_conversation
+from routers.conversation import NEUTRAL_PHRASES, Turn, decide_conversation, window
 from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
 from server.api.deps import check_admin, check_api_key
 from server.chat_service import sampling_for
-from server.conversation import context_fields, turns_of, user_turns_of
+from server.conversation import context_fields, conversation_turns, turns_of
 from server.encoder_pool import shared_encoder
 from server.errors import APIError, install_error_handlers
 from server.limits import BodySizeLimit
@@ -85,12 +85,12 @@ class RoutingIngress:
         index = self._router.build_index([ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
         self._vectors, self._entries, self._index, self._version = vectors, {e.name: e for e in entries}, index, version
 
-    async def _decide(self, turns: list[str]) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
+    async def _decide(self, turns: list[Turn]) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
         started = time.perf_counter()
         version, index, entries = await self._current()
-        vectors = await asyncio.to_thread(self._cache.get_or_encode, turns[-self._context.max_turns:],
-                                          self._encoder.encode)
-        decision = decide_conversation(self._router, index, vectors, self._neutral, self._context,
+        turns = window(turns, self._context.max_turns)
+        vectors = await asyncio.to_thread(self._cache.get_or_encode, [t.text for t in turns], self._encoder.encode)
+        decision = decide_conversation(self._router, index, turns, vectors, self._neutral, self._context,
                                        self._router.rule, top_n=None)
         return decision, version, entries, (time.perf_counter() - started) * 1000
 
@@ -132,7 +132,7 @@ class RoutingIngress:
         turns = turns_of(body)
         decision, version, _, routing_ms = await self._decide(turns)
         ranking = decision.ranking[: body.top_n] if body.top_n else decision.ranking
-        return {"query": turns[-1], "decision": self._info(decision, version, routing_ms).model_dump(),
+        return {"query": turns[-1].text, "decision": self._info(decision, version, routing_ms).model_dump(),
                 "ranking": [{"name": r.name, "score": r.score} for r in ranking]}
 
     @api.post("/v1/chat/completions")
@@ -171,7 +171,7 @@ class RoutingIngress:
             version, _, _ = await self._current()
             return "", self._info(_pinned(None), version, 0.0)
         if body.model == "auto":
-            decision, version, entries, routing_ms = await self._decide(user_turns_of(body.messages))
+            decision, version, entries, routing_ms = await self._decide(conversation_turns(body.messages))
         else:
             version, _, entries = await self._current()
             if body.model not in entries:

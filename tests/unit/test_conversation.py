@@ -6,7 +6,14 @@ import torch
 
 from routers.base import ExpertVectors
 from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome
-from routers.conversation import ContextParams, conversation_context, decide_conversation, pack_turns
+from routers.conversation import (
+    ContextParams,
+    Turn,
+    conversation_context,
+    decide_conversation,
+    pack_turns,
+    window,
+)
 from routers.embedding_cache import EmbeddingCache
 from routers.evaluation import OUT_OF_SCOPE
 from routers.policies import create_router
@@ -53,7 +60,7 @@ def test_a_sessions_expert_holds_a_single_vague_turn() -> None:
 
 def test_batched_rows_equal_single_rows() -> None:
     conversations = [torch.rand(n, 4) for n in (1, 3, 6, 2)]
-    scores, valid = pack_turns(conversations, 8)
+    scores, valid = pack_turns(conversations)
     neutral = torch.zeros_like(valid)
     batch = conversation_context(scores, valid, neutral, PARAMS)
     for i, c in enumerate(conversations):
@@ -68,7 +75,8 @@ def test_decide_conversation_reports_the_context() -> None:
     axes = torch.eye(3)
     index = router.build_index([ExpertVectors("a", axes[:1]), ExpertVectors("b", axes[1:2])])
     turns = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.2], [0.3, 0.35, 1.0]]), dim=-1)
-    decision = decide_conversation(router, index, turns, None, PARAMS, FallbackRule(0.3))
+    decision = decide_conversation(router, index, [Turn("first"), Turn("second")], turns, None, PARAMS,
+                                   FallbackRule(0.3))
     assert decision.expert == "a" and decision.context is not None
     assert decision.context.outcome == "stayed" and decision.context.previous_expert == "a"
     assert decision.ranking[0].name == "a"
@@ -107,3 +115,21 @@ def test_the_session_store_is_bounded_and_expires() -> None:
     assert store.get("z") is None
     store.put("w", "math", 0.4)
     assert len(store) == 1  # the expired entry left when a new one arrived
+
+
+def test_assistant_turns_move_the_belief_but_never_end_a_conversation() -> None:
+    scores = torch.tensor([[[0.6, 0.55], [0.2, 0.9], [0.40, 0.42]]])
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    neutral = torch.zeros(1, 3, dtype=torch.bool)
+    users_only = conversation_context(scores[:, [0, 2]], valid[:, :2], neutral[:, :2], PARAMS)
+    with_reply = conversation_context(scores, valid, neutral, PARAMS, assistant=torch.tensor([[False, True, False]]))
+    assert int(users_only.chosen[0]) == 0 and int(with_reply.chosen[0]) == 1
+    assert int(with_reply.turns[0]) == 2  # user turns only
+    turns = [Turn("a"), Turn("reply", assistant=True), Turn("b"), Turn("reply 2", assistant=True), Turn("c")]
+    assert window(turns, 2) == turns[2:]
+    try:
+        window(turns[:-1], 2)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a conversation ending with an assistant turn must be refused")
