@@ -95,6 +95,7 @@ def report(name: str, queries: list[ScoredQuery], kinds: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--latency-only", action="store_true", help="skip the accuracy table")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "conversation_routing.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -102,6 +103,9 @@ def main() -> None:
     train, dev = load("sgd_train.jsonl"), load("sgd_dev.jsonl")
     pools = {n: examples_by_domain(train, n) for n in args.examples}
     names = sorted(next(iter(pools.values())))
+    if args.latency_only:
+        print_latency(measure_latency(encoder, pools[max(pools)], names, dev, encoder.encode(list(NEUTRAL_PHRASES))))
+        return
     cases = conversation_cases(dev)  # every user turn with the conversation so far, as the server reads it
     labels, _ = resolve_labels(cases, set(names))
     kinds = [case.kind for case in cases]
@@ -153,20 +157,27 @@ def main() -> None:
               f"{r['oos_recall']:.1%} |")
     print(f"\ncalibrated context parameters: {fitted}")
     latency = measure_latency(encoder, pools[max(pools)], names, dev, neutral_vectors)
-    print("\n| user turns | routing p50 (ms) | ratio to one message |")
-    print("|---|---|---|")
-    for r in latency:
-        print(f"| {r['turns']} | {r['p50_ms']:.2f} | {r['ratio']:.2f}x |")
+    print_latency(latency)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "conversation_routing", "policy": POLICY, "rows": rows,
                                     "calibrated_params": fitted, "latency": latency}, indent=2))
     print(f"\nwrote {args.out}")
 
 
+def print_latency(latency: list[dict]) -> None:
+    print("\n| user turns | assistant reply before the last turn | routing p50 (ms) | ratio to one message |")
+    print("|---|---|---|---|")
+    for r in latency:
+        reply = "-" if r["turns"] == 1 else ("embedded by the server" if r["reply_cached"] else "not seen before")
+        print(f"| {r['turns']} | {reply} | {r['p50_ms']:.2f} | {r['ratio']:.2f}x |")
+
+
 def measure_latency(encoder: QueryEncoder, pool: dict[str, list[str]], names: list[str], dev: list[dict],
                     neutral_vectors: torch.Tensor, repeats: int = 200) -> list[dict]:
-    """Routing p50 of one conversation at a time, as in a live chat: the new user turn and the assistant
-    reply before it are encoded (cache misses), the earlier turns hit the cache."""
+    """Routing p50 of one conversation at a time, as in a live chat with an assistant reply between user
+    turns. The earlier turns hit the cache and the new user turn misses; the reply before it hits when
+    the server embedded its own answer (`RoutingService.expect_reply`, the serving default) and misses
+    when it comes from elsewhere."""
     router = create_router(POLICY[0], threshold=0.0, params=POLICY[1])
     index = router.build_index([ExpertVectors(n, encoder.encode(pool[n])) for n in names])
     params = ContextParams()
@@ -175,24 +186,26 @@ def measure_latency(encoder: QueryEncoder, pool: dict[str, list[str]], names: li
     cache = EmbeddingCache(capacity=100_000)
     rng = random.Random(1)
     out = []
-    for count in (1, 5, 20):
-        timings = []
-        for _ in range(repeats):
-            turns: list[Turn] = []
-            for text in rng.sample(users, count):
-                turns += [Turn(rng.choice(replies), assistant=True), Turn(text)] if turns else [Turn(text)]
-            if count > 1:  # the turns before the reply were seen on earlier requests of this conversation
-                cache.get_or_encode([t.text for t in turns[:-2]], encoder.encode)
-            for turn in turns[-2:]:
-                cache.forget(turn.text)
-            started = time.perf_counter()
-            kept = window(turns, params.max_turns)
-            vectors = cache.get_or_encode([t.text for t in kept], encoder.encode)
-            decide_conversation(router, index, kept, vectors, neutral_vectors, params, FallbackRule(0.0))
-            timings.append((time.perf_counter() - started) * 1000)
-        out.append({"turns": count, "p50_ms": statistics.median(timings)})
+    for reply_cached in (True, False):
+        for count in (1, 5, 20):
+            timings = []
+            for _ in range(repeats):
+                turns: list[Turn] = []
+                for text in rng.sample(users, count):
+                    turns += [Turn(rng.choice(replies), assistant=True), Turn(text)] if turns else [Turn(text)]
+                if count > 1:  # seen on earlier requests of this conversation (and the reply, when cached)
+                    cache.get_or_encode([t.text for t in turns[:-1 if reply_cached else -2]], encoder.encode)
+                for turn in turns[-1 if reply_cached or count == 1 else -2:]:
+                    cache.forget(turn.text)
+                started = time.perf_counter()
+                kept = window(turns, params.max_turns)
+                vectors = cache.get_or_encode([t.text for t in kept], encoder.encode)
+                decide_conversation(router, index, kept, vectors, neutral_vectors, params, FallbackRule(0.0))
+                timings.append((time.perf_counter() - started) * 1000)
+            out.append({"turns": count, "reply_cached": reply_cached, "p50_ms": statistics.median(timings)})
+    single = statistics.median([r["p50_ms"] for r in out if r["turns"] == 1])
     for r in out:
-        r["ratio"] = r["p50_ms"] / out[0]["p50_ms"]
+        r["ratio"] = r["p50_ms"] / single
     return out
 
 

@@ -70,7 +70,8 @@ class Resource:
 
 @dataclass(eq=False)
 class Expert:
-    """One published version of an expert: its spec, example embeddings and resource."""
+    """One published version of an expert: its spec, the embeddings of its routing texts (examples, then
+    capabilities: `spec.routing_texts()`) and resource."""
 
     spec: ExpertSpec
     version: int
@@ -249,7 +250,7 @@ class ExpertRegistry:
         index = DocumentIndex(segments, state.get("deleted", {}), int(state.get("dim", encoder.dim)))
         if index.dim != encoder.dim:
             raise EncoderRejected(f"the index has {index.dim} dimensions but the encoder gives {encoder.dim}")
-        embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+        embeddings = await asyncio.to_thread(self._embed_examples, spec.routing_texts())
         resource = Resource(key=version_key(spec.name, record.version), version=record.version, index=index,
                             encoder=encoder)
         return Expert(spec=spec, version=record.version, example_embeddings=embeddings, resource=resource)
@@ -266,7 +267,7 @@ class ExpertRegistry:
                 if not replace and previous is not None:
                     raise ExpertExists(f"an expert named {spec.name!r} already exists; use PUT to replace it")
                 version = self._snapshot.version + 1
-                embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+                embeddings = await asyncio.to_thread(self._embed_examples, spec.routing_texts())
                 resource = Resource(key=version_key(spec.name, version), version=version, index=index,
                                     encoder=encoder)
                 expert = Expert(spec=spec, version=version, example_embeddings=embeddings, resource=resource)
@@ -395,7 +396,7 @@ class ExpertRegistry:
             if self._store is not None:
                 files = self._store.keep_copy(files, key)
         try:
-            embeddings = await asyncio.to_thread(self._embed_examples, list(spec.examples))
+            embeddings = await asyncio.to_thread(self._embed_examples, spec.routing_texts())
             await self._host.load_adapter(key, files)
         except BaseException:
             if self._store is not None and not restoring:
@@ -416,9 +417,9 @@ class ExpertRegistry:
             dropped = set(remove)
             examples = [e for e in current.spec.examples if e not in dropped]
             examples += [e for e in dict.fromkeys(add) if e not in examples]
-            spec = ExpertSpec(**{**current.spec.model_dump(), "examples": examples})  # validates (>= 1 example)
+            spec = ExpertSpec(**{**current.spec.model_dump(), "examples": examples})  # validates: not left empty
             version = self._snapshot.version + 1
-            embeddings = await asyncio.to_thread(self._embed_examples, examples)
+            embeddings = await asyncio.to_thread(self._embed_examples, spec.routing_texts())
             expert = Expert(spec=spec, version=version, example_embeddings=embeddings, resource=current.resource)
             if self._manifest is not None:
                 index = current.resource.index

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 EXPERT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_EXAMPLES = 2000
 MAX_EXAMPLE_CHARS = 2000
+MAX_CAPABILITIES = 64
+MAX_CAPABILITY_CHARS = 200
 ExpertKind = Literal["adapter", "retriever"]
 _RETRIEVER_FIELDS = ("encoder", "generator", "documents_path", "documents_include", "max_documents")
 
@@ -44,23 +46,38 @@ class ExpertSpec(BaseModel):
     documents_include: list[str] | None = Field(None, max_length=32, description="retriever: glob patterns")
     max_documents: int | None = Field(None, ge=1, description="retriever: index at most this many files")
     examples: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=MAX_EXAMPLES,
         description="Example queries this expert should answer; routing compares queries against them.",
+    )
+    capabilities: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CAPABILITIES,
+        description="Short phrases of what this expert handles ('refund a payment', 'freeze account'); "
+                    "routing scores them beside the examples, and they alone make an expert routable.",
     )
 
     @field_validator("examples")
     @classmethod
     def _examples_are_real_text(cls, examples: list[str]) -> list[str]:
-        for example in examples:
-            if not example.strip():
-                raise ValueError("examples must not be empty strings")
-            if len(example) > MAX_EXAMPLE_CHARS:
-                raise ValueError(f"an example is longer than {MAX_EXAMPLE_CHARS} characters")
-        return examples
+        return _real_texts(examples, "examples", MAX_EXAMPLE_CHARS)
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities_are_short_phrases(cls, capabilities: list[str]) -> list[str]:
+        return _real_texts([c.strip() for c in capabilities], "capabilities", MAX_CAPABILITY_CHARS)
+
+    def routing_texts(self) -> list[str]:
+        """What routing embeds for this expert: its examples, then its capabilities (in that order, so a
+        vector's position says which one it is)."""
+        return [*self.examples, *self.capabilities]
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> ExpertSpec:
+        if not self.examples and not self.capabilities:
+            raise ValueError("an expert needs examples or capabilities (or both)")
+        if len(set(self.capabilities)) != len(self.capabilities):
+            raise ValueError("capabilities must not repeat")
         if self.kind == "adapter":
             if self.adapter_path is None:
                 raise ValueError("an adapter expert needs adapter_path")
@@ -72,3 +89,12 @@ class ExpertSpec(BaseModel):
         if self.generator is not None and self.generator == self.name:
             raise ValueError("a retriever cannot be its own generator")
         return self
+
+
+def _real_texts(texts: list[str], field: str, max_chars: int) -> list[str]:
+    for text in texts:
+        if not text.strip():
+            raise ValueError(f"{field} must not be empty strings")
+        if len(text) > max_chars:
+            raise ValueError(f"an entry of {field} is longer than {max_chars} characters")
+    return texts

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from routers.base import ContextSummary, Decision, Router, RoutingIndex
@@ -132,54 +133,60 @@ def conversation_context(
     batch, turns, experts = turn_scores.shape
     if batch == 0 or experts == 0:
         raise ValueError("need at least one conversation and one expert")
-    replies = torch.zeros_like(valid) if assistant is None else assistant & valid
-    if not bool((valid[:, -1] & ~replies[:, -1]).all()):
+    # NumPy, not torch: the loop runs over turns on tiny arrays, where a torch op's fixed cost (several
+    # microseconds) would dominate a request's routing time.
+    scores = turn_scores.detach().float().cpu().numpy()
+    valid_np = valid.cpu().numpy()
+    replies = np.zeros_like(valid_np) if assistant is None else assistant.cpu().numpy() & valid_np
+    neutral_np = neutral.cpu().numpy()
+    if not (valid_np[:, -1] & ~replies[:, -1]).all():
         raise ValueError("every conversation must end with a user turn")
-    scores = turn_scores.float()
-    rows = torch.arange(batch)
-    belief = torch.full((batch, experts), 1.0 / experts)
-    fused = torch.zeros(batch, experts)
-    weight = torch.zeros(batch)
-    evidence = torch.zeros(batch, dtype=torch.bool)  # a non-neutral turn has been read
-    chosen = torch.full((batch,), -1, dtype=torch.long)
-    previous = chosen.clone()
-    read = torch.zeros(batch, dtype=torch.long)
-    skipped = torch.zeros(batch, dtype=torch.long)
+    relative = scores - scores.max(axis=2, keepdims=True)
+    user_likelihood = np.exp(relative / params.temperature)
+    reply_likelihood = np.exp(relative / params.assistant_temperature)  # all ones when it is inf
+    spread = np.maximum(scores.max(axis=2) - scores.mean(axis=2), 1e-3) if experts > 1 else np.ones((batch, turns))
+    remembered_expert = None if session_previous is None else session_previous.cpu().numpy()
+    rows = np.arange(batch)
+    belief = np.full((batch, experts), 1.0 / experts, dtype=np.float32)
+    fused = np.zeros((batch, experts), dtype=np.float32)
+    weight = np.zeros(batch, dtype=np.float32)
+    evidence = np.zeros(batch, dtype=bool)  # a non-neutral turn has been read
+    chosen = np.full(batch, -1, dtype=np.int64)
+    previous = chosen.copy()
+    read = np.zeros(batch, dtype=np.int64)
+    skipped = np.zeros(batch, dtype=np.int64)
     stay = 1.0 - params.switch_probability
     for t in range(turns):
-        current = scores[:, t]
-        relative = current - current.max(dim=1, keepdim=True).values
-        if math.isfinite(params.assistant_temperature):
-            reply = replies[:, t] & ~neutral[:, t]
-            replied = belief * torch.exp(relative / params.assistant_temperature)
-            belief = torch.where(reply[:, None], replied / replied.sum(dim=1, keepdim=True), belief)
-        here = valid[:, t] & ~replies[:, t]  # a user turn
-        if t == turns - 1 and session_previous is not None:
-            remembered = here & (session_previous >= 0)
-            if bool(remembered.any()):
-                onehot = torch.nn.functional.one_hot(session_previous.clamp(min=0), experts).float()
-                belief = torch.where(remembered[:, None], onehot, belief)
-                chosen = torch.where(remembered, session_previous, chosen)
+        reply = replies[:, t] & ~neutral_np[:, t]
+        if reply.any():
+            replied = belief * reply_likelihood[:, t]
+            belief = np.where(reply[:, None], replied / replied.sum(axis=1, keepdims=True), belief)
+        here = valid_np[:, t] & ~replies[:, t]  # a user turn
+        if t == turns - 1 and remembered_expert is not None:
+            remembered = here & (remembered_expert >= 0)
+            if remembered.any():
+                onehot = np.eye(experts, dtype=np.float32)[np.maximum(remembered_expert, 0)]
+                belief = np.where(remembered[:, None], onehot, belief)
+                chosen = np.where(remembered, remembered_expert, chosen)
                 evidence = evidence | remembered
-        counts = here & ~(neutral[:, t] & evidence)  # a neutral turn counts only before any evidence
-        prior = stay * belief + params.switch_probability / experts
-        posterior = prior * torch.exp(relative / params.temperature)
-        posterior = posterior / posterior.sum(dim=1, keepdim=True)
-        belief = torch.where(counts[:, None], posterior, belief)
-        new_chosen = belief.argmax(dim=1)
+        counts = here & ~(neutral_np[:, t] & evidence)  # a neutral turn counts only before any evidence
+        posterior = (stay * belief + params.switch_probability / experts) * user_likelihood[:, t]
+        belief = np.where(counts[:, None], posterior / posterior.sum(axis=1, keepdims=True), belief)
+        new_chosen = belief.argmax(axis=1)
         moved = counts & (new_chosen != chosen)  # the conversation came to a new expert: restart its score
-        spread = (current.max(dim=1).values - current.mean(dim=1)).clamp(min=1e-3) if experts > 1 else \
-            torch.ones(batch)
-        grown = spread + params.decay * weight
-        merged = (spread[:, None] * current + (params.decay * weight)[:, None] * fused) / grown[:, None]
-        fused = torch.where(moved[:, None], current, torch.where(counts[:, None], merged, fused))
-        weight = torch.where(moved, spread, torch.where(counts, grown, weight))
-        previous = torch.where(here & (chosen >= 0), chosen, previous)
-        chosen = torch.where(counts, new_chosen, chosen)
-        evidence = evidence | (counts & ~neutral[:, t])
-        read = read + here.long()
-        skipped = skipped + (here & ~counts).long()
-    return ContextBatch(fused, chosen, belief[rows, chosen], previous, read, skipped)
+        current, turn_spread = scores[:, t], spread[:, t]
+        grown = turn_spread + params.decay * weight
+        merged = (turn_spread[:, None] * current + (params.decay * weight)[:, None] * fused) / grown[:, None]
+        fused = np.where(moved[:, None], current, np.where(counts[:, None], merged, fused))
+        weight = np.where(moved, turn_spread, np.where(counts, grown, weight))
+        previous = np.where(here & (chosen >= 0), chosen, previous)
+        chosen = np.where(counts, new_chosen, chosen)
+        evidence = evidence | (counts & ~neutral_np[:, t])
+        read = read + here
+        skipped = skipped + (here & ~counts)
+    return ContextBatch(torch.from_numpy(fused.astype(np.float32)), torch.from_numpy(chosen),
+                        torch.from_numpy(belief[rows, chosen].astype(np.float32)), torch.from_numpy(previous),
+                        torch.from_numpy(read), torch.from_numpy(skipped))
 
 
 def explain(result: ContextBatch, row: int, names: Sequence[str], from_session: bool) -> str:

@@ -187,6 +187,7 @@ class ChatService:
         if run.grounding is not None:
             answer += run.grounding.sources_suffix(answer)
             citations = run.grounding.citations(answer)
+        self._routing.expect_reply(answer)
         return ChatCompletion(
             id=run.completion_id,
             created=run.created,
@@ -211,6 +212,7 @@ class ChatService:
                     if run.grounding is not None:
                         suffix = run.grounding.sources_suffix("".join(answer))
                         text, citations = text + suffix, run.grounding.citations("".join(answer) + suffix)
+                    self._routing.expect_reply("".join(answer[:-1]) + text)
                     final = self._chunk(run, [ChunkChoice(delta=Delta(content=text or None),
                                                           finish_reason=chunk.finish_reason)], info=run.target.info)
                     yield _event(final.model_copy(update={"citations": citations}))

@@ -10,6 +10,8 @@ snapshot. A session key (optional) lends the filter the expert the session had l
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +25,7 @@ from routers.base import Decision, Router
 from routers.batching import MicroBatcher
 from routers.calibration import FallbackRule
 from routers.conversation import (
+    ASSISTANT_CHARS,
     NEUTRAL_PHRASES,
     ContextParams,
     Turn,
@@ -39,6 +42,8 @@ from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import RoutingInfo
 from server.sessions import SessionStore
+
+log = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
 _MAX_REROUTES = 3
@@ -87,6 +92,7 @@ class RoutingService:
         self.cache = cache or EmbeddingCache(capacity=10_000)
         self.sessions = sessions
         self._neutral = encoder.encode(list(NEUTRAL_PHRASES))
+        self._background: set[asyncio.Task[None]] = set()
 
     async def embed_turns(self, turns: Sequence[str]) -> torch.Tensor:
         """[turns, dim]: cached turns from the cache, the others through the micro-batcher, together."""
@@ -99,6 +105,24 @@ class RoutingService:
             found = [v if v is not None else by_text[t] for t, v in zip(turns, found, strict=True)]
         self._metrics.embedding_cache(len(self.cache), hits=len(turns) - len(missing), misses=len(missing))
         return torch.stack([v for v in found if v is not None])
+
+    def expect_reply(self, text: str) -> None:
+        """Embed an answer this server just gave into the cache, off the request path: the client sends
+        it back as the assistant turn of its next request, which then costs no encode for it."""
+        reply = text[:ASSISTANT_CHARS]
+        if not reply.strip() or not math.isfinite(self.context.assistant_temperature):
+            return
+        if self.cache.lookup([reply])[0] is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self._embed_reply(reply))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _embed_reply(self, reply: str) -> None:
+        try:
+            self.cache.store([reply], (await self._batcher.encode_one(reply))[None])
+        except Exception:  # a cache warm-up only: the next request encodes the reply itself
+            log.debug("could not pre-embed a reply", exc_info=True)
 
     async def rank(self, turns: Sequence[Turn], top_n: int | None = 2,
                    session: str | None = None) -> tuple[Decision, Snapshot, float]:

@@ -6,6 +6,7 @@ Each test first checks what the last message alone would do, so it fails if rout
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,21 +135,37 @@ def test_the_session_store_stays_within_its_bound(second_server: ServerProcess) 
     assert forgotten["session"] is False  # evicted: the oldest session went first
 
 
-def test_earlier_turns_come_from_the_embedding_cache(http: httpx.Client) -> None:
-    def lookups() -> dict[str, float]:
-        out = {}
-        for line in http.get("/metrics").text.splitlines():
-            if line.startswith("switchyard_embedding_cache_lookups_total{"):
-                out[line.split('result="')[1].split('"')[0]] = float(line.split()[-1])
-        return out
+def metric(http: httpx.Client, series: str) -> float:
+    values = dict(line.rsplit(" ", 1) for line in http.get("/metrics").text.splitlines()
+                  if line and not line.startswith("#"))
+    return float(values.get(series, 0.0))
 
+
+MISSES, HITS = 'switchyard_embedding_cache_lookups_total{result="miss"}', \
+    'switchyard_embedding_cache_lookups_total{result="hit"}'
+
+
+def test_earlier_turns_come_from_the_embedding_cache(http: httpx.Client) -> None:
     turns = [f"Write a SQL query that counts the orders of customer number {n}" for n in range(20)]
     decision_of(http, messages=conversation(*turns[:19]))
-    before = lookups()
+    misses, hits = metric(http, MISSES), metric(http, HITS)
     decision_of(http, messages=conversation(*turns))
-    after = lookups()
-    assert after.get("miss", 0) - before.get("miss", 0) == 1  # only the new turn was encoded
-    assert after["hit"] - before.get("hit", 0) >= 7  # the earlier turns the filter reads (max_turns)
+    assert metric(http, MISSES) - misses == 1  # only the new turn was encoded
+    assert metric(http, HITS) - hits >= 7  # the earlier turns the filter reads (max_turns)
+
+
+def test_the_servers_own_answer_is_embedded_for_the_next_turn(http: httpx.Client, client: openai.OpenAI) -> None:
+    opening = "Write a SQL query that finds the ten most expensive products in stock"
+    entries = metric(http, "switchyard_embedding_cache_entries")
+    answer = client.chat.completions.create(model="auto", max_tokens=12, messages=[
+        {"role": "user", "content": opening}]).choices[0].message.content
+    deadline = time.monotonic() + 10
+    while metric(http, "switchyard_embedding_cache_entries") < entries + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the answer is embedded in the background, off the request path
+    misses = metric(http, MISSES)
+    decision_of(http, messages=[{"role": "user", "content": opening}, {"role": "assistant", "content": answer},
+                                {"role": "user", "content": "Only those from the garden category, please."}])
+    assert metric(http, MISSES) - misses == 1  # the reply was already embedded: only the new turn missed
 
 
 def test_calibration_on_conversations_fits_the_context_and_reports_turn_kinds(admin: httpx.Client,
