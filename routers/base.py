@@ -44,6 +44,26 @@ class Decision:
     threshold: float
     ranking: tuple[ScoredExpert, ...]
     context: ContextSummary | None = None  # set by conversation routing (routers/conversation.py)
+    evidence: Evidence | None = None  # set by `nearest_evidence`
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What matched: the best expert's example or capability nearest to the query (any user turn)."""
+
+    source: str  # "example" or "capability"
+    text: str
+    similarity: float
+
+
+def nearest_evidence(vectors: torch.Tensor, texts: Sequence[str], examples: int, queries: torch.Tensor) -> Evidence:
+    """The row of an expert's routing `vectors` [n, dim] (its `examples` examples, then its capabilities;
+    `texts` the same order) most similar to any of `queries` [turns, dim]. Policy-agnostic on purpose: it
+    explains a decision in the operator's own words, whatever the policy computed."""
+    similarity = queries.to(vectors.dtype) @ vectors.T  # [turns, n]
+    best = int(similarity.max(dim=0).values.argmax())
+    return Evidence("example" if best < examples else "capability", texts[best],
+                    float(similarity[:, best].max()))
 
 
 @dataclass(frozen=True)

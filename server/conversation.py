@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from routers.base import ContextSummary
+from routers.base import ContextSummary, Evidence
 from routers.conversation import ASSISTANT_CHARS, Turn
 from server.errors import APIError
 from server.protocol import ChatMessage, ConversationQuery
@@ -53,3 +53,11 @@ def context_fields(context: ContextSummary | None) -> dict[str, Any]:
         return {}
     return {"turns": context.turns, "previous_expert": context.previous_expert, "context": context.outcome,
             "context_reason": context.reason, "session": context.from_session}
+
+
+def evidence_fields(evidence: Evidence | None) -> dict[str, Any]:
+    """The decision record's `matched` fields: which example or capability of the best expert matched."""
+    if evidence is None:
+        return {}
+    return {"matched": evidence.source, "matched_text": evidence.text,
+            "matched_similarity": round(evidence.similarity, 4)}

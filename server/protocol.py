@@ -104,6 +104,10 @@ class RoutingInfo(BaseModel):
         None, description="single: one user turn; stayed with or switched from the previous expert")
     context_reason: str | None = Field(None, description="the conversation's part of the decision, in words")
     session: bool | None = Field(None, description="a session's remembered expert took part")
+    matched: Literal["example", "capability"] | None = Field(
+        None, description="what of the best expert decided: its nearest example or capability")
+    matched_text: str | None = Field(None, description="that example or capability")
+    matched_similarity: float | None = Field(None, description="its cosine similarity to the query")
 
 
 class Usage(BaseModel):
@@ -190,6 +194,7 @@ class ModelCard(BaseModel):
     owned_by: str = "switchyard"
     kind: Literal["router", "generalist", "adapter", "retriever"]
     description: str = ""
+    capabilities: list[str] = Field(default_factory=list, description="what the expert says it handles")
 
 
 class ModelList(BaseModel):
@@ -336,6 +341,7 @@ class ExpertOut(BaseModel):
     kind: str
     adapter_path: str | None = None
     examples: list[str]
+    capabilities: list[str] = Field(default_factory=list)
     version: int
     state: Literal["ready", "indexing", "failed"]
     active_requests: int

@@ -21,7 +21,7 @@ import torch
 
 from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
-from routers.base import Decision, Router
+from routers.base import Decision, Router, nearest_evidence
 from routers.batching import MicroBatcher
 from routers.calibration import FallbackRule
 from routers.conversation import (
@@ -37,7 +37,7 @@ from routers.conversation import (
 )
 from routers.embedding_cache import EmbeddingCache
 from routers.encoder import QueryEncoder
-from server.conversation import context_fields
+from server.conversation import context_fields, evidence_fields
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import RoutingInfo
@@ -140,6 +140,7 @@ class RoutingService:
         decision = decide_conversation(self._router, snapshot.index, turns, vectors, self._neutral, self.context,
                                        self.rule, top_n, previous)
         decision = _apply_generalist_feedback(decision, vectors[-1], snapshot.generalist_vectors)
+        decision = _with_evidence(decision, snapshot, vectors[[not t.assistant for t in turns]])
         elapsed = time.perf_counter() - started
         self._metrics.routing_latency.observe(elapsed)
         return decision, snapshot, elapsed * 1000.0
@@ -254,6 +255,7 @@ class RoutingService:
             registry_version=version,
             routing_ms=round(routing_ms, 3),
             **context_fields(decision.context),
+            **evidence_fields(decision.evidence),
         )
 
     def _pinned(self, name: str) -> Target:
@@ -286,6 +288,16 @@ class RoutingService:
             expert=expert, kind=kind, score=None, runner_up=None, runner_up_score=None, fallback=fallback,
             reason=reason, router="pinned", threshold=None, registry_version=version, routing_ms=0.0,
         )
+
+def _with_evidence(decision: Decision, snapshot: Snapshot, user_vectors: torch.Tensor) -> Decision:
+    """Say which example or capability of the best expert matched (on fallback too: why it was close)."""
+    best = snapshot.experts.get(decision.ranking[0].name) if decision.ranking else None
+    if best is None:
+        return decision
+    spec = best.spec
+    return replace(decision, evidence=nearest_evidence(best.example_embeddings, spec.routing_texts(),
+                                                       len(spec.examples), user_vectors))
+
 
 def _apply_generalist_feedback(decision: Decision, query: torch.Tensor, generalist: torch.Tensor | None) -> Decision:
     """Fall back when the query is at least as close to a query that feedback gave to the generalist as to

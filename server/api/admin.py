@@ -68,7 +68,7 @@ def _out(expert: Expert, state: AppState) -> ExpertOut:
     job = state.indexing.pending(spec.name)
     return ExpertOut(
         name=spec.name, description=spec.description, kind=spec.kind, adapter_path=spec.adapter_path,
-        examples=list(spec.examples), version=expert.version, state="ready",
+        examples=list(spec.examples), capabilities=list(spec.capabilities), version=expert.version, state="ready",
         active_requests=expert.leases,
         tier=state.backend.residency(expert.backend_key) if resource.files is not None else None,
         registered_at=expert.registered_at, generator=spec.generator, index=index,
@@ -79,8 +79,8 @@ def _out(expert: Expert, state: AppState) -> ExpertOut:
 def _pending_out(spec: ExpertSpec, job: IndexingJob) -> ExpertOut:
     """A retriever whose first index is still being built: listed, not routable."""
     return ExpertOut(name=spec.name, description=spec.description, kind=spec.kind, examples=list(spec.examples),
-                     version=0, state="indexing", active_requests=0, registered_at=None, generator=spec.generator,
-                     job=_job_out(job))
+                     capabilities=list(spec.capabilities), version=0, state="indexing", active_requests=0,
+                     registered_at=None, generator=spec.generator, job=_job_out(job))
 
 
 @api.get("/experts")

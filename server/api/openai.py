@@ -56,7 +56,7 @@ async def list_models(state: State) -> ModelList:
     ]
     for expert in sorted(state.registry.snapshot.experts.values(), key=lambda e: e.name):
         cards.append(ModelCard(id=expert.name, created=int(expert.registered_at), kind=expert.spec.kind,
-                               description=expert.spec.description))
+                               description=expert.spec.description, capabilities=list(expert.spec.capabilities)))
     return ModelList(data=cards)
 
 

@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         spec.add_argument("name")
         spec.add_argument("--kind", choices=["adapter", "retriever"], default="adapter")
         spec.add_argument("--description", default="")
-        spec.add_argument("--examples", type=Path, required=True, help="text file: one example query per line")
+        spec.add_argument("--examples", type=Path, help="text file: one example query per line")
+        spec.add_argument("--capabilities", type=Path,
+                          help="text file: one capability phrase per line (what the expert handles)")
         spec.add_argument("--adapter", help="adapter: directory on the server, under its adapter roots")
         spec.add_argument("--upload", type=Path, help="adapter: local directory or .zip/.tar.gz to upload")
         spec.add_argument("--documents", type=Path, help="retriever: local JSONL file of documents to upload")
@@ -67,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _lines(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def _publish(connection: Connection, args: argparse.Namespace) -> dict[str, Any]:
-    examples = [line.strip() for line in args.examples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.examples is None and args.capabilities is None:
+        raise CommandFailed(EXIT_REFUSED, "an expert needs --examples or --capabilities (or both)")
     spec: dict[str, Any] = {"name": args.name, "kind": args.kind, "description": args.description,
-                            "examples": examples}
+                            "examples": _lines(args.examples), "capabilities": _lines(args.capabilities)}
     if args.kind == "adapter":
         if bool(args.adapter) == bool(args.upload):
             raise CommandFailed(EXIT_REFUSED, "an adapter expert needs exactly one of --adapter and --upload")
@@ -136,6 +145,7 @@ def _print_one(expert: dict[str, Any]) -> None:
     if expert.get("index"):
         index = expert["index"]
         print(f"{'index':>16}: {index['documents']} documents, {index['chunks']} chunks, encoder {index['encoder']}")
+    print(f"{'capabilities':>16}: {', '.join(expert.get('capabilities', [])) or '-'}")
     print(f"{'examples':>16}: {len(expert.get('examples', []))}")
     for example in expert.get("examples", [])[:10]:
         print(f"{'':>18}- {example}")

@@ -80,7 +80,7 @@ class RoutingIngress:
         for entry in entries:
             cached = self._vectors.get(entry.model_id)
             if cached is None:
-                cached = await asyncio.to_thread(self._encoder.encode, entry.spec["examples"])
+                cached = await asyncio.to_thread(self._encoder.encode, ExpertSpec(**entry.spec).routing_texts())
             vectors[entry.model_id] = cached
         index = self._router.build_index([ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
         self._vectors, self._entries, self._index, self._version = vectors, {e.name: e for e in entries}, index, version
@@ -191,7 +191,8 @@ class RoutingIngress:
         version, entries = await self._catalogue.snapshot.remote()
         return {"registry_version": version,
                 "experts": [{"name": e.name, "version": e.version, "model_id": e.model_id,
-                             "description": e.spec.get("description", ""), "examples": len(e.spec["examples"])}
+                             "description": e.spec.get("description", ""), "examples": len(e.spec["examples"]),
+                             "capabilities": e.spec.get("capabilities", [])}
                             for e in entries]}
 
     @api.post("/admin/experts", status_code=201)

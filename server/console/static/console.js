@@ -143,6 +143,7 @@ function startReplace(expert) {
   $("f-kind").value = expert.kind === "retriever" ? "retriever" : "adapter";
   $("f-description").value = expert.description || "";
   $("f-examples").value = (expert.examples || []).join("\n");
+  $("f-capabilities").value = (expert.capabilities || []).join("\n");
   $("f-adapter-path").value = expert.adapter_path || "";
   $("f-generator").value = expert.generator || "";
   toggleKind();
@@ -173,8 +174,9 @@ async function submitExpert(event) {
   const kind = $("f-kind").value;
   const archive = kind === "adapter" ? $("f-adapter-file").files[0] : null;
   const uploadPath = `/admin/adapters/${encodeURIComponent(name)}`;
-  const spec = {name, kind, description: $("f-description").value.trim(),
-                examples: $("f-examples").value.split("\n").map((s) => s.trim()).filter(Boolean)};
+  const lines = (id) => $(id).value.split("\n").map((s) => s.trim()).filter(Boolean);
+  const spec = {name, kind, description: $("f-description").value.trim(), examples: lines("f-examples"),
+                capabilities: lines("f-capabilities")};
   $("f-submit").disabled = true;
   try {
     if (kind === "adapter") {
@@ -264,6 +266,7 @@ async function tryQuery(event) {
         : `Routed to ${d.expert} (score ${fmt(d.score)}, runner-up ${d.runner_up || "–"} ` +
           `${fmt(d.runner_up_score)}): ${d.reason}.`;
     if (d.context && d.context !== "single") $("try-decision").textContent += ` Conversation: ${d.context_reason}.`;
+    if (d.matched) $("try-decision").textContent += ` Nearest ${d.matched}: “${d.matched_text}”.`;
     const target = model === "auto" ? d.expert : model;
     if ((model === "auto" ? d.kind : kindOf(target)) === "retriever") await showPassages(messages, model);
     await streamAnswer(messages, model);
