@@ -6,6 +6,8 @@ Experts are SGD's 16 train domains, each with 20 or 200 example user turns drawn
 - `mean of last two user turns`: their mean embedding (the anchor's second row);
 - `context, user turns only`: routers/conversation.py reading user turns alone;
 - `context (default)`: routers/conversation.py with its default parameters (assistant turns included);
+- `context + domain-name capability`: the default context, each expert also given its SGD domain name as
+  a capability ("RentalCars" -> "rental cars"; SGD's files carry no intent names);
 - `context (calibrated on dev)`: its parameters and the fallback rule fitted on dev (`fit_context`), as
   `switchyard calibrate` does on a conversation file.
 Columns: accuracy with no fallback on all in-scope turns, opening turns, follow-ups (same domain as the
@@ -28,6 +30,7 @@ import argparse
 import json
 import math
 import random
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -80,6 +83,11 @@ def examples_by_domain(train: list[dict], per_domain: int) -> dict[str, list[str
 ACCURACY_BUDGET = 0.03  # the fallback may cost at most 3 points of in-scope accuracy (the issue's goal)
 
 
+def domain_phrase(domain: str) -> str:
+    """SGD's domain name as a capability phrase: "RentalCars" -> "rental cars"."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", domain).lower()
+
+
 def report(name: str, queries: list[ScoredQuery], kinds: list[str]) -> dict:
     """Accuracy per kind of turn with no fallback, then with a fallback rule fitted on these turns."""
     row: dict = {"method": name}
@@ -120,10 +128,15 @@ def main() -> None:
     user_only = replace(default, assistant_temperature=math.inf)
     neutral_all = neutral_turns(vectors, neutral_vectors, default.neutral_similarity)
     rows, fitted = [], {}
+    capabilities = encoder.encode([domain_phrase(n) for n in names])
     for per_domain, pool in pools.items():
         router = create_router(POLICY[0], threshold=0.0, params=POLICY[1])
         index = router.build_index([ExpertVectors(n, vectors[[row_of[t] for t in pool[n]]]) for n in names])
         per_text = router.score(vectors, index).float()
+        with_capabilities = router.build_index([
+            ExpertVectors(n, torch.cat([vectors[[row_of[t] for t in pool[n]]], capabilities[i:i + 1]]))
+            for i, n in enumerate(names)])
+        per_text_capabilities = router.score(vectors, with_capabilities).float()
 
         def packed(params: ContextParams, per_text: torch.Tensor = per_text) -> LabelledTurns:
             windows = [window(case.turns, params.max_turns) for case in cases]
@@ -142,6 +155,8 @@ def main() -> None:
             for label, v, i in zip(labels, two.values.tolist(), two.indices.tolist(), strict=True)]))
         methods.append(("context, user turns only", scored_turns(packed(user_only), names, user_only)))
         methods.append(("context (default)", scored_turns(packed(default), names, default)))
+        methods.append(("context + domain-name capability", scored_turns(
+            packed(default, per_text_capabilities), names, default)))
         params, _, queries = fit_context(packed(default), names, default, ACCURACY_BUDGET)
         fitted[per_domain] = params.as_dict()
         methods.append(("context (calibrated on dev)", queries))

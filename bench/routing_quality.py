@@ -1,7 +1,9 @@
 """Routing quality on CLINC150 collapsed to its 10 domains (one expert per domain, `oos` = generalist).
 
-For 5, 20, 100 and all training examples per domain (sampled with a fixed seed), every policy is built
-from those examples and scored on `test`: in-scope domain accuracy with no fallback. Then the fallback
+For 0, 5, 20, 100 and all training examples per domain (sampled with a fixed seed), every policy is built
+from those examples, without and with capabilities (each domain's 15 intent names, underscores turned into
+spaces, registered as the expert's `capabilities`; 0 examples: capabilities alone), and scored on `test`:
+in-scope domain accuracy with no fallback. Then the fallback
 rule is fitted on `val` + `oos_val` only (`routers.calibration`) and reported on `test` + `oos_test`:
 in-scope accuracy counting a fallback as wrong, out-of-scope recall, and the AUROC of the abstain score
 (minus the best routing score). Prints a markdown table and writes JSON.
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "clinc150"
 POLICIES = [("centroid", {}), ("knn", {"k": 3, "aggregation": "mean"}), ("knn", {"k": 10, "aggregation": "mean"}),
             ("prototypes", {"prototypes": 8}), ("linear", {})]
-SIZES = (5, 20, 100, None)
+SIZES = (0, 5, 20, 100, None)
 
 
 def load_clinc() -> tuple[dict, dict[str, str]]:
@@ -45,6 +47,13 @@ def load_split(encoder: QueryEncoder, rows: list[list[str]], domain_of: dict[str
     labels = [domain_of.get(intent, OUT_OF_SCOPE) for _, intent in rows]
     vectors = torch.cat([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
     return vectors, labels
+
+
+def capability_vectors(encoder: QueryEncoder) -> dict[str, torch.Tensor]:
+    """Each domain's intent names as capability phrases ("freeze_account" -> "freeze account"), embedded."""
+    domains = json.loads((DATA / "domains.json").read_text())
+    return {domain: encoder.encode([intent.replace("_", " ") for intent in intents])
+            for domain, intents in domains.items()}
 
 
 def sample_experts(vectors: torch.Tensor, labels: list[str], per_domain: int | None) -> list[ExpertVectors]:
@@ -81,9 +90,13 @@ def main() -> None:
     val = load_split(encoder, data["val"] + data["oos_val"], domain_of)
     test = load_split(encoder, data["test"] + data["oos_test"], domain_of)
     print(f"encoded {len(train[1]) + len(val[1]) + len(test[1])} queries in {time.time() - started:.0f} s\n")
+    capabilities = capability_vectors(encoder)
     rows = []
-    for per_domain in SIZES:
-        experts = sample_experts(*train, per_domain)
+    for per_domain, with_capabilities in [(n, c) for n in SIZES for c in (False, True) if n != 0 or c]:
+        experts = sample_experts(*train, per_domain if per_domain != 0 else 1)
+        experts = [ExpertVectors(e.name, torch.cat(([e.vectors] if per_domain != 0 else [])
+                                                   + ([capabilities[e.name]] if with_capabilities else [])))
+                   for e in experts]
         for name, params in POLICIES:
             router = create_router(name, threshold=0.0, params=params)
             index = router.build_index(experts)
@@ -98,17 +111,20 @@ def main() -> None:
             area = auroc([-q.score for q in test_scored if q.label == OUT_OF_SCOPE],
                          [-q.score for q in in_scope])
             rows.append({
-                "examples_per_expert": per_domain or "all", "policy": name, "params": params,
+                "examples_per_expert": "all" if per_domain is None else per_domain, "capabilities": with_capabilities,
+                "policy": name, "params": params,
                 "in_scope_accuracy": sum(q.best == q.label for q in in_scope) / len(in_scope),
                 "calibrated_in_scope_accuracy": accuracy_with_fallback, "oos_recall": oos_recall,
                 "abstain_auroc": area, "margin": rule.margin, "global_threshold": rule.threshold,
                 "background_fit_s": fit_seconds,
             })
-    print("| examples / expert | policy | in-scope acc. | with fallback: in-scope acc. | OOS recall | AUROC |")
-    print("|---|---|---|---|---|---|")
+    print("| examples / expert | capabilities | policy | in-scope acc. | with fallback: in-scope acc. | OOS recall "
+          "| AUROC |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         label = r["policy"] + (f" {r['params']}" if r["params"] else "")
-        print(f"| {r['examples_per_expert']} | {label} | {r['in_scope_accuracy']:.1%} | "
+        print(f"| {r['examples_per_expert']} | {'yes' if r['capabilities'] else 'no'} | {label} | "
+              f"{r['in_scope_accuracy']:.1%} | "
               f"{r['calibrated_in_scope_accuracy']:.1%} | {r['oos_recall']:.1%} | {r['abstain_auroc']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "routing_quality", "rows": rows}, indent=2))
