@@ -1,9 +1,10 @@
 """Routing quality on CLINC150 collapsed to its 10 domains (one expert per domain, `oos` = generalist).
 
 For 0, 5, 20, 100 and all training examples per domain (sampled with a fixed seed), every policy is built
-from those examples, without and with capabilities (each domain's 15 intent names, underscores turned into
-spaces, registered as the expert's `capabilities`; 0 examples: capabilities alone), and scored on `test`:
-in-scope domain accuracy with no fallback. Then the fallback
+from those examples, without and with capabilities: each domain's 15 intent names, underscores turned into
+spaces (0 examples: capabilities alone), or at 5, 20 and 100 examples the up to 15 phrases that
+`routers/capability_suggestions.py` suggests from the same sampled examples. Scored on `test`: in-scope
+domain accuracy with no fallback. Then the fallback
 rule is fitted on `val` + `oos_val` only (`routers.calibration`) and reported on `test` + `oos_test`:
 in-scope accuracy counting a fallback as wrong, out-of-scope recall, and the AUROC of the abstain score
 (minus the best routing score). Prints a markdown table and writes JSON.
@@ -24,6 +25,7 @@ import torch
 
 from routers.base import ExpertVectors, Router
 from routers.calibration import ScoredQuery, fit_fallback_rule, outcome
+from routers.capability_suggestions import suggest_capabilities
 from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.evaluation import OUT_OF_SCOPE, auroc
 from routers.policies import create_router
@@ -56,16 +58,25 @@ def capability_vectors(encoder: QueryEncoder) -> dict[str, torch.Tensor]:
             for domain, intents in domains.items()}
 
 
-def sample_experts(vectors: torch.Tensor, labels: list[str], per_domain: int | None) -> list[ExpertVectors]:
+def sample_rows(labels: list[str], per_domain: int | None) -> dict[str, list[int]]:
+    """Each domain's training rows: all of them, or `per_domain` drawn with a fixed seed."""
     by_domain: dict[str, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_domain[label].append(i)
     rng = random.Random(0)
-    experts = []
-    for domain in sorted(by_domain):
-        rows = by_domain[domain] if per_domain is None else rng.sample(by_domain[domain], per_domain)
-        experts.append(ExpertVectors(domain, vectors[rows]))
-    return experts
+    return {domain: by_domain[domain] if per_domain is None else rng.sample(by_domain[domain], per_domain)
+            for domain in sorted(by_domain)}
+
+
+def sample_experts(vectors: torch.Tensor, labels: list[str], per_domain: int | None) -> list[ExpertVectors]:
+    return [ExpertVectors(domain, vectors[rows]) for domain, rows in sample_rows(labels, per_domain).items()]
+
+
+def suggested_vectors(encoder: QueryEncoder, texts: list[str], rows: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Capabilities suggested from each domain's sampled examples (routers/capability_suggestions.py)."""
+    by_domain = {domain: [texts[i] for i in chosen] for domain, chosen in rows.items()}
+    return {domain: encoder.encode(suggest_capabilities(domain, by_domain) or [by_domain[domain][0]])
+            for domain in by_domain}
 
 
 def scored(router: Router, index, vectors: torch.Tensor, labels: list[str]) -> list[ScoredQuery]:  # noqa: ANN001
@@ -90,12 +101,18 @@ def main() -> None:
     val = load_split(encoder, data["val"] + data["oos_val"], domain_of)
     test = load_split(encoder, data["test"] + data["oos_test"], domain_of)
     print(f"encoded {len(train[1]) + len(val[1]) + len(test[1])} queries in {time.time() - started:.0f} s\n")
-    capabilities = capability_vectors(encoder)
+    intent_names = capability_vectors(encoder)
+    train_texts = [text for text, _ in data["train"]]
     rows = []
-    for per_domain, with_capabilities in [(n, c) for n in SIZES for c in (False, True) if n != 0 or c]:
+    cases = [(n, c) for n in SIZES for c in ("no", "intent names", "suggested")
+             if (n != 0 or c == "intent names") and (c != "suggested" or n in (5, 20, 100))]
+    for per_domain, with_capabilities in cases:
         experts = sample_experts(*train, per_domain if per_domain != 0 else 1)
+        capabilities = (intent_names if with_capabilities == "intent names" else
+                        suggested_vectors(encoder, train_texts, sample_rows(train[1], per_domain))
+                        if with_capabilities == "suggested" else {})
         experts = [ExpertVectors(e.name, torch.cat(([e.vectors] if per_domain != 0 else [])
-                                                   + ([capabilities[e.name]] if with_capabilities else [])))
+                                                   + ([capabilities[e.name]] if e.name in capabilities else [])))
                    for e in experts]
         for name, params in POLICIES:
             router = create_router(name, threshold=0.0, params=params)
@@ -123,7 +140,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         label = r["policy"] + (f" {r['params']}" if r["params"] else "")
-        print(f"| {r['examples_per_expert']} | {'yes' if r['capabilities'] else 'no'} | {label} | "
+        print(f"| {r['examples_per_expert']} | {r['capabilities']} | {label} | "
               f"{r['in_scope_accuracy']:.1%} | "
               f"{r['calibrated_in_scope_accuracy']:.1%} | {r['oos_recall']:.1%} | {r['abstain_auroc']:.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -353,6 +353,11 @@ class ExpertOut(BaseModel):
     job: IndexingJobOut | None = None
 
 
+class SuggestedCapabilities(BaseModel):
+    name: str
+    suggestions: list[str] = Field(description="key phrases of the expert's examples, best first")
+
+
 class DocumentList(BaseModel):
     object: Literal["list"] = "list"
     expert: str

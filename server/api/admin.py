@@ -15,7 +15,8 @@ from experts.adapter_store import unpack_adapter_archive
 from experts.errors import AdapterRejected, EncoderRejected, ExpertNotFound
 from experts.registry import Expert
 from experts.retrieval.documents import Document, parse_jsonl
-from experts.spec import EXPERT_NAME_PATTERN, ExpertSpec
+from experts.spec import EXPERT_NAME_PATTERN, MAX_CAPABILITIES, ExpertSpec
+from routers.capability_suggestions import suggest_capabilities
 from server import calibration_service
 from server.api.deps import AdminAccess, State
 from server.errors import APIError
@@ -38,6 +39,7 @@ from server.protocol import (
     FeedbackOut,
     IndexInfo,
     IndexingJobOut,
+    SuggestedCapabilities,
 )
 from server.state import AppState
 
@@ -106,6 +108,21 @@ async def get_expert(name: str, state: State) -> ExpertOut:
     if expert is None:
         raise ExpertNotFound(f"no expert named {name!r}")
     return _out(expert, state)
+
+
+@api.get("/experts/{name}/suggested-capabilities")
+async def suggested_capabilities(name: str, state: State,
+                                 count: int = Query(15, ge=1, le=MAX_CAPABILITIES)) -> SuggestedCapabilities:
+    """Key phrases of this expert's examples that other experts' examples lack, for the operator to review
+    and accept (as `capabilities` in a replace); nothing changes until then. Measured in the README."""
+    snapshot = state.registry.snapshot
+    expert = snapshot.experts.get(name)
+    if expert is None:
+        raise ExpertNotFound(f"no expert named {name!r}")
+    texts = {e.name: e.spec.routing_texts() for e in snapshot.experts.values()}
+    texts[name] = list(expert.spec.examples)  # suggest from the examples, not from existing capabilities
+    phrases = suggest_capabilities(name, texts, count)
+    return SuggestedCapabilities(name=name, suggestions=[p for p in phrases if p not in expert.spec.capabilities])
 
 
 @api.post("/experts", status_code=201, response_model=None)

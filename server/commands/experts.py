@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         spec.add_argument("--generator", help="retriever: adapter expert that writes grounded answers")
         spec.add_argument("--no-wait", action="store_true", help="retriever: return while indexing runs")
         add_connection_arguments(spec)
+    suggest = actions.add_parser("suggest", help="capability phrases suggested from an expert's examples")
+    suggest.add_argument("name")
+    suggest.add_argument("--count", type=int, default=15)
+    add_connection_arguments(suggest)
     remove = actions.add_parser("remove", help="remove an expert (running requests finish first)")
     remove.add_argument("name")
     add_connection_arguments(remove)
@@ -57,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
             emit(args, connection.call("GET", "/admin/experts"), _print_list)
         elif args.action == "show":
             emit(args, connection.call("GET", f"/admin/experts/{args.name}"), _print_one)
+        elif args.action == "suggest":
+            emit(args, connection.call("GET", f"/admin/experts/{args.name}/suggested-capabilities",
+                                       params={"count": args.count}),
+                 lambda r: print("\n".join(r["suggestions"]) or "(no suggestions)"))
         elif args.action == "remove":
             connection.call("DELETE", f"/admin/experts/{args.name}")
             emit(args, {"name": args.name, "removed": True}, lambda _: print(f"removed {args.name}"))

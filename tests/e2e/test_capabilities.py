@@ -38,6 +38,10 @@ def test_a_capability_routes_a_query_the_examples_alone_misroute(admin: httpx.Cl
     assert admin.post("/admin/experts", json=spec("gardening", GARDEN_EXAMPLES, [])).status_code == 201
     try:
         assert route(http, MOWER_QUERY)["expert"] != "gardening"
+        suggested = admin.get("/admin/experts/gardening/suggested-capabilities").json()["suggestions"]
+        words = " ".join(GARDEN_EXAMPLES).lower()
+        assert suggested and all(phrase in words for phrase in suggested)  # drawn from its own examples
+        assert admin.get("/admin/experts/nobody/suggested-capabilities").status_code == 404
         replaced = admin.put("/admin/experts/gardening", json=spec("gardening", GARDEN_EXAMPLES, GARDEN_CAPABILITIES))
         assert replaced.status_code == 200 and replaced.json()["capabilities"] == GARDEN_CAPABILITIES
         decision = route(http, MOWER_QUERY)
