@@ -55,7 +55,7 @@ def _wait_ready(base_url: str, timeout: float = 120) -> None:
 
 def _spec(expert: dict) -> dict:
     return {"name": expert["name"], "description": expert["description"], "examples": expert["examples"],
-            "adapter_path": str(REPO / "demo" / expert["adapter_path"])}
+            "capabilities": expert["capabilities"], "adapter_path": str(REPO / "demo" / expert["adapter_path"])}
 
 
 def _chat(client: openai.OpenAI, query: str, model: str = "auto") -> dict:
@@ -85,6 +85,8 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     added = admin.post("/admin/experts", json=_spec(experts["sql"]))
     assert added.status_code == 201, added.text
     assert added.json()["model_id"] == "sql@1"
+    listed = admin.get("/admin/experts").json()["experts"]
+    assert listed[0]["capabilities"] == experts["sql"]["capabilities"]
 
     # Same expert, sequential requests: the first loads it somewhere, the rest find it already there.
     sql_query = experts["sql"]["held_out"][0]
@@ -118,6 +120,14 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     math = _chat(client, experts["math"]["held_out"][0])
     assert (math["expert"], math["registry_version"]) == ("math", version + 1)
     assert {m.id for m in client.models.list()} >= {"sql", "math", "base", "auto"}
+
+    # The ingress routes on the conversation, as one machine does: a vague follow-up stays with sql.
+    follow_up = "Thanks. And what about last year?"
+    assert admin.post("/v1/route", json={"query": follow_up}).json()["decision"]["expert"] != "sql"
+    in_context = admin.post("/v1/route", json={"messages": [
+        {"role": "user", "content": sql_query}, {"role": "assistant", "content": "SELECT ..."},
+        {"role": "user", "content": follow_up}]}).json()["decision"]
+    assert (in_context["expert"], in_context["context"], in_context["previous_expert"]) == ("sql", "stayed", "sql")
 
     # Kill every expert replica: Ray Serve starts new ones, which load the experts from the catalogue.
     pids = _expert_replica_pids()
