@@ -8,13 +8,19 @@ within a size bound, so a crafted archive cannot write anywhere else (no travers
 
 from __future__ import annotations
 
+import bz2
 import io
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFiles
 from experts.errors import AdapterRejected, ManifestError
@@ -50,7 +56,7 @@ class AdapterStore:
         except OSError as exc:
             raise ManifestError(f"could not copy the adapter into the data directory: {exc}") from exc
         _publish_directory(staging, target)
-        return AdapterFiles(directory=target, rank=files.rank, target_modules=files.target_modules)
+        return replace(files, directory=target)
 
     def discard(self, key: str) -> None:
         shutil.rmtree(self.path_for(key), ignore_errors=True)
@@ -90,32 +96,80 @@ def _take(name: str, size: int, budget: list[int]) -> str | None:
 
 
 def _read_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
+    """Only the wanted members are decompressed, each bounded by its declared size."""
     budget, out = [max_bytes], {}
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            base = _take(info.filename, info.file_size, budget)
-            if base is not None:
-                with archive.open(info) as member:
-                    content = member.read(info.file_size + 1)
-                if len(content) != info.file_size:
-                    raise AdapterRejected(f"archive member {info.filename!r} is not the size it declares")
-                out[base] = content
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                base = _take(info.filename, info.file_size, budget)
+                if base is not None:
+                    with archive.open(info) as member:
+                        content = member.read(info.file_size + 1)
+                    if len(content) != info.file_size:
+                        raise AdapterRejected(f"archive member {info.filename!r} is not the size it declares")
+                    out[base] = content
+    except AdapterRejected:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, EOFError, OSError,
+            ValueError, zlib.error, lzma.LZMAError) as exc:  # bad CRC, encrypted, unknown method, truncated
+        raise AdapterRejected(f"the zip archive is damaged or unsupported: {exc}") from exc
     return out
 
 
 def _read_tar(data: bytes, max_bytes: int) -> dict[str, bytes]:
+    """The whole stream is decompressed under a bound first: a tar's skipped members are decompressed
+    too, so a member that declares 16 GiB would otherwise cost minutes of CPU before any check."""
     budget, out = [max_bytes], {}
+    plain = _decompress_bounded(data, max_bytes + _TAR_OVERHEAD)
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-            for member in archive.getmembers():
+        with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as archive:
+            for member in archive:
                 if not member.isfile():
                     continue  # links, devices and directories are never unpacked
                 base = _take(member.name, member.size, budget)
                 if base is not None:
                     extracted = archive.extractfile(member)
-                    out[base] = extracted.read() if extracted is not None else b""
-    except tarfile.TarError as exc:
-        raise AdapterRejected(f"the upload is neither a zip nor a tar archive: {exc}") from exc
+                    content = extracted.read() if extracted is not None else b""
+                    if len(content) != member.size:
+                        raise AdapterRejected(f"archive member {member.name!r} is truncated")
+                    out[base] = content
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise AdapterRejected(f"the upload is neither a zip nor a readable tar archive: {exc}") from exc
     return out
+
+
+_TAR_OVERHEAD = 1 << 20  # headers and padding of a small tar, beyond the members' own bytes
+
+
+def _decompress_bounded(data: bytes, limit: int) -> bytes:
+    """gzip, bzip2 or xz (or none) by magic number, stopping as soon as the output passes `limit`."""
+    if data[:2] == b"\x1f\x8b":
+        make: Callable[[], Any] = lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # noqa: E731
+    elif data[:3] == b"BZh":
+        make = bz2.BZ2Decompressor
+    elif data[:6] == b"\xfd7zXZ\x00":
+        make = lzma.LZMADecompressor
+    else:
+        return data
+    out = bytearray()
+    pending = data
+    try:
+        while pending.strip(b"\x00"):  # concatenated streams (pigz, pbzip2) one after another
+            decompressor = make()
+            feed = pending
+            while not decompressor.eof:
+                out += decompressor.decompress(feed, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise AdapterRejected(f"the archive decompresses to more than the allowed {limit} bytes")
+                feed = getattr(decompressor, "unconsumed_tail", b"")  # zlib keeps unread input there
+                starved = decompressor.needs_input if hasattr(decompressor, "needs_input") else not feed
+                if starved and not decompressor.eof:
+                    raise AdapterRejected("the compressed archive is truncated")
+            pending = decompressor.unused_data
+    except AdapterRejected:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        raise AdapterRejected(f"the compressed archive is damaged: {exc}") from exc
+    return bytes(out)

@@ -9,7 +9,9 @@ in one call on a worker thread, and hands each caller its row. A lone request wa
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import torch
 
@@ -17,8 +19,10 @@ Encode = Callable[[list[str]], torch.Tensor]
 
 
 class MicroBatcher:
-    def __init__(self, encode: Encode, max_batch: int = 64, max_wait_ms: float = 2.0) -> None:
+    def __init__(self, encode: Encode, max_batch: int = 64, max_wait_ms: float = 2.0,
+                 executor: Executor | None = None) -> None:
         self._encode = encode
+        self._executor = executor  # the server's routing lane; None: asyncio's default pool
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self._pending: list[tuple[str, asyncio.Future[torch.Tensor]]] = []
@@ -54,7 +58,7 @@ class MicroBatcher:
                 self._wakeup.set()
             self._busy = True
             try:
-                vectors = await asyncio.to_thread(self._encode, [text for text, _ in batch])
+                vectors = await self._run_encode([text for text, _ in batch])
             except Exception:
                 # One bad query must not fail the requests that happened to share its batch: encode each
                 # alone, so only the query that raises gets the error. The batcher lives on either way.
@@ -70,13 +74,17 @@ class MicroBatcher:
     async def _encode_each(self, batch: list[tuple[str, asyncio.Future[torch.Tensor]]]) -> None:
         for text, future in batch:
             try:
-                vector = (await asyncio.to_thread(self._encode, [text]))[0]
+                vector = (await self._run_encode([text]))[0]
             except Exception as exc:
                 if not future.done():
                     future.set_exception(exc)
                 continue
             if not future.done():
                 future.set_result(vector)
+
+    async def _run_encode(self, texts: list[str]) -> torch.Tensor:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(self._encode, texts))
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -34,6 +34,7 @@ from server.errors import install_error_handlers
 from server.feedback_service import FeedbackService
 from server.grounding import GroundingService
 from server.indexing_service import IndexingService
+from server.lanes import Lanes
 from server.limits import BodySizeLimit
 from server.metrics import Metrics
 from server.retrieval_service import RetrievalService
@@ -82,16 +83,17 @@ async def build_state(settings: Settings) -> AppState:
     )
     await registry.restore()
     segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
-    indexing = IndexingService(registry, encoders, segments, settings, metrics)
+    lanes = Lanes(lambda: shared_encoder(settings, device, threads=1))
+    indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes)
     await seed_registry(registry, indexing, settings.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
-    batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms)
+    batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms, lanes.routing)
     sessions = (SessionStore(settings.session_max_entries, settings.session_ttl_seconds)
                 if settings.session_affinity else None)
     routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name,
                              context=settings.conversation_context(),
-                             cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions)
+                             cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions, lanes=lanes)
     restore_rule(manifest, routing)
     admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
     metrics.requests_in_flight.set_function(lambda: admission.in_flight)
@@ -102,12 +104,13 @@ async def build_state(settings: Settings) -> AppState:
     retrieval = RetrievalService(routing, registry, settings, metrics)
     grounding = GroundingService(retrieval, registry, settings.generalist_name)
     chat = ChatService(routing, backend, settings, metrics, admission, grounding)
-    embeddings = EmbeddingService(retrieval, routing, encoder)
+    bulk_admission = Admission(1, settings.max_queued_bulk_requests, settings.retry_after_seconds)
+    embeddings = EmbeddingService(retrieval, routing, encoder, lanes, bulk_admission, settings.max_embedding_tokens)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, settings.generalist_name)
     return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat, feedback,
-                    admission, indexing, retrieval, embeddings, time.time())
+                    admission, indexing, retrieval, embeddings, lanes, time.time())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -122,9 +125,12 @@ def create_app(settings: Settings) -> FastAPI:
             await state.indexing.close()
             await state.batcher.close()
             await state.backend.close()
+            state.lanes.close()
             state.manifest.close()
 
-    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+    # With inference keys set the server is not public, and its API description should not be either.
+    docs = {} if not settings.api_keys else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, **docs)
     app.state.draining = False  # set by the server on SIGTERM: /ready turns 503 while streams finish
     install_error_handlers(app)
     if settings.cors_origins:  # closed by default: browsers get no cross-origin access unless configured

@@ -57,10 +57,17 @@ def main(argv: list[str] | None = None) -> int:
 def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN202
     import os
 
+    from pydantic import ValidationError
+
     from server.settings import Settings
 
     config = args.config or (Path(os.environ["SWITCHYARD_CONFIG"]) if os.environ.get("SWITCHYARD_CONFIG") else None)
-    return Settings.load(config, **overrides)
+    try:
+        return Settings.load(config, **overrides)
+    except ValidationError as exc:  # one line per bad setting, not a traceback
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise CommandFailed(2, f"invalid settings, the server will not start: {problems}") from exc
 
 
 def _serve(args: argparse.Namespace) -> int:

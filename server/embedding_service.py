@@ -3,18 +3,24 @@
 With `auto` the first input routes (all inputs of one request share one encoder, so their vectors are
 comparable); the generalist's name gives the server's shared query encoder. The response's `model` and
 `switchyard` record say which encoder produced the vectors.
+
+Embeddings are bulk work and never compete with routing (server/lanes.py): a request is admitted (one
+encodes at a time, a few wait, the rest get 429), counted against a per-request token budget (400 over
+it: retrying cannot help), and encoded on the low-priority bulk lane, by the shared encoder's twin when
+the shared encoder was asked for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import torch
 
 from experts.retrieval.index import TextEmbedder
 from routers.conversation import Turn
+from server.admission import Admission
 from server.errors import APIError
+from server.lanes import Lanes
 from server.protocol import MAX_EMBEDDING_INPUTS, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.retrieval_service import RetrievalService
 from server.routing_service import AUTO_MODEL, RoutingService
@@ -23,10 +29,14 @@ MAX_INPUT_CHARS = 8000
 
 
 class EmbeddingService:
-    def __init__(self, retrieval: RetrievalService, routing: RoutingService, shared: TextEmbedder) -> None:
+    def __init__(self, retrieval: RetrievalService, routing: RoutingService, shared: TextEmbedder, lanes: Lanes,
+                 admission: Admission, max_tokens: int) -> None:
         self._retrieval = retrieval
         self._routing = routing
         self._shared = shared
+        self._lanes = lanes
+        self._admission = admission
+        self._max_tokens = max_tokens
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         texts = self._check(request)
@@ -50,7 +60,11 @@ class EmbeddingService:
         if request.dimensions is not None and request.dimensions != encoder.dim:
             raise APIError(400, f"{name!r} embeds into {encoder.dim} dimensions; 'dimensions' cannot change that",
                            "invalid_request_error", "unsupported_dimensions", "dimensions")
-        vectors, tokens = await asyncio.to_thread(_encode, encoder, texts)
+        slot = await self._admission.acquire()
+        try:
+            vectors, tokens = await self._lanes.on_bulk(self._encode, encoder, texts)
+        finally:
+            slot.release()
         data = [Embedding(index=i, embedding=_format(v, request.encoding_format)) for i, v in enumerate(vectors)]
         return EmbeddingResponse(data=data, model=name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
                                  switchyard=info)
@@ -68,9 +82,16 @@ class EmbeddingService:
         return texts
 
 
-def _encode(encoder: TextEmbedder, texts: list[str]) -> tuple[torch.Tensor, int]:
-    with torch.inference_mode():
-        return encoder.encode(texts).float().cpu(), encoder.count_tokens(texts)
+    def _encode(self, encoder: TextEmbedder, texts: list[str]) -> tuple[torch.Tensor, int]:
+        """On the bulk lane: count, refuse over budget, then encode."""
+        if encoder is self._shared:
+            encoder = self._lanes.bulk_encoder()
+        tokens = encoder.count_tokens(texts)
+        if tokens > self._max_tokens:
+            raise APIError(400, f"the inputs hold {tokens} tokens; one request may hold at most {self._max_tokens}",
+                           "invalid_request_error", "too_many_tokens", "input")
+        with torch.inference_mode():
+            return encoder.encode(texts).float().cpu(), tokens
 
 
 def _format(vector: torch.Tensor, encoding: str) -> list[float] | str:

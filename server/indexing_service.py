@@ -28,6 +28,7 @@ from experts.retrieval.store import SegmentStore, new_segment_id
 from experts.spec import ExpertSpec
 from server.encoder_pool import EncoderPool
 from server.errors import APIError
+from server.lanes import Lanes
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -58,8 +59,9 @@ class IndexingJob:
 
 class IndexingService:
     def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
-                 settings: Settings, metrics: Metrics) -> None:
+                 settings: Settings, metrics: Metrics, lanes: Lanes | None = None) -> None:
         self._registry = registry
+        self._lanes = lanes  # indexing is bulk work: on the low-priority lane when the server has one
         self._encoders = encoders
         self._segments = segments
         self._settings = settings
@@ -195,6 +197,13 @@ class IndexingService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _embed(self, encoder: TextEmbedder, texts: list[str]) -> torch.Tensor:
+        if self._lanes is None:
+            return await asyncio.to_thread(encoder.encode, texts)
+        lanes = self._lanes
+        return await lanes.on_bulk(lambda: (lanes.bulk_encoder() if encoder is self._encoders.shared
+                                            else encoder).encode(texts))
+
     async def _run(self, job: IndexingJob, encoder: TextEmbedder, chunks: list[Chunk],
                    publish: Callable[[Segment], Awaitable[Expert]]) -> None:
         try:
@@ -203,7 +212,7 @@ class IndexingService:
             batch = self._settings.indexing_batch_size
             for start in range(0, len(chunks), batch):
                 texts = [c.embedding_text() for c in chunks[start:start + batch]]
-                blocks.append(await asyncio.to_thread(encoder.encode, texts))
+                blocks.append(await self._embed(encoder, texts))
                 job.chunks_done = min(len(chunks), start + batch)
                 self._metrics.indexed_chunks.inc(len(texts))
             vectors = torch.cat(blocks) if blocks else torch.zeros(0, encoder.dim, device=encoder.device)

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(300.0, gt=0, description="a generation stops (length) after this")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, time running streams get to finish")
     max_prompt_tokens: int = Field(1536, ge=1)
+    # Bulk work (embeddings) runs one request at a time at low CPU priority (server/lanes.py); this many
+    # more may wait, and beyond that 429. An embeddings request may hold at most this many tokens.
+    max_queued_bulk_requests: int = Field(3, ge=0)
+    max_embedding_tokens: int = Field(16_384, ge=1)
 
     # Limits
     max_request_bytes: int = 1_000_000
@@ -139,6 +143,22 @@ class Settings(BaseSettings):
             file_values = _resolve_relative_paths(loaded, base)
         env_values = cls().model_dump(exclude_unset=True)
         return cls(**{**file_values, **env_values, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty token (`-e SWITCHYARD_ADMIN_TOKEN="$T"` with `$T` unset) would match an empty bearer."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("admin_token is empty or blank; unset SWITCHYARD_ADMIN_TOKEN to keep the admin API "
+                             "off, or set a real token")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_not_blank(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not key.get_secret_value().strip() for key in value):
+            raise ValueError("api_keys holds an empty or blank key, which would match an empty bearer; remove it")
+        return value
 
     @field_validator("context_params")
     @classmethod

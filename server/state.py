@@ -15,6 +15,7 @@ from server.console.sessions import ConsoleSessions
 from server.embedding_service import EmbeddingService
 from server.feedback_service import FeedbackService
 from server.indexing_service import IndexingService
+from server.lanes import Lanes
 from server.metrics import Metrics
 from server.retrieval_service import RetrievalService
 from server.routing_service import RoutingService
@@ -37,5 +38,6 @@ class AppState:
     indexing: IndexingService
     retrieval: RetrievalService
     embeddings: EmbeddingService
+    lanes: Lanes
     started_at: float
     console: ConsoleSessions = field(default_factory=ConsoleSessions)  # signed-in /console browsers

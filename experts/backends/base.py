@@ -80,6 +80,14 @@ class Backend(Protocol):
         """Stream the completion. Cancelling the iterator stops generation and frees its slot."""
         ...
 
+    async def base_checksum(self) -> str | None:
+        """A checksum of the shared base model's weights (None where the engine does not expose them)."""
+        ...
+
+    async def health(self) -> list[str]:
+        """What is wrong with the model now; empty when it serves correctly."""
+        ...
+
     async def close(self) -> None:
         """Release threads and memory."""
         ...

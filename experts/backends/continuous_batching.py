@@ -90,7 +90,7 @@ class BatchScheduler:
 
     # -- model thread ---------------------------------------------------------------------------------
 
-    def _forward(self, adapters_of_rows: list[str], **kwargs: Any) -> Any:
+    def forward(self, adapters_of_rows: list[str], **kwargs: Any) -> Any:
         """One forward pass for `rows`. With stacked LoRA (the default) every batch, mixed or not, is one
         pass of gathered matmuls (`stacked_lora.py`). Without it, PEFT's per-sample routing costs time in
         every LoRA layer, so a batch whose rows all use one adapter runs through PEFT's single-adapter path.
@@ -148,7 +148,7 @@ class BatchScheduler:
             past = self._cached_prefixes(rows, device) if cached else None
             if cached:
                 mask = torch.cat([torch.ones(len(rows), cached, dtype=torch.long, device=device), mask], dim=1)
-            out = self._forward([r.adapter for r in rows],
+            out = self.forward([r.adapter for r in rows],
                                 input_ids=torch.cat([_left_pad(r.prompt_ids[:, cached:], longest, 1) for r in rows]),
                                 attention_mask=mask, position_ids=positions, past_key_values=past)
         except Exception as exc:  # reaches these requests only
@@ -172,7 +172,7 @@ class BatchScheduler:
         missing = list(dict.fromkeys(r.adapter for r in rows if prefixes.get(r.adapter) is None))
         if missing:
             ids = torch.tensor([prefixes.prefix_ids] * len(missing), device=device)
-            out = self._forward(missing, input_ids=ids, attention_mask=torch.ones_like(ids),
+            out = self.forward(missing, input_ids=ids, attention_mask=torch.ones_like(ids),
                                 position_ids=torch.arange(ids.shape[1], device=device).expand_as(ids))
             for i, adapter in enumerate(missing):
                 prefixes.put(adapter, [(layer.keys[i:i + 1].clone(), layer.values[i:i + 1].clone())
@@ -222,7 +222,7 @@ class BatchScheduler:
         device = rows[0].prompt_ids.device
         mask = torch.cat([self._mask, torch.ones(len(rows), 1, dtype=self._mask.dtype, device=device)], dim=1)
         try:
-            out = self._forward(
+            out = self.forward(
                 [r.adapter for r in rows],
                 input_ids=torch.tensor([[r.last_token] for r in rows], device=device),
                 position_ids=torch.tensor([[r.position] for r in rows], device=device),

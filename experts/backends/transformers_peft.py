@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from experts.adapters import AdapterFiles, check_fits_model
 from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
+from experts.backends.model_probe import ModelProbe
 from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import StreamedText
@@ -39,6 +40,7 @@ from experts.errors import AdapterRejected, AdapterUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+HEALTH_PROBE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class TransformersBackend:
             uses_peft=lambda: self._peft is not None, max_batch=max_batch, stacked=self._stacked,
             prefixes=self._prefixes,
         )
+        self._probe = ModelProbe(self._tokenizer, self._scheduler.forward, lambda: self._base)
+        self._health: tuple[float, list[str]] = (time.monotonic(), [])
         eos = self._base.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
@@ -96,12 +100,20 @@ class TransformersBackend:
         await self._on_model_thread(self._load_adapter, key, files)
 
     def _load_adapter(self, key: str, files: AdapterFiles) -> None:
-        """Registration: validate and load onto the device, so a bad adapter never becomes visible."""
+        """Registration: validate, load onto the device and probe, so a bad adapter never becomes visible.
+
+        The probe is one forward pass with a row on the new adapter and a row on the generalist, through
+        the same path batches take (stacked LoRA included): the adapter's logits must be finite and the
+        generalist's must equal those taken at start. Any failure removes the adapter again.
+        """
         check_fits_model(files, self._base)
         try:
             self._inject_from_disk(key, files)
+            self._probe.check_adapter(key)
         except Exception as exc:
             self._remove_from_model(key)
+            if isinstance(exc, AdapterRejected):
+                raise
             raise AdapterRejected(f"adapter could not be loaded into the base model: {exc}") from exc
         self._files[key] = files
         self._plan.register(key)
@@ -260,6 +272,17 @@ class TransformersBackend:
             list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         return encoded["input_ids"]
+
+    async def base_checksum(self) -> str:
+        return await self._on_model_thread(self._probe.base_checksum)
+
+    async def health(self) -> list[str]:
+        """The base model's probe, re-run at most every `HEALTH_PROBE_SECONDS` (it takes the model thread)."""
+        checked, problems = self._health
+        if time.monotonic() - checked > HEALTH_PROBE_SECONDS:
+            problems = await self._on_model_thread(self._probe.base_problems)
+            self._health = (time.monotonic(), problems)
+        return problems
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

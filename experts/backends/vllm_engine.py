@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from experts.adapters import AdapterFiles
+from experts.adapters import AdapterFiles, check_fits_model
 from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
 from experts.errors import AdapterRejected
 
@@ -50,6 +50,7 @@ class VLLMBackend:
             dtype="float32" if device == "cpu" else "auto", seed=0,
         )
         self._engine = AsyncLLM.from_engine_args(args)
+        self._shapes = _module_shapes(model_dir)
         self._tokenizer = self._engine.tokenizer
         self._ids = itertools.count(1)
         self._loras: dict[str, Any] = {}  # registry key -> LoRARequest
@@ -60,6 +61,7 @@ class VLLMBackend:
     async def load_adapter(self, key: str, files: AdapterFiles) -> None:
         from vllm.lora.request import LoRARequest
 
+        check_fits_model(files, self._shapes)  # vLLM loads leniently; the allowlist runs before it does
         request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=str(files.directory))
         try:
             loaded = await self._engine.add_lora(request)
@@ -68,6 +70,12 @@ class VLLMBackend:
         if not loaded:
             raise AdapterRejected("vLLM refused the adapter")
         self._loras[key] = request
+
+    async def base_checksum(self) -> str | None:
+        return None  # the weights live in vLLM's engine process
+
+    async def health(self) -> list[str]:
+        return []
 
     def unload_adapter(self, key: str) -> None:
         request = self._loras.pop(key, None)
@@ -125,3 +133,13 @@ class VLLMBackend:
 
     async def close(self) -> None:
         self._engine.shutdown()
+
+
+def _module_shapes(model_dir: Path) -> Any:
+    """The base architecture with no weights (on the meta device): module names and shapes for the adapter
+    allowlist, at no memory cost."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))

@@ -183,7 +183,7 @@ async def add_documents(name: str, request: Request, state: State) -> IndexingJo
     if request.headers.get("content-type", "").startswith("application/json"):
         documents = _documents(DocumentsAdd.model_validate_json(data).documents) or []
     else:
-        documents = await asyncio.to_thread(parse_jsonl, data)
+        documents = await state.lanes.on_bulk(parse_jsonl, data)
     with admin_operation(state, "add_documents"):
         return _job_out(await state.indexing.add_documents(name, documents))
 
@@ -213,7 +213,7 @@ async def upload_documents(
     """Upload a JSONL file of documents (raw body), checked whole; register a retriever with the returned
     `documents_path`."""
     data = await request.body()
-    documents = await asyncio.to_thread(parse_jsonl, data)
+    documents = await state.lanes.on_bulk(parse_jsonl, data)
     target = state.settings.data_dir / "documents" / f"{name}.jsonl"
     with admin_operation(state, "upload"):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +242,7 @@ async def upload_adapter(
     data = await request.body()
     target = state.settings.data_dir / "adapters" / "uploads" / name
     with admin_operation(state, "upload"):
-        path = await asyncio.to_thread(unpack_adapter_archive, data, target, state.settings.max_upload_bytes)
+        path = await state.lanes.on_bulk(unpack_adapter_archive, data, target, state.settings.max_upload_bytes)
     return AdapterUploaded(name=name, adapter_path=str(path.resolve()), bytes=len(data))
 
 
@@ -276,6 +276,17 @@ async def recent_stats(state: State, window: float = Query(300, ge=10, le=3600),
     activity = state.metrics.activity
     return {**activity.summary(window), "timeline": activity.timeline(window, bucket),
             "registry_version": state.registry.snapshot.version, "in_flight": state.admission.in_flight}
+
+
+@api.get("/model")
+async def model_integrity(state: State) -> dict[str, Any]:
+    """The shared base model and a checksum of its weights (reads them all: about a second on CPU).
+
+    Adapters must never change it; compare the checksum before and after a registration to verify.
+    """
+    backend = state.backend
+    return {"backend": backend.name, "model": backend.model_id, "device": backend.device,
+            "base_checksum": await backend.base_checksum(), "problems": await backend.health()}
 
 
 @api.get("/calibration")

@@ -27,7 +27,7 @@ def _bearer(request: Request) -> bytes | None:
 
 def _matches(presented: bytes | None, secrets: list[SecretStr]) -> bool:
     """Constant-time comparison against every configured secret (no early exit on the first match)."""
-    if presented is None:
+    if not presented:  # no header, or an empty bearer: never equal to a configured (non-blank) secret
         return False
     found = False
     for secret in secrets:

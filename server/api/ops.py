@@ -12,13 +12,18 @@ api = APIRouter(tags=["ops"])
 
 
 @api.get("/health")
-async def health(state: State) -> dict[str, object]:
+async def health(state: State) -> JSONResponse:
+    """Liveness: 503 with the problems when the base model no longer answers as it did at start (a restart
+    reloads it); experts that failed are listed but do not fail it, since the rest keep serving."""
     snapshot = state.registry.snapshot
     vectors = next((e.example_embeddings for e in snapshot.experts.values()), None)
     devices = {"model": state.backend.device, "encoder": str(state.encoder.device),
                "routing_index": str(vectors.device) if vectors is not None else None}
-    return {"status": "ok", "registry_version": snapshot.version, "experts": len(snapshot.experts),
-            "backend": state.backend.name, "devices": devices}
+    problems = await state.backend.health()
+    body = {"status": "unhealthy" if problems else "ok", "problems": problems,
+            "registry_version": snapshot.version, "experts": len(snapshot.experts),
+            "failed_experts": sorted(state.registry.failed), "backend": state.backend.name, "devices": devices}
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
 @api.get("/ready")
