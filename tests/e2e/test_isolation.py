@@ -1,0 +1,191 @@
+"""Isolation: no adapter can change the base model or break another expert, whatever its files say.
+
+Every case here once broke the whole server (issue 17): an extra base tensor zeroed the final norm for
+everyone, a config listing modules without weights failed every chat, `layer_replication` and `olora`
+did the same even after a refusal. Each must now be refused with a 4xx, or accepted and served, while the
+base model's checksum (`GET /admin/model`) and the other experts' greedy answers stay exactly as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from tests.e2e.test_admin import assert_error, expert_body
+from tests.serverproc import REPO
+
+pytestmark = pytest.mark.e2e
+DEMO = REPO / "demo" / "adapters" / "support"
+PROMPTS = {"sql": "List all customers.", "base": "Say hello."}
+_names = itertools.count()
+
+
+def greedy(http: httpx.Client, model: str) -> str:
+    response = http.post("/v1/chat/completions", json={
+        "model": model, "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": PROMPTS.get(model, "Hello")}]})
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def checksum(admin: httpx.Client) -> str:
+    body = admin.get("/admin/model").json()
+    assert body["problems"] == []
+    return body["base_checksum"]
+
+
+def write_adapter(root: Path, config: object, tensors: dict[str, torch.Tensor]) -> Path:
+    directory = root / f"variant-{next(_names)}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    save_file(tensors, directory / "adapter_model.safetensors")
+    return directory
+
+
+def demo_parts() -> tuple[dict, dict[str, torch.Tensor]]:
+    return json.loads((DEMO / "adapter_config.json").read_text()), load_file(DEMO / "adapter_model.safetensors")
+
+
+def _q_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tensors.items() if "q_proj" in k}
+
+
+# The findings of issue 17, each as (what it changes in the demo adapter's config, in its tensors).
+FINDINGS = {
+    "a zeroed base norm beside the LoRA tensors": (
+        {}, lambda t: {**t, "base_model.model.model.norm.weight": torch.zeros(576)}),
+    "q/k/v/o listed, weights for q_proj only": ({}, _q_only),
+    "layer_replication": ({"layer_replication": [[0, 20], [10, 30]]}, None),
+    "init_lora_weights olora": ({"init_lora_weights": "olora"}, None),
+    "init_lora_weights pissa_niter_2": ({"init_lora_weights": "pissa_niter_2"}, None),
+    "rank_pattern above the limit": ({"rank_pattern": {"q_proj": 128}}, None),
+    "a target the base lacks": ({"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "w_gate"]}, None),
+    "modules_to_save": ({"modules_to_save": ["lm_head"]}, None),
+    "bias all": ({"bias": "all"}, None),
+    "a tensor for a module the config does not list": (
+        {}, lambda t: {**t, "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(8, 576)}),
+    "NaN weights": ({}, lambda t: {k: v * float("nan") for k, v in t.items()}),
+    "use_dora": ({"use_dora": True}, None),
+}
+
+
+@pytest.mark.parametrize("finding", list(FINDINGS))
+def test_each_finding_is_refused_and_changes_nothing(finding: str, admin: httpx.Client, http: httpx.Client,
+                                                     adapter_root: Path) -> None:
+    before = checksum(admin), greedy(http, "sql"), greedy(http, "base")
+    config_change, tensor_change = FINDINGS[finding]
+    config, tensors = demo_parts()
+    path = write_adapter(adapter_root, {**config, **config_change}, tensor_change(tensors) if tensor_change else tensors)
+    response = admin.post("/admin/experts", json=expert_body(f"bad-{next(_names)}", path))
+    assert_error(response, 400, "adapter_rejected")
+    assert (checksum(admin), greedy(http, "sql"), greedy(http, "base")) == before
+    assert http.get("/health").status_code == 200
+
+
+def test_a_config_that_is_not_an_object_is_refused(admin: httpx.Client, adapter_root: Path) -> None:
+    _, tensors = demo_parts()
+    response = admin.post("/admin/experts", json=expert_body("listconfig", write_adapter(adapter_root, [], tensors)))
+    assert_error(response, 400, "adapter_rejected")
+
+
+# -- property-based fuzzing ---------------------------------------------------------------------------
+
+CONFIG_CHANGES = st.sampled_from([
+    ("r", st.integers(-2, 130)), ("lora_alpha", st.sampled_from([1, 16, 1e30, "x", None])),
+    ("init_lora_weights", st.sampled_from([True, False, "gaussian", "olora", "pissa", "loftq", "eva", "corda"])),
+    ("rank_pattern", st.dictionaries(st.sampled_from(["q_proj", "v_proj", "(a+)+", "["]), st.integers(1, 130),
+                                     max_size=2)),
+    ("alpha_pattern", st.dictionaries(st.sampled_from(["k_proj", "o_proj"]), st.sampled_from([8, "y"]), max_size=2)),
+    ("target_modules", st.sampled_from([["q_proj"], ["q_proj", "v_proj"], ["gate_proj"], "all-linear", [],
+                                        r".*\.(q_proj|k_proj|v_proj|o_proj)", ["embed_tokens"]])),
+    ("layers_to_transform", st.sampled_from([None, 0, [0, 1], [99]])),
+    ("layer_replication", st.sampled_from([None, [[0, 4]]])),
+    ("modules_to_save", st.sampled_from([None, [], ["lm_head"]])),
+    ("use_dora", st.booleans()), ("bias", st.sampled_from(["none", "all", "lora_only"])),
+    ("peft_type", st.sampled_from(["LORA", "IA3", None])), ("lora_dropout", st.sampled_from([0.0, 0.5, 2.0])),
+    ("surprise_key", st.sampled_from([None, False, {}, 1, "on"])),
+    ("trainable_token_indices", st.sampled_from([None, [1, 2]])),
+])
+
+
+@st.composite
+def adapters(draw: st.DrawFn) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The demo adapter with a few random changes to its config and its tensors."""
+    config, tensors = demo_parts()
+    for key, values in draw(st.lists(CONFIG_CHANGES, max_size=3)):
+        config[key] = draw(values)
+    keys = sorted(tensors)
+    for change in draw(st.lists(st.sampled_from(["drop", "extra", "dtype", "shape", "nan", "rename", "base"]),
+                                max_size=2)):
+        key = draw(st.sampled_from(keys))
+        if key not in tensors:
+            continue
+        if change == "drop":
+            tensors.pop(key)
+        elif change == "extra":
+            tensors[key.replace("self_attn.q_proj", "mlp.gate_proj").replace("self_attn.k_proj", "mlp.up_proj")
+                    .replace("self_attn", "mlp")] = tensors[key].clone()
+        elif change == "dtype":
+            dtype = draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float64, torch.int8]))
+            tensors[key] = tensors[key].to(dtype)
+        elif change == "shape":
+            tensors[key] = tensors[key].T.contiguous() if draw(st.booleans()) else tensors[key][:4].contiguous()
+        elif change == "nan":
+            tensors[key] = tensors[key].clone().fill_(float("inf"))
+        elif change == "rename":
+            tensors[key.replace(".weight", ".bias")] = tensors.pop(key)
+        else:
+            tensors["base_model.model.model.layers.0.input_layernorm.weight"] = torch.zeros(576)
+    return config, tensors
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(adapter=adapters())
+def test_fuzzed_adapters_are_refused_or_served_and_never_touch_the_base(
+        adapter: tuple[dict, dict[str, torch.Tensor]], admin: httpx.Client, http: httpx.Client,
+        adapter_root: Path) -> None:
+    before = checksum(admin), greedy(http, "sql")
+    config, tensors = adapter
+    name = f"fuzz-{next(_names)}"
+    response = admin.post("/admin/experts", json=expert_body(name, write_adapter(adapter_root, config, tensors)))
+    assert response.status_code in (201, 400), response.text
+    if response.status_code == 201:
+        try:
+            greedy(http, name)
+        finally:
+            assert admin.delete(f"/admin/experts/{name}").status_code == 204
+    else:
+        assert_error(response, 400, "adapter_rejected")
+    assert (checksum(admin), greedy(http, "sql")) == before
+
+
+# -- tokens and exposure ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variable, value", [("SWITCHYARD_ADMIN_TOKEN", ""), ("SWITCHYARD_ADMIN_TOKEN", "  "),
+                                             ("SWITCHYARD_API_KEYS", '["good-key", ""]')])
+def test_a_blank_token_refuses_to_start_and_says_why(variable: str, value: str, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), variable: value}
+    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "will not start" in done.stderr and "blank" in done.stderr
+
+
+def test_embeddings_over_the_token_budget_are_refused(http: httpx.Client) -> None:
+    long_text = " ".join(["routing"] * 300)  # 300 tokens, of which the encoder reads 256
+    response = http.post("/v1/embeddings", json={"model": "base", "input": [long_text] * 70})  # 17,920 > 16,384
+    error = assert_error(response, 400, "too_many_tokens")
+    assert "at most" in error["message"]
+    assert http.post("/v1/embeddings", json={"model": "base", "input": [long_text] * 2}).status_code == 200
