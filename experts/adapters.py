@@ -40,6 +40,8 @@ class AdapterFiles:
 def resolve_within_roots(raw_path: str, allowed_roots: Sequence[Path], what: str = "adapter",
                          error: type[Exception] = AdapterRejected) -> Path:
     """Resolve `raw_path` and insist it lies under one of `allowed_roots` (after resolving those too)."""
+    if "\x00" in raw_path:
+        raise error(f"{what} path holds a NUL byte")
     path = Path(raw_path).expanduser().resolve()
     for root in allowed_roots:
         resolved_root = Path(root).expanduser().resolve()

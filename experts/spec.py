@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from experts.unicode_text import reject_lone_surrogates
+
 # Expert names appear in URLs, metric labels and PEFT module keys, so they are kept to a safe alphabet.
 EXPERT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_EXAMPLES = 2000
@@ -71,6 +73,11 @@ class ExpertSpec(BaseModel):
         """What routing embeds for this expert: its examples, then its capabilities (in that order, so a
         vector's position says which one it is)."""
         return [*self.examples, *self.capabilities]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: object) -> object:
+        return reject_lone_surrogates(data)
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> ExpertSpec:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from types import MappingProxyType
+from typing import Any
 
 from experts.manifest import Manifest
-from routers.calibration import FallbackRule, fit_fallback_rule, outcome
+from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome
 from routers.conversation import ContextParams, LabelledTurns, Turn, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
 from server.errors import APIError
@@ -24,35 +26,81 @@ from server.routing_service import RoutingService
 _SETTING = "fallback_rule"
 OUT_OF_SCOPE_LABELS = {"oos", "out_of_scope", "generalist"}
 CONVERSATION_ACCURACY_BUDGET = 0.03
+# Below these a fit describes the few examples, not the traffic: one example once set the threshold for
+# all traffic, and four mislabelled ones set it to 0 (no fallback at all).
+MIN_CASES = 20
+MIN_PER_LABEL = 5
 
 
-def rule_to_json(rule: FallbackRule, context: ContextParams | None = None) -> str:
-    data = {"threshold": rule.threshold, "per_expert": dict(rule.per_expert), "margin": rule.margin}
+def rule_to_json(rule: FallbackRule, context: ContextParams | None = None, fit: dict[str, Any] | None = None) -> str:
+    data: dict[str, Any] = {"threshold": rule.threshold, "per_expert": dict(rule.per_expert), "margin": rule.margin}
     if context is not None:
         data["context"] = context.as_dict()
+    if fit is not None:
+        data["fit"] = fit
     return json.dumps(data)
 
 
-def rule_from_json(text: str) -> tuple[FallbackRule, ContextParams | None]:
+def rule_from_json(text: str) -> tuple[FallbackRule, ContextParams | None, dict[str, Any]]:
     data = json.loads(text)
     context = ContextParams(**data["context"]) if data.get("context") else None
-    return FallbackRule(data["threshold"], MappingProxyType(data["per_expert"]), data["margin"]), context
+    rule = FallbackRule(data["threshold"], MappingProxyType(data["per_expert"]), data["margin"])
+    return rule, context, data.get("fit") or {}
 
 
 def restore_rule(manifest: Manifest, routing: RoutingService) -> None:
     stored = manifest.get_setting(_SETTING)
     if stored is not None:
-        routing.rule, context = rule_from_json(stored)
+        routing.rule, context, routing.rule_fit = rule_from_json(stored)
         routing.context = context or routing.default_context
 
 
-def describe(routing: RoutingService, accuracy: float | None = None, recall: float | None = None, n: int = 0,
-             out_of_scope_labels: list[str] | None = None) -> CalibrationOut:
-    rule = routing.rule
+def describe(routing: RoutingService) -> CalibrationOut:
+    """The rule in force and what it was fitted on (kept with the rule, so a later GET says the same)."""
+    rule, fit = routing.rule, routing.rule_fit
     return CalibrationOut(calibrated=rule is not routing.default_rule, threshold=rule.threshold,
-                          per_expert=dict(rule.per_expert), margin=rule.margin, fitted_on=n,
-                          in_scope_accuracy=accuracy, oos_recall=recall, context=routing.context.as_dict(),
-                          out_of_scope_labels=out_of_scope_labels)
+                          per_expert=dict(rule.per_expert), margin=rule.margin, fitted_on=fit.get("fitted_on", 0),
+                          in_scope_accuracy=fit.get("in_scope_accuracy"), oos_recall=fit.get("oos_recall"),
+                          context=routing.context.as_dict(), out_of_scope_labels=fit.get("out_of_scope_labels"))
+
+
+def _check_enough(labels: list[str]) -> None:
+    counts = Counter(labels)
+    if len(labels) < MIN_CASES:
+        raise APIError(400, f"calibration needs at least {MIN_CASES} labelled cases, got {len(labels)}",
+                       "invalid_request_error", "calibration_data", "examples")
+    if not any(label != OUT_OF_SCOPE for label in counts):
+        raise APIError(400, "calibration needs in-scope cases (labelled with an expert)", "invalid_request_error",
+                       "calibration_data", "examples")
+    few = sorted(label for label, n in counts.items() if n < MIN_PER_LABEL)
+    if few:
+        shown = ", ".join(f"{label or 'out of scope'!r} ({counts[label]})" for label in few[:5])
+        raise APIError(400, f"calibration needs at least {MIN_PER_LABEL} cases per label; too few for {shown}",
+                       "invalid_request_error", "calibration_data", "examples")
+
+
+def check_not_worse(fitted: FallbackRule, queries: list[ScoredQuery], current: FallbackRule,
+                    current_queries: list[ScoredQuery], budget: float | None) -> tuple[float, float]:
+    """Refuse (409) a fitted rule that scores worse on its own cases than the calibrated rule in force
+    does; else return the fitted rule's in-scope accuracy and out-of-scope recall on them. (A first fit
+    replaces the configured threshold without this test: that threshold was not fitted on any data.)"""
+    value, accuracy, recall = _score(fitted, queries, budget)
+    kept, kept_accuracy, kept_recall = _score(current, current_queries, budget)
+    if value < kept - 1e-9:
+        raise APIError(409, f"the fitted rule scores worse on these cases than the rule in force (in-scope accuracy "
+                       f"{accuracy:.3f} vs {kept_accuracy:.3f}, out-of-scope recall {recall:.3f} vs "
+                       f"{kept_recall:.3f}); the rule in force is kept", "invalid_request_error",
+                       "calibration_worse", "examples")
+    return accuracy, recall
+
+
+def _score(rule: FallbackRule, queries: list[ScoredQuery], budget: float | None) -> tuple[float, float, float]:
+    """What the fit maximises, as a comparable value: (value, accuracy, recall)."""
+    accuracy, recall = outcome(rule, queries)
+    if budget is None:
+        return accuracy + recall, accuracy, recall
+    floor = outcome(FallbackRule(float("-inf")), queries)[0] - budget
+    return (1.0 + recall if accuracy >= floor - 1e-12 else 0.0) + accuracy * 1e-6, accuracy, recall
 
 
 def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> list[LabelledTurn]:
@@ -81,6 +129,7 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
     if not cases or not names:
         raise APIError(400, "calibration needs labelled cases and registered experts", "invalid_request_error",
                        "calibration_data", "examples")
+    _check_enough(labels)
     scores, valid, neutral, assistant = await routing.context_scores([c.turns for c in cases])
     turns = LabelledTurns(scores, valid, neutral, assistant, labels)
     conversations = body.conversations is not None
@@ -96,16 +145,23 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
             rule = fit_fallback_rule(queries, max_accuracy_loss=budget)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "examples") from exc
-    stored_context = context if conversations or context != routing.default_context else None
-    await asyncio.to_thread(manifest.put_setting, _SETTING, rule_to_json(rule, stored_context))
-    routing.rule, routing.context = rule, context
-    accuracy, recall = outcome(rule, queries)
+    if budget is None and conversations:
+        budget = CONVERSATION_ACCURACY_BUDGET
+    current_queries = scored_turns(turns, names, routing.context) if conversations else queries
+    if routing.rule is routing.default_rule:  # the configured threshold was fitted on nothing: any fit may replace it
+        accuracy, recall = outcome(rule, queries)
+    else:
+        accuracy, recall = check_not_worse(rule, queries, routing.rule, current_queries, budget)
     has_oos = any(q.label == OUT_OF_SCOPE for q in queries)
-    return describe(routing, accuracy, recall if has_oos else None, len(queries),
-                    out_of_scope if conversations else None)
+    fit = {"fitted_on": len(queries), "in_scope_accuracy": accuracy, "oos_recall": recall if has_oos else None,
+           "out_of_scope_labels": out_of_scope if conversations else None}
+    stored_context = context if conversations or context != routing.default_context else None
+    await asyncio.to_thread(manifest.put_setting, _SETTING, rule_to_json(rule, stored_context, fit))
+    routing.rule, routing.context, routing.rule_fit = rule, context, fit
+    return describe(routing)
 
 
 async def reset(routing: RoutingService, manifest: Manifest) -> CalibrationOut:
     await asyncio.to_thread(manifest.put_setting, _SETTING, None)
-    routing.rule, routing.context = routing.default_rule, routing.default_context
+    routing.rule, routing.context, routing.rule_fit = routing.default_rule, routing.default_context, {}
     return describe(routing)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.spec import ExpertSpec
+from experts.unicode_text import reject_lone_surrogates
 
 MAX_MESSAGES = 256
 MAX_STOP_SEQUENCES = 4
@@ -23,6 +24,15 @@ def new_id(prefix: str) -> str:
 
 
 # -- chat completions ------------------------------------------------------------------------------
+
+
+class RequestModel(BaseModel):
+    """A request body: every string in it must be valid Unicode (see experts/unicode_text.py)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        return reject_lone_surrogates(data)
 
 
 class ChatMessage(BaseModel):
@@ -44,7 +54,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(RequestModel):
     """The subset of OpenAI's chat request that these models honour; unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -58,7 +68,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="any 64-bit seed")
     n: int = Field(1, ge=1, le=1)
     user: str | None = Field(None, max_length=256, description="end-user id; also the session key for "
                              "session affinity unless the x-switchyard-session header names one")
@@ -202,7 +212,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class ConversationQuery(BaseModel):
+class ConversationQuery(RequestModel):
     """What routing reads: one `query`, or a conversation's `messages` (their user turns, oldest first)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -250,7 +260,7 @@ class RetrieveResponse(BaseModel):
 MAX_EMBEDDING_INPUTS = 256
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestModel):
     """OpenAI's embeddings request. Token-id inputs are not supported (these encoders take text)."""
 
     model_config = ConfigDict(extra="ignore")
@@ -306,7 +316,7 @@ class ExpertCreate(ExpertSpec):
         return ExpertSpec(**self.model_dump(exclude={"documents"}))
 
 
-class DocumentsAdd(BaseModel):
+class DocumentsAdd(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     documents: list[DocumentIn] = Field(min_length=1)
@@ -395,7 +405,7 @@ class ConversationIn(BaseModel):
     turns: list[ConversationTurnIn] = Field(min_length=1, max_length=MAX_MESSAGES)
 
 
-class CalibrationRequest(BaseModel):
+class CalibrationRequest(RequestModel):
     """Labelled queries (`examples`) or labelled conversations; conversations also refit the context
     parameters (temperature, switch probability) of conversation routing."""
 
@@ -415,7 +425,7 @@ class CalibrationRequest(BaseModel):
         return self
 
 
-class EvaluationRequest(BaseModel):
+class EvaluationRequest(RequestModel):
     """A labelled file's text (the `switchyard eval` format) to score the live routing on."""
 
     model_config = ConfigDict(extra="forbid")

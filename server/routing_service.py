@@ -90,6 +90,7 @@ class RoutingService:
         self.generalist_name = generalist_name
         self.default_rule = router.rule
         self.rule: FallbackRule = router.rule  # replaced whole by calibration; readers never lock
+        self.rule_fit: dict[str, object] = {}  # what calibration fitted `rule` on (fitted_on, accuracy, ...)
         self.default_context = context or ContextParams()
         self.context: ContextParams = self.default_context  # likewise
         self.cache = cache or EmbeddingCache(capacity=10_000)

@@ -27,7 +27,8 @@ def test_calibration_fits_applies_and_resets(admin: httpx.Client, http: httpx.Cl
     body = fitted.json()
     assert body["calibrated"] and set(body["per_expert"]) == {"sql", "math", "support"}
     assert body["fitted_on"] == len(labelled()) and body["oos_recall"] == 1.0
-    assert admin.get("/admin/calibration").json()["per_expert"] == body["per_expert"]
+    later = admin.get("/admin/calibration").json()
+    assert later["per_expert"] == body["per_expert"] and later["fitted_on"] == body["fitted_on"]
 
     decision = http.post("/v1/route", json={"query": "Write SQL to count the orders per customer"}).json()["decision"]
     assert decision["expert"] == "sql"
@@ -49,3 +50,20 @@ def test_bad_calibration_data_is_refused(admin: httpx.Client) -> None:
                  "calibration_data")
     assert_error(admin.post("/admin/calibration", json={"examples": []}), 400)
     assert admin.get("/admin/calibration").json() == before
+
+
+def test_degenerate_calibration_is_refused_and_says_why(admin: httpx.Client) -> None:
+    """One example once set the threshold for all traffic; four mislabelled ones turned the fallback off."""
+    before = admin.get("/admin/calibration").json()
+    one = assert_error(admin.post("/admin/calibration", json={"examples": [
+        {"text": "SELECT the users", "label": "sql"}]}), 400, "calibration_data")
+    assert "at least 20" in one["message"]
+    mislabelled = [{"text": q, "label": "sql"} for q in ("What is the capital of Australia?", "Tell me a joke",
+                                                         "Who won the 1998 World Cup?", "How tall is Everest?")]
+    assert_error(admin.post("/admin/calibration", json={"examples": mislabelled}), 400, "calibration_data")
+    lopsided = labelled() + [{"text": "Plant tomatoes in spring", "label": "math"}]
+    lopsided = [r for r in lopsided if r["label"] != "support"] + [r for r in lopsided if r["label"] == "support"][:2]
+    few = assert_error(admin.post("/admin/calibration", json={"examples": lopsided}), 400, "calibration_data")
+    assert "'support' (2)" in few["message"]
+    assert admin.get("/admin/calibration").json() == before
+

@@ -87,7 +87,8 @@ def test_each_finding_is_refused_and_changes_nothing(finding: str, admin: httpx.
     before = checksum(admin), greedy(http, "sql"), greedy(http, "base")
     config_change, tensor_change = FINDINGS[finding]
     config, tensors = demo_parts()
-    path = write_adapter(adapter_root, {**config, **config_change}, tensor_change(tensors) if tensor_change else tensors)
+    tensors = tensor_change(tensors) if tensor_change else tensors
+    path = write_adapter(adapter_root, {**config, **config_change}, tensors)
     response = admin.post("/admin/experts", json=expert_body(f"bad-{next(_names)}", path))
     assert_error(response, 400, "adapter_rejected")
     assert (checksum(admin), greedy(http, "sql"), greedy(http, "base")) == before
@@ -189,3 +190,24 @@ def test_embeddings_over_the_token_budget_are_refused(http: httpx.Client) -> Non
     error = assert_error(response, 400, "too_many_tokens")
     assert "at most" in error["message"]
     assert http.post("/v1/embeddings", json={"model": "base", "input": [long_text] * 2}).status_code == 200
+
+
+# -- inputs that once answered 500 ------------------------------------------------------------------------
+
+def test_unencodable_text_and_out_of_range_seeds_get_a_400(http: httpx.Client, admin: httpx.Client) -> None:
+    surrogate = '{"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "hi \\ud800"}]}'
+    headers = {"content-type": "application/json"}
+    assert_error(http.post("/v1/chat/completions", content=surrogate, headers=headers), 400, "invalid_request")
+    embeddings = '{"model": "base", "input": ["fine", "lone \\udfff"]}'
+    assert_error(http.post("/v1/embeddings", content=embeddings, headers=headers), 400, "invalid_request")
+    route = '{"query": "\\ud83d alone"}'
+    assert_error(http.post("/v1/route", content=route, headers=headers), 400, "invalid_request")
+    big_seed = {"model": "base", "max_tokens": 2, "seed": 2**64,
+                "messages": [{"role": "user", "content": "hello"}]}
+    assert_error(http.post("/v1/chat/completions", json=big_seed), 400, "invalid_request")
+    fits = {**big_seed, "seed": 2**63 + 5}
+    assert http.post("/v1/chat/completions", json=fits).status_code == 200
+    for body in ({"name": "nul", "kind": "adapter", "adapter_path": "/tmp/a\x00b", "examples": ["x"]},
+                 {"name": "nul", "kind": "retriever", "documents_path": "/tmp/d\x00c", "examples": ["x"]}):
+        response = admin.post("/admin/experts", json=body)
+        assert 400 <= response.status_code < 500 and "NUL" in response.json()["error"]["message"], response.text

@@ -73,3 +73,9 @@ def test_no_secret_or_document_text_reaches_the_log(secured: ServerProcess, tmp_
     log = secured.log_text()
     for secret in (ADMIN_TOKEN, API_KEY, "a-wrong-admin-token-77", "aardvark-quartz", "vault combination"):
         assert secret not in log, secret
+
+
+def test_the_api_description_is_closed_when_inference_needs_a_key(secured: ServerProcess, http: httpx.Client) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{secured.base_url}{path}").status_code == 404
+    assert http.get("/openapi.json").status_code == 200  # the open demo server keeps it
