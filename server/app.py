@@ -35,7 +35,7 @@ from server.feedback_service import FeedbackService
 from server.grounding import GroundingService
 from server.indexing_service import IndexingService
 from server.lanes import Lanes
-from server.limits import BodySizeLimit
+from server.limits import BodyLimits
 from server.metrics import Metrics
 from server.retrieval_service import RetrievalService
 from server.routing_service import RoutingService
@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.cors_origins:  # closed by default: browsers get no cross-origin access unless configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes,
+    app.add_middleware(BodyLimits, max_bytes=settings.max_request_bytes, body_timeout=settings.body_timeout_seconds,
                        overrides=dict.fromkeys(admin.UPLOAD_PREFIXES, settings.max_upload_bytes))
     app.include_router(openai.api)
     app.include_router(admin.api)

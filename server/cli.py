@@ -74,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.limits import header_deadline_protocol
 
     settings = _load_settings(args, host=args.host, port=args.port)
     if args.ray:
@@ -91,7 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            timeout_graceful_shutdown=settings.drain_seconds)
+                            timeout_graceful_shutdown=settings.drain_seconds,
+                            http=header_deadline_protocol(settings.header_timeout_seconds))
     DrainingServer(config).run()
     return 0
 

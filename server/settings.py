@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     # Limits
     max_request_bytes: int = 1_000_000
     max_upload_bytes: int = Field(64_000_000, description="adapter archives and document uploads (admin)")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="408 and close when request headers take longer")
+    body_timeout_seconds: float = Field(60.0, gt=0, description="408 when a request body takes longer to arrive")
     max_tokens_limit: int = 1024
     default_max_tokens: int = 256
     default_temperature: float = 0.7

@@ -36,6 +36,8 @@ def write_config(directory: Path, **overrides: object) -> Path:
         "max_request_bytes": 200_000,
         "max_upload_bytes": 5_000_000,
         "max_tokens_limit": 512,
+        "header_timeout_seconds": 5,  # short, so the slow-client tests take seconds
+        "body_timeout_seconds": 5,
         **overrides,
     }
     path = directory / "switchyard.yaml"

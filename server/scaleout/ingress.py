@@ -34,7 +34,7 @@ from server.chat_service import sampling_for
 from server.conversation import context_fields, conversation_turns, turns_of
 from server.encoder_pool import shared_encoder
 from server.errors import APIError, install_error_handlers
-from server.limits import BodySizeLimit
+from server.limits import BodyLimits
 from server.protocol import ChatCompletionRequest, RouteRequest, RoutingInfo, new_id
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE, CatalogueEntry
 from server.settings import Settings
@@ -273,8 +273,9 @@ async def _sse(stream: Any, routing: dict[str, Any], model: str) -> AsyncIterato
 def ingress_deployment(num_replicas: int, settings: Settings) -> Any:
     """The ingress as a Serve deployment (decorated here so importing this module needs no running Ray),
     with the same request-size bound as the single-machine server."""
-    if not any(m.cls is BodySizeLimit for m in api.user_middleware):
-        api.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if not any(m.cls is BodyLimits for m in api.user_middleware):
+        api.add_middleware(BodyLimits, max_bytes=settings.max_request_bytes,
+                           body_timeout=settings.body_timeout_seconds)
     return serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": 0})(
         serve.ingress(api)(RoutingIngress))
 

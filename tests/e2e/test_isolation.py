@@ -211,3 +211,43 @@ def test_unencodable_text_and_out_of_range_seeds_get_a_400(http: httpx.Client, a
                  {"name": "nul", "kind": "retriever", "documents_path": "/tmp/d\x00c", "examples": ["x"]}):
         response = admin.post("/admin/experts", json=body)
         assert 400 <= response.status_code < 500 and "NUL" in response.json()["error"]["message"], response.text
+
+
+# -- slow clients --------------------------------------------------------------------------------------------
+
+def _slow_request(server_url: str, parts: list[bytes], pause: float) -> bytes:
+    """Send `parts` with `pause` seconds between them; return what the server answered (or b"")."""
+    import socket
+    import time
+
+    host, port = server_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        try:
+            for part in parts:
+                sock.sendall(part)
+                time.sleep(pause)
+        except OSError:  # the server closed the connection on us: read what it said
+            pass
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_slow_headers_and_slow_bodies_are_timed_out(server: object, http: httpx.Client) -> None:
+    url = server.base_url  # type: ignore[attr-defined]
+    header_bytes = [bytes([b]) for b in b"POST /v1/route HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40]
+    answer = _slow_request(url, header_bytes, 0.2)  # 9 s of headers against a 5 s deadline
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+    body = b'{"query": "SQL to count rows in a table"}'
+    head = (b"POST /v1/route HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+    answer = _slow_request(url, [head] + [body[i:i + 2] for i in range(0, len(body), 2)], 0.4)
+    assert b" 408 " in answer.split(b"\r\n", 1)[0] and b"request_timeout" in answer
+    assert http.post("/v1/route", json={"query": "SQL to count rows in a table"}).status_code == 200
