@@ -7,16 +7,18 @@ This is the seam between HTTP (`server/api/openai.py`) and the core: routing com
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
-from experts.errors import AdapterUnavailable
+from experts.errors import AdapterUnavailable, ExpertError
 from routers.conversation import Turn
 from server.admission import Admission, Slot
 from server.conversation import conversation_turns
-from server.errors import APIError
+from server.errors import APIError, error_body, to_api_error
 from server.grounding import Grounding, GroundingService
 from server.metrics import Metrics
 from server.protocol import (
@@ -34,6 +36,8 @@ from server.protocol import (
 )
 from server.routing_service import AUTO_MODEL, RoutingService, Target
 from server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def routing_headers(info: RoutingInfo) -> dict[str, str]:
@@ -223,6 +227,10 @@ class ChatService:
                     yield self._sse(run, Delta(content=chunk.text), None)
                 chunk = await run.next_chunk()
             yield "data: [DONE]\n\n"
+        except Exception as exc:  # the status line is gone: say what failed in the stream, as vLLM does
+            yield stream_error_event(exc)
+            self._count(run.target, "error")
+            yield "data: [DONE]\n\n"
         finally:
             await run.close()  # stops generation when the client went away mid-stream
 
@@ -245,6 +253,19 @@ class ChatService:
 
     def _sse(self, run: ChatRun, delta: Delta, finish: str | None, info: RoutingInfo | None = None) -> str:
         return _event(self._chunk(run, [ChunkChoice(delta=delta, finish_reason=finish)], info=info))
+
+
+def stream_error_event(exc: Exception) -> str:
+    """An SSE event in OpenAI's error shape for a failure after the stream started (the official client
+    raises it as an APIError); known errors keep their message, others are logged and stay generic."""
+    if isinstance(exc, APIError):
+        error = exc
+    elif isinstance(exc, ExpertError):
+        error = to_api_error(exc)
+    else:
+        log.error("generation failed mid-stream", exc_info=exc)
+        error = APIError(500, "generation failed mid-stream", "server_error", "internal_error")
+    return f"data: {json.dumps(error_body(error.message, error.type, error.code, error.param))}\n\n"
 
 
 def _event(chunk: ChatCompletionChunk) -> str:

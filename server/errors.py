@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from experts.errors import (
     AdapterRejected,
+    AdapterUnavailable,
     DocumentsRejected,
     EncoderRejected,
     ExpertError,
@@ -59,6 +60,7 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     EncoderRejected: (400, "invalid_request_error", "encoder_rejected"),
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     ManifestError: (503, "server_error", "storage_unavailable"),
+    AdapterUnavailable: (503, "server_error", "expert_failed"),
 }
 
 
