@@ -26,10 +26,15 @@ class Slot:
 
 
 class Admission:
-    def __init__(self, max_active: int, max_queued: int, retry_after_seconds: int) -> None:
+    def __init__(self, max_active: int, max_queued: int, retry_after_seconds: int,
+                 close_on_refusal: bool = False) -> None:
         self.max_active = max_active
+        # For requests refused before their (large) body is read: closing the connection spares the server
+        # reading and discarding it.
+        self._refusal_headers = {"Retry-After": str(retry_after_seconds)}
+        if close_on_refusal:
+            self._refusal_headers["Connection"] = "close"
         self.max_queued = max_queued
-        self._retry_after = retry_after_seconds
         self._active = asyncio.Semaphore(max_active)
         self.in_flight = 0  # active plus queued
         self.rejected = 0
@@ -39,7 +44,7 @@ class Admission:
             self.rejected += 1
             raise APIError(
                 429, f"the server is at capacity ({self.max_active} running, {self.max_queued} queued); retry later",
-                "rate_limit_error", "server_busy", headers={"Retry-After": str(self._retry_after)},
+                "rate_limit_error", "server_busy", headers=dict(self._refusal_headers),
             )
         self.in_flight += 1
         try:

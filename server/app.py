@@ -83,7 +83,8 @@ async def build_state(settings: Settings) -> AppState:
     )
     await registry.restore()
     segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
-    lanes = Lanes(lambda: shared_encoder(settings, device, threads=1))
+    # The bulk twin is built now, so its memory is part of the baseline, not a surprise under load.
+    lanes = Lanes(await asyncio.to_thread(shared_encoder, settings, device, 1))
     indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes)
     await seed_registry(registry, indexing, settings.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
@@ -104,7 +105,8 @@ async def build_state(settings: Settings) -> AppState:
     retrieval = RetrievalService(routing, registry, settings, metrics)
     grounding = GroundingService(retrieval, registry, settings.generalist_name)
     chat = ChatService(routing, backend, settings, metrics, admission, grounding)
-    bulk_admission = Admission(1, settings.max_queued_bulk_requests, settings.retry_after_seconds)
+    bulk_admission = Admission(1, settings.max_queued_bulk_requests, settings.retry_after_seconds,
+                               close_on_refusal=True)
     embeddings = EmbeddingService(retrieval, routing, encoder, lanes, bulk_admission, settings.max_embedding_tokens)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")

@@ -31,7 +31,8 @@ class _TooSlow(BaseException):
 
 class BodyLimits:
     """413 for bodies over `max_bytes` (or the override for a path prefix: uploads), 408 for bodies that
-    take longer than `body_timeout` seconds to arrive, both in the OpenAI error shape."""
+    take longer than `body_timeout` seconds to arrive once the app starts reading them, both in the OpenAI
+    error shape."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[str, int] | None = None,
                  body_timeout: float = 60.0) -> None:
@@ -51,13 +52,15 @@ class BodyLimits:
             return
         received = 0
         body_complete = False
-        deadline = time.monotonic() + self.body_timeout
+        deadline: float | None = None  # from the app's first read: a request may wait for admission first
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, body_complete
+            nonlocal received, body_complete, deadline
             if body_complete:  # after the body, receive() only waits for a disconnect: no deadline
                 return await receive()
+            if deadline is None:
+                deadline = time.monotonic() + self.body_timeout
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -88,12 +88,21 @@ async def retrieve(body: RetrieveRequest, state: State) -> JSONResponse:
     return JSONResponse(response.model_dump(), headers=routing_headers(retrieval.info))
 
 
-@api.post("/embeddings", dependencies=inference)
-async def embeddings(body: EmbeddingRequest, state: State) -> EmbeddingResponse:
+_EMBEDDING_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": EmbeddingRequest.model_json_schema()}}}}
+
+
+@api.post("/embeddings", dependencies=inference, response_model=EmbeddingResponse, openapi_extra=_EMBEDDING_BODY)
+async def embeddings(request: Request, state: State) -> Response:
+    """An `EmbeddingResponse`. Admitted before its body is read, so a refused request (429) costs no
+    parsing, and serialised off the event loop: a flood of the largest requests cannot take the loop from
+    routing."""
     started = time.monotonic()
-    response = await state.embeddings.embed(body)
-    state.metrics.served("embeddings", response.model, "ok", time.monotonic() - started)
-    return response
+    async with state.embeddings.admitted():
+        body = EmbeddingRequest.model_validate_json(await request.body())
+        model, content = await state.embeddings.embed(body)
+    state.metrics.served("embeddings", model, "ok", time.monotonic() - started)
+    return Response(content, media_type="application/json")
 
 
 @api.post("/feedback", status_code=201, dependencies=[AdminAccess])
