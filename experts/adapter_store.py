@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFiles
-from experts.errors import AdapterRejected, ManifestError
+from experts.errors import AdapterRejected, ManifestError, UploadExists
 
 _WANTED = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 
@@ -34,7 +34,9 @@ def _publish_directory(staging: Path, target: Path) -> None:
         os.rename(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ManifestError(f"could not store adapter files at {target}: {exc}") from exc
+        if target.exists():  # another writer of the same name got there first
+            raise UploadExists(f"{target.name!r} was written by another request meanwhile") from exc
+        raise ManifestError(f"could not store adapter files under the data directory: {exc.strerror}") from exc
 
 
 class AdapterStore:
@@ -62,10 +64,24 @@ class AdapterStore:
         shutil.rmtree(self.path_for(key), ignore_errors=True)
 
 
+def remove_scratch(directory: Path) -> int:
+    """Remove what interrupted writes left in `directory`: staging directories (`.name-xxxx`, see
+    `_publish_directory`) and `.partial` files. Called at start, before anything writes there."""
+    removed = 0
+    for entry in directory.iterdir() if directory.is_dir() else []:
+        if entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        elif entry.name.endswith(".partial") and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def unpack_adapter_archive(data: bytes, target: Path, max_unpacked_bytes: int) -> Path:
     """Unpack a zip or tar(.gz) holding a LoRA adapter into `target` (which must not exist yet)."""
     if target.exists():
-        raise AdapterRejected(f"an upload named {target.name!r} already exists")
+        raise UploadExists(f"an upload named {target.name!r} already exists; delete it first")
     members = _read_zip(data, max_unpacked_bytes) if zipfile.is_zipfile(io.BytesIO(data)) else _read_tar(
         data, max_unpacked_bytes)
     missing = [name for name in _WANTED if name not in members]

@@ -21,6 +21,10 @@ class AdapterRejected(ExpertError):
     """An adapter that may not or cannot be loaded: outside allowed roots, not safetensors, wrong shape."""
 
 
+class UploadExists(ExpertError):
+    """An upload under a name that another upload holds (or is writing at this moment)."""
+
+
 class PromptTooLong(ExpertError):
     """The rendered prompt plus the requested completion do not fit the model's context."""
 

@@ -86,6 +86,13 @@ class Manifest:
             row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"setting:{key}",)).fetchone()
         return row[0] if row else None
 
+    def settings_under(self, prefix: str) -> dict[str, str]:
+        """Every stored setting whose key starts with `prefix`, by key."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM meta WHERE key LIKE ? ESCAPE '\\'",
+                                    (f"setting:{_like_prefix(prefix)}%",)).fetchall()
+        return {key.removeprefix("setting:"): value for key, value in rows}
+
     def put_setting(self, key: str, value: str | None) -> None:
         with self._lock:
             try:
@@ -178,3 +185,7 @@ class Manifest:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from experts.adapter_store import AdapterStore
+from experts.adapter_store import AdapterStore, remove_scratch
 from experts.backends import create_backend
 from experts.manifest import Manifest
 from experts.models import resolve_base_model
@@ -81,11 +81,14 @@ async def build_state(settings: Settings) -> AppState:
         segments=segments,
         load_encoder=encoders.load,
     )
+    for scratch in ("experts", "adapters/uploads", "documents"):  # left by writes a crash interrupted
+        remove_scratch(settings.data_dir / scratch)
     await registry.restore()
     segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
     # The bulk twin is built now, so its memory is part of the baseline, not a surprise under load.
     lanes = Lanes(await asyncio.to_thread(shared_encoder, settings, device, 1))
-    indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes)
+    indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes, manifest)
+    await indexing.resume()  # jobs acknowledged (202) before a crash or restart
     await seed_registry(registry, indexing, settings.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)

@@ -25,6 +25,7 @@ from experts.errors import (
     ExpertNotFound,
     ManifestError,
     PromptTooLong,
+    UploadExists,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     ManifestError: (503, "server_error", "storage_unavailable"),
     AdapterUnavailable: (503, "server_error", "expert_failed"),
+    UploadExists: (409, "conflict_error", "upload_exists"),
 }
 
 

@@ -9,20 +9,23 @@ failed job leaves the registry as it was.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from experts.adapters import resolve_within_roots
-from experts.errors import DocumentsRejected, ExpertExists, ExpertNotFound
+from experts.errors import DocumentsRejected, ExpertError, ExpertExists, ExpertNotFound
+from experts.manifest import Manifest
 from experts.registry import Expert, ExpertRegistry
 from experts.retrieval.chunking import Chunk, chunk_documents
-from experts.retrieval.documents import Document, check_unique, read_source
+from experts.retrieval.documents import Document, check_unique, parse_jsonl, read_source
 from experts.retrieval.index import DocumentIndex, Segment, TextEmbedder
 from experts.retrieval.store import SegmentStore, new_segment_id
 from experts.spec import ExpertSpec
@@ -33,6 +36,7 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+_PENDING = "pending_index:"
 
 JobState = Literal["queued", "embedding", "publishing", "done", "failed"]
 Operation = Literal["create", "replace", "add_documents"]
@@ -51,6 +55,7 @@ class IndexingJob:
     registry_version: int | None = None
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    record: str | None = None  # its key in the manifest while it is pending
 
     @property
     def active(self) -> bool:
@@ -59,8 +64,11 @@ class IndexingJob:
 
 class IndexingService:
     def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
-                 settings: Settings, metrics: Metrics, lanes: Lanes | None = None) -> None:
+                 settings: Settings, metrics: Metrics, lanes: Lanes | None = None,
+                 manifest: Manifest | None = None) -> None:
         self._registry = registry
+        self._manifest = manifest  # where accepted jobs are kept until they finish (see `resume`)
+        self._pending_dir = settings.data_dir / "pending"
         self._lanes = lanes  # indexing is bulk work: on the low-priority lane when the server has one
         self._encoders = encoders
         self._segments = segments
@@ -89,6 +97,7 @@ class IndexingService:
             index = DocumentIndex([segment], {}, encoder.dim)
             return await self._registry.publish_retriever(spec, index, encoder, replace=replace)
 
+        self._remember(job, spec, documents)
         self._start(job, encoder, chunks, publish)
         return job
 
@@ -113,8 +122,68 @@ class IndexingService:
             written = DocumentIndex([segment], {}, encoder.dim)
             return await self._registry.update_index(name, change, written=written)
 
+        self._remember(job, None, docs)
         self._start(job, encoder, chunks, publish)
         return job
+
+    # -- durability ---------------------------------------------------------------------------------
+
+    def _remember(self, job: IndexingJob, spec: ExpertSpec | None, documents: Sequence[Document] | None) -> None:
+        """Keep an accepted job (its spec, and inline documents in a file) until it finishes: a 202 is a
+        promise, and a crash or restart before the job publishes must not forget it."""
+        if self._manifest is None:
+            return
+        job.record = f"{_PENDING}{job.expert}:{uuid.uuid4().hex}"
+        saved = None
+        if documents:
+            self._pending_dir.mkdir(parents=True, exist_ok=True)
+            saved = self._pending_dir / f"{job.record.rsplit(':', 1)[1]}.jsonl"
+            saved.write_text("".join(json.dumps(asdict(d)) + "\n" for d in documents), encoding="utf-8")
+        self._manifest.put_setting(job.record, json.dumps({
+            "operation": job.operation, "expert": job.expert, "documents": str(saved) if saved else None,
+            "spec": spec.model_dump(mode="json") if spec is not None else None}))
+
+    def _forget(self, record: str | None, documents: str | None = None) -> None:
+        if self._manifest is None or record is None:
+            return
+        stored = self._manifest.get_setting(record)
+        self._manifest.put_setting(record, None)
+        path = documents or (json.loads(stored)["documents"] if stored else None)
+        if path:
+            Path(path).unlink(missing_ok=True)
+
+    async def resume(self) -> int:
+        """Restart the jobs accepted before the last shutdown or crash that had not finished. A job that
+        cannot restart (its documents are gone, say) reports its expert as failed, with the reason."""
+        if self._manifest is None:
+            return 0
+        resumed = 0
+        pending = sorted(self._manifest.settings_under(_PENDING).items())
+        kept = {json.loads(raw)["documents"] for _, raw in pending}
+        for orphan in self._pending_dir.glob("*.jsonl") if self._pending_dir.is_dir() else []:
+            if str(orphan) not in kept:  # saved, then a crash before its record was committed
+                orphan.unlink(missing_ok=True)
+        for record, raw in pending:
+            stored = json.loads(raw)
+            name = stored["expert"]
+            try:
+                documents = (await asyncio.to_thread(parse_jsonl, Path(stored["documents"]).read_bytes())
+                             if stored["documents"] else None)
+                if stored["operation"] == "add_documents":
+                    await self.add_documents(name, documents or [])
+                else:
+                    spec = ExpertSpec.model_validate(stored["spec"])
+                    await self.create(spec, documents, replace=stored["operation"] == "replace")
+                resumed += 1
+                log.info("resumed the indexing job for %r accepted before the restart", name)
+            except (ExpertError, OSError, ValueError) as exc:
+                if stored["operation"] == "create" and name in self._registry.snapshot.experts:
+                    log.info("the indexing job for %r had published before the restart", name)
+                else:
+                    self._registry.failed[name] = f"indexing accepted before a restart could not resume: {exc}"
+                    log.error("indexing job for %r could not resume: %s", name, exc)
+            self._forget(record, stored["documents"])
+        return resumed
 
     async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> Expert:
         """Remove documents from a live retriever at once, as a new expert version."""
@@ -224,10 +293,11 @@ class IndexingService:
             job.state = "done"
             log.info("indexed %d chunks of %d documents into %r", len(chunks), job.documents, job.expert)
         except asyncio.CancelledError:
-            job.state, job.error = "failed", "cancelled at shutdown"
+            job.state, job.error = "failed", "cancelled at shutdown (it resumes at the next start)"
             raise
         except Exception as exc:
             job.state, job.error = "failed", str(exc)
             log.error("indexing job %d for %r failed: %s", job.id, job.expert, exc)
         finally:
             job.finished_at = time.time()
+        await asyncio.to_thread(self._forget, job.record)

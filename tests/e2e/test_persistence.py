@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -98,3 +99,48 @@ def test_sigkill_during_registrations_loses_no_acknowledged_expert(tmp_path: Pat
             assert reply.status_code == 200, reply.text
     finally:
         restarted.stop()
+
+
+def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path: Path) -> None:
+    """A 202 is a promise: a retriever killed mid-indexing comes back and finishes after the restart; a
+    job whose documents vanished meanwhile is reported failed, not dropped; scratch left by interrupted
+    writes is removed at start."""
+    config = write_config(tmp_path)
+    documents = tmp_path / "data" / "documents"
+    documents.mkdir(parents=True)
+    words = ["soil", "compost", "seedlings", "mulch", "pruning", "watering", "roots", "harvest", "frost", "shade"]
+    with (documents / "almanac.jsonl").open("w") as out:
+        for i in range(2000):  # tens of seconds of indexing on two cores: the kill lands mid-way
+            text = " ".join(words[(i + k) % len(words)] for k in range(60))
+            out.write(json.dumps({"id": f"note-{i}", "title": f"Note {i}", "text": f"{text} ({i})"}) + "\n")
+    (documents / "vanishing.jsonl").write_bytes((REPO / "tests" / "data" / "garden.jsonl").read_bytes())
+    body = {"kind": "retriever", "description": "garden notes", "examples": ["When do I plant tomatoes?"]}
+    first = ServerProcess(config, tmp_path / "server.log").start()
+    try:
+        for name, path in (("almanac", "almanac.jsonl"), ("vanishing", "vanishing.jsonl")):
+            accepted = httpx.post(f"{first.base_url}/admin/experts", headers=AUTH, timeout=60,
+                                  json={**body, "name": name, "documents_path": str(documents / path)})
+            assert accepted.status_code == 202, accepted.text
+        listed = {e["name"]: e["state"] for e in
+                  httpx.get(f"{first.base_url}/admin/experts", headers=AUTH).json()["data"]}
+        assert listed["almanac"] == "indexing"
+    finally:
+        first.stop(signal.SIGKILL)
+    (documents / "vanishing.jsonl").unlink()
+    scratch = tmp_path / "data" / "adapters" / "uploads" / ".cooking-x1y2"
+    scratch.mkdir(parents=True)
+
+    second = ServerProcess(config, tmp_path / "server.log").start()
+    try:
+        assert not scratch.exists()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            experts = {e["name"]: e for e in httpx.get(f"{second.base_url}/admin/experts", headers=AUTH).json()["data"]}
+            if experts.get("almanac", {}).get("state") == "ready":
+                break
+            time.sleep(1)
+        assert experts["almanac"]["state"] == "ready" and experts["almanac"]["index"]["documents"] == 2000
+        assert experts["vanishing"]["state"] == "failed" and "could not resume" in experts["vanishing"]["error"]
+        assert "resumed the indexing job for 'almanac'" in second.log_text()
+    finally:
+        second.stop()
