@@ -26,9 +26,9 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def tar_bytes(members: dict[str, bytes], link: tuple[str, str] | None = None) -> bytes:
+def tar_bytes(members: dict[str, bytes], link: tuple[str, str] | None = None, mode: str = "w:gz") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
         for name, content in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(content)
@@ -92,3 +92,66 @@ def test_a_refused_registration_leaves_no_copy(tmp_path: Path) -> None:
     with pytest.raises(AdapterRejected):
         asyncio.run(registry.add(spec("bad", make_adapter(tmp_path / "src", "b"))))
     assert list(store.root.iterdir()) == []
+
+
+ADAPTER_FILES = {"a/adapter_config.json": b"{}", "a/adapter_model.safetensors": b"x" * 1000}
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
+def test_tar_archives_unpack_in_every_compression(mode: str, tmp_path: Path) -> None:
+    unpacked = unpack_adapter_archive(tar_bytes(ADAPTER_FILES, mode=mode), tmp_path / "t", 1_000_000)
+    assert sorted(p.name for p in unpacked.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_a_decompression_bomb_stops_at_the_bound_even_in_a_skipped_member(tmp_path: Path) -> None:
+    import bz2
+    import time
+
+    bomb = bz2.compress(tar_bytes({**ADAPTER_FILES, "padding.bin": bytes(200_000_000)}, mode="w"))
+    assert len(bomb) < 10_000
+    started = time.monotonic()
+    with pytest.raises(AdapterRejected, match="decompresses to more than"):
+        unpack_adapter_archive(bomb, tmp_path / "b", 5_000_000)
+    assert time.monotonic() - started < 5  # stops at ~6 MB of output, not after 200 MB
+    assert not (tmp_path / "b").exists()
+
+
+def test_damaged_archives_are_refused(tmp_path: Path) -> None:
+    import gzip
+    import zipfile
+
+    good = io.BytesIO()
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("adapter_config.json", "{}")
+        archive.writestr("adapter_model.safetensors", "y" * 1000)
+    corrupt = bytearray(good.getvalue())
+    corrupt[corrupt.find(b"adapter_model.safetensors") + 30] ^= 0xFF  # inside the deflated data
+    cases = [bytes(corrupt), good.getvalue()[:-40], gzip.compress(tar_bytes(ADAPTER_FILES, mode="w"))[:-30],
+             b"\x1f\x8bnot gzip at all", bz2_truncated()]
+    for i, data in enumerate(cases):
+        with pytest.raises(AdapterRejected):
+            unpack_adapter_archive(data, tmp_path / f"d{i}", 1_000_000)
+
+
+def bz2_truncated() -> bytes:
+    import bz2
+
+    whole = bz2.compress(tar_bytes(ADAPTER_FILES, mode="w"))
+    return whole[: len(whole) // 2]
+
+
+def test_a_second_upload_of_one_name_is_a_conflict(tmp_path: Path) -> None:
+    from experts.errors import UploadExists
+
+    unpack_adapter_archive(tar_bytes(ADAPTER_FILES, mode="w"), tmp_path / "same", 1_000_000)
+    with pytest.raises(UploadExists):
+        unpack_adapter_archive(tar_bytes(ADAPTER_FILES, mode="w"), tmp_path / "same", 1_000_000)
+
+
+def test_scratch_of_interrupted_writes_is_removed(tmp_path: Path) -> None:
+    from experts.adapter_store import remove_scratch
+
+    (tmp_path / ".cooking-ab12").mkdir()
+    (tmp_path / "docs.partial").write_text("half")
+    (tmp_path / "kept").mkdir()
+    assert remove_scratch(tmp_path) == 2 and [p.name for p in tmp_path.iterdir()] == ["kept"]
