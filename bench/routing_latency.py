@@ -1,6 +1,7 @@
 """Routing overhead (encode + score) for single short queries, as the server does it per request.
 
-Rows: the demo experts (real example embeddings), then 10 / 1,000 / 10,000 synthetic experts with 10
+Rows: the demo experts (real example embeddings; then with their capabilities as well, the way the
+registry indexes them), then 10 / 1,000 / 10,000 synthetic experts with 10
 random unit-vector examples each, for the `knn` policy and the `centroid` baseline. Queries are short real
 questions (CLINC150 test split), one at a time. Prints a table and writes JSON.
 
@@ -81,7 +82,10 @@ def main() -> None:
     queries = load_queries(args.queries)
     demo = yaml.safe_load((REPO / "demo" / "experts.yaml").read_text())["experts"]
     demo_experts = [ExpertVectors(e["name"], encoder.encode(e["examples"])) for e in demo]
-    scenarios = [("demo (3 experts, real examples)", demo_experts)]
+    with_capabilities = [ExpertVectors(e["name"], encoder.encode(e["examples"] + e.get("capabilities", [])))
+                         for e in demo]
+    scenarios = [("demo (3 experts, real examples)", demo_experts),
+                 ("demo, examples + capabilities", with_capabilities)]
     scenarios += [(f"{n:,} synthetic experts x 10 examples", synthetic_experts(n, encoder.dim))
                   for n in (10, 1_000, 10_000)]
     rows = []

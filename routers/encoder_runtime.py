@@ -61,7 +61,8 @@ class TorchRuntime:
 class OnnxRuntime:
     call_overhead_tokens = 32
 
-    def __init__(self, source: Path | str, cache_dir: Path, int8: bool, threads: int | None = None) -> None:
+    def __init__(self, source: Path | str, cache_dir: Path, int8: bool, threads: int | None = None,
+                 memory_arena: bool = True) -> None:
         import onnxruntime as ort
 
         model_path, self.input_names, self.hidden_size = _exported(Path(source), cache_dir, int8)
@@ -71,9 +72,9 @@ class OnnxRuntime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads would otherwise spin on cores that the event loop and the LLM need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # One thread means a bulk encoder (server/lanes.py): no memory arena, so the activations of a large
-        # batch go back to the allocator (and the OS) instead of staying reserved for the next one.
-        options.enable_cpu_mem_arena = threads != 1
+        # Without the arena (bulk encoders, server/lanes.py) the activations of a large batch go back to the
+        # allocator, and the OS, instead of staying reserved for the next one.
+        options.enable_cpu_mem_arena = memory_arena
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -85,8 +85,10 @@ async def build_state(settings: Settings) -> AppState:
         remove_scratch(settings.data_dir / scratch)
     await registry.restore()
     segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
-    # The bulk twin is built now, so its memory is part of the baseline, not a surprise under load.
-    lanes = Lanes(await asyncio.to_thread(shared_encoder, settings, device, 1))
+    # The bulk twin is built now, on the bulk thread, so its ONNX Runtime threads inherit its low priority
+    # and its memory is part of the baseline, not a surprise under load.
+    lanes = Lanes()
+    await lanes.build_bulk_encoder(lambda: shared_encoder(settings, device, bulk=True))
     indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes, manifest)
     await indexing.resume()  # jobs acknowledged (202) before a crash or restart
     await seed_registry(registry, indexing, settings.seed_experts)

@@ -18,12 +18,12 @@ from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from server.settings import Settings
 
 
-def shared_encoder(settings: Settings, device: str, threads: int | None = None) -> QueryEncoder:
+def shared_encoder(settings: Settings, device: str, bulk: bool = False) -> QueryEncoder:
     """The query encoder every request routes with (and retrievers that name none embed with); with
-    `threads=1`, its twin for the bulk lane (server/lanes.py)."""
+    `bulk`, its twin for the bulk lane (server/lanes.py), without ONNX Runtime's memory arena."""
     return QueryEncoder(resolve_encoder(settings.encoder_model), device, 256, settings.encoder_int8,
                         runtime=settings.encoder_runtime, cache_dir=settings.model_cache_dir / "encoders",
-                        threads=threads)
+                        memory_arena=not bulk)
 
 
 class EncoderPool:

@@ -10,9 +10,10 @@ cores, and one routing decision took 72 s instead of 8 ms. Now:
   in arrival order. After a job it hands freed heap back to the OS (`malloc_trim`), so a burst of large
   requests does not keep the process's memory high.
 - `bulk_encoder` is a twin of the shared query encoder for bulk work: its own tokenizer (and lock), and
-  an ONNX Runtime session with one intra-op thread, which is the bulk thread itself, so its compute
-  inherits the low priority, and no memory arena. Same weights, so its vectors are the shared encoder's
-  (to ~1e-6). It costs about 100 MB, built at start so that it is part of the baseline.
+  its own ONNX Runtime session, built on the bulk thread so that its intra-op threads inherit the low
+  priority (on an idle server bulk work still gets every core), and without a memory arena. Same
+  weights, so its vectors are the shared encoder's (to ~1e-6). It costs about 100 MB, built at start so
+  that it is part of the baseline.
 """
 
 from __future__ import annotations
@@ -51,11 +52,15 @@ def _trimmer() -> Callable[[], None]:
 
 
 class Lanes:
-    def __init__(self, bulk_encoder: QueryEncoder | None = None, routing_threads: int = 2) -> None:
+    def __init__(self, routing_threads: int = 2) -> None:
         self.routing = ThreadPoolExecutor(routing_threads, thread_name_prefix="switchyard-routing")
         self._bulk = ThreadPoolExecutor(1, thread_name_prefix="switchyard-bulk", initializer=_lower_priority)
-        self._bulk_encoder = bulk_encoder
+        self._bulk_encoder: QueryEncoder | None = None
         self._trim = _trimmer()
+
+    async def build_bulk_encoder(self, build: Callable[[], QueryEncoder]) -> None:
+        """Build the bulk twin on the bulk thread: threads it starts (ONNX Runtime's) inherit nice 19."""
+        self._bulk_encoder = await self.on_bulk(build)
 
     async def on_routing(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.routing, functools.partial(fn, *args))

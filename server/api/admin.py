@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from experts.adapter_store import unpack_adapter_archive
-from experts.errors import AdapterRejected, EncoderRejected, ExpertNotFound
+from experts.errors import AdapterRejected, EncoderRejected, ExpertNotFound, ManifestError
 from experts.registry import Expert
 from experts.retrieval.documents import Document, parse_jsonl
 from experts.spec import EXPERT_NAME_PATTERN, MAX_CAPABILITIES, ExpertSpec
@@ -216,10 +217,15 @@ async def upload_documents(
     documents = await state.lanes.on_bulk(parse_jsonl, data)
     target = state.settings.data_dir / "documents" / f"{name}.jsonl"
     with admin_operation(state, "upload"):
-        target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_suffix(".partial")
-        await asyncio.to_thread(staging.write_bytes, data)
-        staging.replace(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(staging.write_bytes, data)
+            staging.replace(target)
+        except OSError as exc:  # a full or read-only disk: 503 as for every other write, no paths shown
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+            raise ManifestError(f"could not store the uploaded documents: {exc.strerror}") from exc
     return DocumentsUploaded(name=name, documents_path=str(target.resolve()), documents=len(documents),
                              bytes=len(data))
 

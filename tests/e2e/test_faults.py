@@ -92,6 +92,25 @@ def test_an_unwritable_store_refuses_a_registration_and_changes_nothing(one_slot
     assert chat(url, "sql", "List all customers.").status_code == 200
 
 
+
+def test_an_unwritable_document_folder_answers_503_not_500(one_slot: ServerProcess) -> None:
+    url, directory = one_slot.base_url, one_slot.directory  # type: ignore[attr-defined]
+    folder = directory / "data" / "documents"
+    moved = folder.exists()
+    if moved:
+        shutil.move(folder, directory / "documents.moved")
+    folder.write_text("the disk is not a directory any more")
+    try:
+        response = httpx.post(f"{url}/admin/documents/notes", headers=ADMIN, timeout=60,
+                              content=b'{"id": "a", "text": "hello"}\n')
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "storage_unavailable" and str(directory) not in error["message"]
+    finally:
+        folder.unlink()
+        if moved:
+            shutil.move(directory / "documents.moved", folder)
+
 def test_a_slow_reader_neither_stalls_others_nor_buffers_without_bound(one_slot: ServerProcess) -> None:
     """Tokens wait for a slow client in its own bounded buffer (at most `max_tokens`); the batch moves on."""
     from bench.backends import tree_rss_mb

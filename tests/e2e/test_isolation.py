@@ -81,17 +81,24 @@ FINDINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def baseline(admin: httpx.Client, http: httpx.Client) -> tuple[str, str, str]:
+    """The base checksum and two greedy answers before this module registers anything; the last test
+    checks the checksum again, every test the answers."""
+    return checksum(admin), greedy(http, "sql"), greedy(http, "base")
+
+
 @pytest.mark.parametrize("finding", list(FINDINGS))
-def test_each_finding_is_refused_and_changes_nothing(finding: str, admin: httpx.Client, http: httpx.Client,
+def test_each_finding_is_refused_and_changes_nothing(finding: str, baseline: tuple[str, str, str],
+                                                     admin: httpx.Client, http: httpx.Client,
                                                      adapter_root: Path) -> None:
-    before = checksum(admin), greedy(http, "sql"), greedy(http, "base")
     config_change, tensor_change = FINDINGS[finding]
     config, tensors = demo_parts()
     tensors = tensor_change(tensors) if tensor_change else tensors
     path = write_adapter(adapter_root, {**config, **config_change}, tensors)
     response = admin.post("/admin/experts", json=expert_body(f"bad-{next(_names)}", path))
     assert_error(response, 400, "adapter_rejected")
-    assert (checksum(admin), greedy(http, "sql"), greedy(http, "base")) == before
+    assert (greedy(http, "sql"), greedy(http, "base")) == baseline[1:]
     assert http.get("/health").status_code == 200
 
 
@@ -155,9 +162,8 @@ def adapters(draw: st.DrawFn) -> tuple[dict, dict[str, torch.Tensor]]:
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(adapter=adapters())
 def test_fuzzed_adapters_are_refused_or_served_and_never_touch_the_base(
-        adapter: tuple[dict, dict[str, torch.Tensor]], admin: httpx.Client, http: httpx.Client,
-        adapter_root: Path) -> None:
-    before = checksum(admin), greedy(http, "sql")
+        adapter: tuple[dict, dict[str, torch.Tensor]], baseline: tuple[str, str, str], admin: httpx.Client,
+        http: httpx.Client, adapter_root: Path) -> None:
     config, tensors = adapter
     name = f"fuzz-{next(_names)}"
     response = admin.post("/admin/experts", json=expert_body(name, write_adapter(adapter_root, config, tensors)))
@@ -169,7 +175,12 @@ def test_fuzzed_adapters_are_refused_or_served_and_never_touch_the_base(
             assert admin.delete(f"/admin/experts/{name}").status_code == 204
     else:
         assert_error(response, 400, "adapter_rejected")
-    assert (checksum(admin), greedy(http, "sql")) == before
+    assert greedy(http, "sql") == baseline[1]
+
+
+def test_after_every_registration_and_refusal_above_the_base_weights_are_unchanged(
+        baseline: tuple[str, str, str], admin: httpx.Client) -> None:
+    assert checksum(admin) == baseline[0]
 
 
 # -- tokens and exposure ----------------------------------------------------------------------------------
@@ -251,3 +262,28 @@ def test_slow_headers_and_slow_bodies_are_timed_out(server: object, http: httpx.
     answer = _slow_request(url, [head] + [body[i:i + 2] for i in range(0, len(body), 2)], 0.4)
     assert b" 408 " in answer.split(b"\r\n", 1)[0] and b"request_timeout" in answer
     assert http.post("/v1/route", json={"query": "SQL to count rows in a table"}).status_code == 200
+
+
+def test_embeddings_beyond_the_bulk_queue_get_a_429_and_routing_still_answers(server: object) -> None:
+    """One embeddings request encodes at a time and three wait; the rest are refused before their body is
+    read. Meanwhile routing answers (its timing is measured in bench/isolation.py, not asserted here)."""
+    import concurrent.futures
+
+    url = server.base_url  # type: ignore[attr-defined]
+    text = ("Routing keeps working while bulk work waits its turn on the low-priority lane. " * 40)[:2900]
+    heavy = {"model": "base", "input": [text] * 16}  # 4,096 tokens after truncation: a second or so each
+
+    def embed() -> httpx.Response:
+        return httpx.post(f"{url}/v1/embeddings", json=heavy, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(embed) for _ in range(8)]
+        routed = httpx.post(f"{url}/v1/route", json={"query": "SQL to count rows in a table"}, timeout=60)
+        responses = [f.result() for f in futures]
+    assert routed.status_code == 200
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 429} and statuses.count(200) <= 4, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] and refused.json()["error"]["code"] == "server_busy"
+    vectors = next(r for r in responses if r.status_code == 200).json()["data"]
+    assert len(vectors) == 16 and len(vectors[0]["embedding"]) == 384
