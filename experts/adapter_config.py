@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,13 @@ class TargetRule:
             if re.fullmatch(rf"(.*\.)?({pattern})", module):
                 return rank
         return self.rank
+
+    def unknown_targets(self, modules: Iterable[str]) -> list[str]:
+        """Listed target names that match none of `modules` (PEFT would skip them without a word)."""
+        if isinstance(self.target_modules, str):
+            return []
+        names = list(modules)
+        return [t for t in self.target_modules if not any(_matches((t,), name) for name in names)]
 
     def largest_rank(self) -> int:
         return max([self.rank, *(rank for _, rank in self.rank_pattern)])

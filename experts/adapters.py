@@ -85,10 +85,8 @@ def check_fits_model(files: AdapterFiles, model: nn.Module) -> None:
     linear = _linear_modules(model)
     targets = files.targets
     expected = {name: layer for name, layer in linear.items() if targets.selects(name)}
-    if not isinstance(targets.target_modules, str):
-        for target in targets.target_modules:
-            if not any(name == target or name.endswith("." + target) for name in linear):
-                raise AdapterRejected(f"target module {target!r} is not a linear layer of the base model")
+    for target in targets.unknown_targets(linear):
+        raise AdapterRejected(f"target module {target!r} is not a linear layer of the base model")
     if not expected:
         raise AdapterRejected("the adapter's target_modules select no linear layer of the base model")
     found: dict[str, set[str]] = {name: set() for name in expected}

@@ -92,19 +92,23 @@ def fit_fallback_rule(queries: Sequence[ScoredQuery], min_per_expert: int = 10,
     """
     if not any(q.label != OUT_OF_SCOPE for q in queries):
         raise ValueError("calibration needs in-scope examples")
-    floor = None
-    if max_accuracy_loss is not None:
-        floor = outcome(FallbackRule(float("-inf")), queries)[0] - max_accuracy_loss
     best_rule, best_value = None, (-1.0, -1.0)
     for keep in KEEP_SHARES:
         for margin in MARGINS:
             rule = rule_for_share(queries, keep, margin, min_per_expert)
-            accuracy, recall = outcome(rule, queries)
-            if floor is None:
-                value = (accuracy + recall, 0.0)
-            else:  # within budget: most recall, then most accuracy; over it: only accuracy counts
-                value = (1.0 + recall, accuracy) if accuracy >= floor - 1e-12 else (0.0, accuracy)
+            value = rule_value(rule, queries, max_accuracy_loss)
             if value > best_value:
                 best_rule, best_value = rule, value
     assert best_rule is not None
     return best_rule
+
+
+def rule_value(rule: FallbackRule, queries: Sequence[ScoredQuery],
+               max_accuracy_loss: float | None = None) -> tuple[float, float]:
+    """What `fit_fallback_rule` maximises, comparable across rules: accuracy + recall; or, with a budget,
+    the most recall within it, then the most accuracy (over the budget only accuracy counts)."""
+    accuracy, recall = outcome(rule, queries)
+    if max_accuracy_loss is None:
+        return accuracy + recall, 0.0
+    floor = outcome(FallbackRule(float("-inf")), queries)[0] - max_accuracy_loss
+    return (1.0 + recall, accuracy) if accuracy >= floor - 1e-12 else (0.0, accuracy)

@@ -88,7 +88,7 @@ async def build_state(settings: Settings) -> AppState:
     # The bulk twin is built now, on the bulk thread, so its ONNX Runtime threads inherit its low priority
     # and its memory is part of the baseline, not a surprise under load.
     lanes = Lanes()
-    await lanes.build_bulk_encoder(lambda: shared_encoder(settings, device, bulk=True))
+    await lanes.build_bulk_encoder(encoder, lambda: shared_encoder(settings, device, bulk=True))
     indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes, manifest)
     await indexing.resume()  # jobs acknowledged (202) before a crash or restart
     await seed_registry(registry, indexing, settings.seed_experts)
@@ -97,9 +97,9 @@ async def build_state(settings: Settings) -> AppState:
     batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms, lanes.routing)
     sessions = (SessionStore(settings.session_max_entries, settings.session_ttl_seconds)
                 if settings.session_affinity else None)
-    routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name,
+    routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name, lanes,
                              context=settings.conversation_context(),
-                             cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions, lanes=lanes)
+                             cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions)
     restore_rule(manifest, routing)
     admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
     metrics.requests_in_flight.set_function(lambda: admission.in_flight)

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from experts.manifest import Manifest
-from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome
+from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome, rule_value
 from routers.conversation import ContextParams, LabelledTurns, Turn, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
 from server.errors import APIError
@@ -80,27 +80,17 @@ def _check_enough(labels: list[str]) -> None:
 
 
 def check_not_worse(fitted: FallbackRule, queries: list[ScoredQuery], current: FallbackRule,
-                    current_queries: list[ScoredQuery], budget: float | None) -> tuple[float, float]:
+                    current_queries: list[ScoredQuery], budget: float | None) -> None:
     """Refuse (409) a fitted rule that scores worse on its own cases than the calibrated rule in force
-    does; else return the fitted rule's in-scope accuracy and out-of-scope recall on them. (A first fit
-    replaces the configured threshold without this test: that threshold was not fitted on any data.)"""
-    value, accuracy, recall = _score(fitted, queries, budget)
-    kept, kept_accuracy, kept_recall = _score(current, current_queries, budget)
-    if value < kept - 1e-9:
-        raise APIError(409, f"the fitted rule scores worse on these cases than the rule in force (in-scope accuracy "
-                       f"{accuracy:.3f} vs {kept_accuracy:.3f}, out-of-scope recall {recall:.3f} vs "
-                       f"{kept_recall:.3f}); the rule in force is kept", "invalid_request_error",
-                       "calibration_worse", "examples")
-    return accuracy, recall
-
-
-def _score(rule: FallbackRule, queries: list[ScoredQuery], budget: float | None) -> tuple[float, float, float]:
-    """What the fit maximises, as a comparable value: (value, accuracy, recall)."""
-    accuracy, recall = outcome(rule, queries)
-    if budget is None:
-        return accuracy + recall, accuracy, recall
-    floor = outcome(FallbackRule(float("-inf")), queries)[0] - budget
-    return (1.0 + recall if accuracy >= floor - 1e-12 else 0.0) + accuracy * 1e-6, accuracy, recall
+    does, by the measure the fit maximises. (A first fit replaces the configured threshold without this
+    test: that threshold was not fitted on any data.)"""
+    if rule_value(fitted, queries, budget) >= rule_value(current, current_queries, budget):
+        return
+    (accuracy, recall), (kept_accuracy, kept_recall) = outcome(fitted, queries), outcome(current, current_queries)
+    raise APIError(409, f"the fitted rule scores worse on these cases than the rule in force (in-scope accuracy "
+                   f"{accuracy:.3f} vs {kept_accuracy:.3f}, out-of-scope recall {recall:.3f} vs "
+                   f"{kept_recall:.3f}); the rule in force is kept", "invalid_request_error",
+                   "calibration_worse", "examples")
 
 
 def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> list[LabelledTurn]:
@@ -134,24 +124,21 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
     turns = LabelledTurns(scores, valid, neutral, assistant, labels)
     conversations = body.conversations is not None
     budget = body.max_accuracy_loss
+    if budget is None and conversations:
+        budget = CONVERSATION_ACCURACY_BUDGET
     try:
         if conversations:
-            context, rule, queries = await asyncio.to_thread(
-                fit_context, turns, names, routing.context,
-                CONVERSATION_ACCURACY_BUDGET if budget is None else budget)
+            context, rule, queries = await asyncio.to_thread(fit_context, turns, names, routing.context, budget)
         else:
             context = routing.context
             queries = scored_turns(turns, names, context)
             rule = fit_fallback_rule(queries, max_accuracy_loss=budget)
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "examples") from exc
-    if budget is None and conversations:
-        budget = CONVERSATION_ACCURACY_BUDGET
-    current_queries = scored_turns(turns, names, routing.context) if conversations else queries
-    if routing.rule is routing.default_rule:  # the configured threshold was fitted on nothing: any fit may replace it
-        accuracy, recall = outcome(rule, queries)
-    else:
-        accuracy, recall = check_not_worse(rule, queries, routing.rule, current_queries, budget)
+    if routing.rule is not routing.default_rule:  # the configured threshold was fitted on nothing
+        current_queries = scored_turns(turns, names, routing.context) if conversations else queries
+        check_not_worse(rule, queries, routing.rule, current_queries, budget)
+    accuracy, recall = outcome(rule, queries)
     has_oos = any(q.label == OUT_OF_SCOPE for q in queries)
     fit = {"fitted_on": len(queries), "in_scope_accuracy": accuracy, "oos_recall": recall if has_oos else None,
            "out_of_scope_labels": out_of_scope if conversations else None}

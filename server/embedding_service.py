@@ -103,8 +103,7 @@ class EmbeddingService:
 
     def _encode(self, encoder: TextEmbedder, texts: list[str]) -> tuple[torch.Tensor, int]:
         """On the bulk lane: count, refuse over budget, then encode."""
-        if encoder is self._shared:
-            encoder = self._lanes.bulk_encoder()
+        encoder = self._lanes.bulk_encoder_for(encoder)
         tokens = encoder.count_tokens(texts)
         if tokens > self._max_tokens:
             raise APIError(400, f"the inputs hold {tokens} tokens; one request may hold at most {self._max_tokens}",

@@ -64,12 +64,11 @@ class IndexingJob:
 
 class IndexingService:
     def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
-                 settings: Settings, metrics: Metrics, lanes: Lanes | None = None,
-                 manifest: Manifest | None = None) -> None:
+                 settings: Settings, metrics: Metrics, lanes: Lanes, manifest: Manifest) -> None:
         self._registry = registry
         self._manifest = manifest  # where accepted jobs are kept until they finish (see `resume`)
         self._pending_dir = settings.data_dir / "pending"
-        self._lanes = lanes  # indexing is bulk work: on the low-priority lane when the server has one
+        self._lanes = lanes  # indexing is bulk work: on the low-priority lane
         self._encoders = encoders
         self._segments = segments
         self._settings = settings
@@ -131,8 +130,6 @@ class IndexingService:
     def _remember(self, job: IndexingJob, spec: ExpertSpec | None, documents: Sequence[Document] | None) -> None:
         """Keep an accepted job (its spec, and inline documents in a file) until it finishes: a 202 is a
         promise, and a crash or restart before the job publishes must not forget it."""
-        if self._manifest is None:
-            return
         job.record = f"{_PENDING}{job.expert}:{uuid.uuid4().hex}"
         saved = None
         if documents:
@@ -143,20 +140,17 @@ class IndexingService:
             "operation": job.operation, "expert": job.expert, "documents": str(saved) if saved else None,
             "spec": spec.model_dump(mode="json") if spec is not None else None}))
 
-    def _forget(self, record: str | None, documents: str | None = None) -> None:
-        if self._manifest is None or record is None:
+    def _forget(self, record: str | None) -> None:
+        stored = self._manifest.get_setting(record) if record is not None else None
+        if stored is None:
             return
-        stored = self._manifest.get_setting(record)
         self._manifest.put_setting(record, None)
-        path = documents or (json.loads(stored)["documents"] if stored else None)
-        if path:
-            Path(path).unlink(missing_ok=True)
+        if json.loads(stored)["documents"]:
+            Path(json.loads(stored)["documents"]).unlink(missing_ok=True)
 
     async def resume(self) -> int:
         """Restart the jobs accepted before the last shutdown or crash that had not finished. A job that
         cannot restart (its documents are gone, say) reports its expert as failed, with the reason."""
-        if self._manifest is None:
-            return 0
         resumed = 0
         pending = sorted(self._manifest.settings_under(_PENDING).items())
         kept = {json.loads(raw)["documents"] for _, raw in pending}
@@ -182,7 +176,7 @@ class IndexingService:
                 else:
                     self._registry.failed[name] = f"indexing accepted before a restart could not resume: {exc}"
                     log.error("indexing job for %r could not resume: %s", name, exc)
-            self._forget(record, stored["documents"])
+            self._forget(record)  # the resumed job was remembered afresh under its own record
         return resumed
 
     async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> Expert:
@@ -266,13 +260,6 @@ class IndexingService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _embed(self, encoder: TextEmbedder, texts: list[str]) -> torch.Tensor:
-        if self._lanes is None:
-            return await asyncio.to_thread(encoder.encode, texts)
-        lanes = self._lanes
-        return await lanes.on_bulk(lambda: (lanes.bulk_encoder() if encoder is self._encoders.shared
-                                            else encoder).encode(texts))
-
     async def _run(self, job: IndexingJob, encoder: TextEmbedder, chunks: list[Chunk],
                    publish: Callable[[Segment], Awaitable[Expert]]) -> None:
         try:
@@ -281,7 +268,7 @@ class IndexingService:
             batch = self._settings.indexing_batch_size
             for start in range(0, len(chunks), batch):
                 texts = [c.embedding_text() for c in chunks[start:start + batch]]
-                blocks.append(await self._embed(encoder, texts))
+                blocks.append(await self._lanes.on_bulk(self._lanes.bulk_encoder_for(encoder).encode, texts))
                 job.chunks_done = min(len(chunks), start + batch)
                 self._metrics.indexed_chunks.inc(len(texts))
             vectors = torch.cat(blocks) if blocks else torch.zeros(0, encoder.dim, device=encoder.device)

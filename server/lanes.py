@@ -9,11 +9,11 @@ cores, and one routing decision took 72 s instead of 8 ms. Now:
   scheduler gives routing and generation the cores whenever they want them; bulk jobs run one at a time
   in arrival order. After a job it hands freed heap back to the OS (`malloc_trim`), so a burst of large
   requests does not keep the process's memory high.
-- `bulk_encoder` is a twin of the shared query encoder for bulk work: its own tokenizer (and lock), and
-  its own ONNX Runtime session, built on the bulk thread so that its intra-op threads inherit the low
-  priority (on an idle server bulk work still gets every core), and without a memory arena. Same
-  weights, so its vectors are the shared encoder's (to ~1e-6). It costs about 100 MB, built at start so
-  that it is part of the baseline.
+- the bulk encoder (`bulk_encoder_for`) is a twin of the shared query encoder for bulk work: its own
+  tokenizer (and lock), and its own ONNX Runtime session, built on the bulk thread so that its intra-op
+  threads inherit the low priority (on an idle server bulk work still gets every core), and without a
+  memory arena. Same weights, so its vectors are the shared encoder's (to ~1e-6). It costs about
+  100 MB, built at start so that it is part of the baseline.
 """
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ class Lanes:
     def __init__(self, routing_threads: int = 2) -> None:
         self.routing = ThreadPoolExecutor(routing_threads, thread_name_prefix="switchyard-routing")
         self._bulk = ThreadPoolExecutor(1, thread_name_prefix="switchyard-bulk", initializer=_lower_priority)
-        self._bulk_encoder: QueryEncoder | None = None
+        self._shared: QueryEncoder | None = None
+        self._twin: QueryEncoder | None = None
         self._trim = _trimmer()
 
-    async def build_bulk_encoder(self, build: Callable[[], QueryEncoder]) -> None:
-        """Build the bulk twin on the bulk thread: threads it starts (ONNX Runtime's) inherit nice 19."""
-        self._bulk_encoder = await self.on_bulk(build)
+    async def build_bulk_encoder(self, shared: QueryEncoder, build: Callable[[], QueryEncoder]) -> None:
+        """Build the twin of `shared` on the bulk thread: threads it starts (ONNX Runtime's) inherit nice 19."""
+        self._shared, self._twin = shared, await self.on_bulk(build)
 
     async def on_routing(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.routing, functools.partial(fn, *args))
@@ -74,11 +75,9 @@ class Lanes:
         finally:
             self._trim()
 
-    def bulk_encoder(self) -> QueryEncoder:
-        """The shared encoder's twin for the bulk lane."""
-        if self._bulk_encoder is None:
-            raise RuntimeError("this server has no bulk encoder")
-        return self._bulk_encoder
+    def bulk_encoder_for(self, encoder: T) -> T | QueryEncoder:
+        """What bulk work encodes with on this lane: the twin for the shared encoder, any other as it is."""
+        return self._twin if encoder is self._shared and self._twin is not None else encoder
 
     def close(self) -> None:
         self.routing.shutdown(wait=False, cancel_futures=True)

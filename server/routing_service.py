@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -76,10 +76,10 @@ class RoutingService:
         registry: ExpertRegistry,
         metrics: Metrics,
         generalist_name: str,
+        lanes: Lanes,
         context: ContextParams | None = None,
         cache: EmbeddingCache | None = None,
         sessions: SessionStore | None = None,
-        lanes: Lanes | None = None,
     ) -> None:
         self._encoder = encoder
         self._lanes = lanes  # routing's own threads, never shared with bulk work
@@ -204,7 +204,7 @@ class RoutingService:
         `window` and packed for the filter: (scores [n, turns, experts], valid, neutral, assistant)."""
         windows = [window(turns, self.context.max_turns) for turns in conversations]
         texts = list(dict.fromkeys(turn.text for turns in windows for turn in turns))
-        vectors = await self._off_loop(self._encode_many, texts)
+        vectors = await self._lanes.on_routing(self._encode_many, texts)
         row = {t: i for i, t in enumerate(texts)}
         per_text = self._router.score(vectors, self._registry.snapshot.index).float()
         is_neutral = neutral_turns(vectors, self._neutral, self.context.neutral_similarity)
@@ -213,11 +213,6 @@ class RoutingService:
         neutral, _ = pack_turns([is_neutral[r] for r in rows])
         assistant, _ = pack_turns([torch.tensor([turn.assistant for turn in turns]) for turns in windows])
         return scores, valid, neutral, assistant
-
-    async def _off_loop(self, fn: Callable[[list[str]], torch.Tensor], texts: list[str]) -> torch.Tensor:
-        if self._lanes is None:
-            return await asyncio.to_thread(fn, texts)
-        return await self._lanes.on_routing(fn, texts)
 
     def _encode_many(self, texts: list[str]) -> torch.Tensor:
         return torch.cat([self._encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
@@ -241,7 +236,7 @@ class RoutingService:
         decisions = self._router.decide_scores(context.scores, snapshot.index, 2, rule, chosen=context.chosen)
         if not feedback or snapshot.generalist_vectors is None:
             return decisions
-        last = await self._off_loop(self._encode_many, [turns[-1].text for turns in conversations])
+        last = await self._lanes.on_routing(self._encode_many, [turns[-1].text for turns in conversations])
         return [_apply_generalist_feedback(d, v, snapshot.generalist_vectors)
                 for d, v in zip(decisions, last, strict=True)]
 

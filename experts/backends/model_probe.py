@@ -46,7 +46,7 @@ class ModelProbe:
         adapter, generalist = self._logits([key, BASE_ADAPTER])
         if not bool(torch.isfinite(adapter).all()):
             raise AdapterRejected("the adapter's probe forward pass produced NaN or infinite logits")
-        drift = float((generalist - self._reference).abs().max())
+        drift = self._drift(generalist)
         if drift > LOGIT_TOLERANCE:
             raise AdapterRejected(f"loading the adapter changed the base model's outputs (max logit drift {drift:.3g})")
 
@@ -56,10 +56,16 @@ class ModelProbe:
             logits = self._logits([BASE_ADAPTER])[0]
         except Exception as exc:  # the forward pass itself fails: report it, do not raise from /health
             return [f"the generalist's probe forward pass failed: {exc}"]
-        drift = float((logits - self._reference).abs().max()) if bool(torch.isfinite(logits).all()) else float("inf")
+        drift = self._drift(logits)
         if drift > LOGIT_TOLERANCE:
             return [f"the generalist's probe logits moved by {drift:.3g} since start: base weights changed"]
         return []
+
+    def _drift(self, generalist_logits: torch.Tensor) -> float:
+        """Largest distance from the recording (infinite for NaN or infinite logits)."""
+        if not bool(torch.isfinite(generalist_logits).all()):
+            return float("inf")
+        return float((generalist_logits - self._reference).abs().max())
 
     def base_checksum(self) -> str:
         """BLAKE2b of the base model's parameters by name, with LoRA layers seen through."""
