@@ -113,7 +113,9 @@ class Snapshot:
     generalist_vectors: torch.Tensor | None = None
 
 
-IndexBuilder = Callable[[Sequence[Expert]], object]
+# Builds the next snapshot's routing index from its experts, given the current index (an index that can
+# be updated rather than rebuilt reuses it).
+IndexBuilder = Callable[[Sequence[Expert], object | None], object]
 ExampleEmbedder = Callable[[list[str]], torch.Tensor]
 
 
@@ -156,7 +158,7 @@ class ExpertRegistry:
         self._load_encoder = load_encoder
         self._write_lock = asyncio.Lock()
         self._lease_lock = threading.Lock()
-        self._snapshot = Snapshot(version=0, experts=MappingProxyType({}), index=index_builder([]))
+        self._snapshot = Snapshot(version=0, experts=MappingProxyType({}), index=index_builder([], None))
         self._generalist: tuple[tuple[str, ...], torch.Tensor | None] = ((), None)
         self.failed: dict[str, str] = {}  # experts from the manifest that could not be restored, with why
 
@@ -447,7 +449,7 @@ class ExpertRegistry:
 
     def _publish(self, experts: Mapping[str, Expert], version: int) -> None:
         ordered = sorted(experts.values(), key=lambda e: e.name)
-        index = self._build_index(ordered)
+        index = self._build_index(ordered, self._snapshot.index)
         examples, vectors = self._generalist
         self._snapshot = Snapshot(version=version, experts=MappingProxyType(dict(experts)), index=index,
                                   generalist_examples=examples, generalist_vectors=vectors)

@@ -100,6 +100,11 @@ class Router(ABC):
     def build_index(self, experts: Sequence[ExpertVectors]) -> RoutingIndex:
         """Precompute whatever `score` needs; called once per registry change, never per request."""
 
+    def update_index(self, previous: RoutingIndex | None, experts: Sequence[ExpertVectors]) -> RoutingIndex:
+        """The next snapshot's index, given the current one. Policies whose index can be updated in place
+        of a rebuild (`knn` at catalogue scale) override it; the default rebuilds."""
+        return self.build_index(experts)
+
     @abstractmethod
     def score(self, queries: torch.Tensor, index: RoutingIndex) -> torch.Tensor:
         """Score a batch of normalised queries [batch, dim] against every expert: [batch, n_experts]."""

@@ -1,32 +1,23 @@
 """`centroid`: one mean vector per expert, RouterRetriever's training-free router.
 
-Kept as the research baseline to compare the other policies against; it is weak on broad domains.
+Kept as the research baseline to compare the other policies against; it is weak on broad domains. It is
+`knn` over one vector per expert (k=1), so it shares knn's indexes, including the one for large catalogues.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from routers.base import ExpertVectors, Router, RoutingIndex
+from routers.knn import KnnRouter
 
 
-class CentroidIndex(RoutingIndex):
-    def __init__(self, names: tuple[str, ...], centroids: torch.Tensor) -> None:
-        self.names = names
-        self.centroids = centroids  # [experts, dim], normalised
-
-
-class CentroidRouter(Router):
+class CentroidRouter(KnnRouter):
     name = "centroid"
 
-    def build_index(self, experts: Sequence[ExpertVectors]) -> CentroidIndex:
-        if not experts:
-            return CentroidIndex((), torch.zeros(0, 1))
-        means = torch.stack([e.vectors.mean(dim=0) for e in experts])
-        return CentroidIndex(tuple(e.name for e in experts), torch.nn.functional.normalize(means, dim=-1))
+    def __init__(self, threshold: float, ann_min_experts: int = 2000, candidates: int = 16,
+                 max_candidates: int = 1024, ef: int = 128) -> None:
+        super().__init__(threshold, k=1, aggregation="max", ann_min_experts=ann_min_experts,
+                         candidates=candidates, max_candidates=max_candidates, ef=ef)
 
-    def score(self, queries: torch.Tensor, index: RoutingIndex) -> torch.Tensor:
-        assert isinstance(index, CentroidIndex)
-        return queries.to(index.centroids.dtype) @ index.centroids.T
+    def summarise(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(vectors.mean(dim=0, keepdim=True), dim=-1)

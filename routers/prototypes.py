@@ -7,12 +7,11 @@ sub-topic, deterministically (farthest-point initialisation, fixed iterations).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from routers.base import ExpertVectors
-from routers.knn import Aggregation, KnnIndex, KnnRouter
+from routers.knn import Aggregation, KnnRouter
 
 
 def spherical_kmeans(vectors: torch.Tensor, count: int, iterations: int = 10) -> torch.Tensor:
@@ -37,13 +36,10 @@ def spherical_kmeans(vectors: torch.Tensor, count: int, iterations: int = 10) ->
 class PrototypeRouter(KnnRouter):
     name = "prototypes"
 
-    def __init__(
-        self, threshold: float, prototypes: int = 8, k: int = 1, aggregation: Aggregation = "max"
-    ) -> None:
-        super().__init__(threshold, k=k, aggregation=aggregation)
+    def __init__(self, threshold: float, prototypes: int = 8, k: int = 1, aggregation: Aggregation = "max",
+                 **search: Any) -> None:
+        super().__init__(threshold, k=k, aggregation=aggregation, **search)
         self.prototypes = prototypes
 
-    def build_index(self, experts: Sequence[ExpertVectors]) -> KnnIndex:
-        return super().build_index(
-            [ExpertVectors(e.name, spherical_kmeans(e.vectors, self.prototypes)) for e in experts]
-        )
+    def summarise(self, vectors: torch.Tensor) -> torch.Tensor:
+        return spherical_kmeans(vectors, self.prototypes)

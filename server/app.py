@@ -19,7 +19,7 @@ from experts.manifest import Manifest
 from experts.models import resolve_base_model
 from experts.registry import Expert, ExpertRegistry
 from experts.retrieval.store import SegmentStore
-from routers.base import ExpertVectors, Router
+from routers.base import ExpertVectors, Router, RoutingIndex
 from routers.batching import MicroBatcher
 from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's IndexBuilder
     """Adapt registry experts to the routing policy's input; this is where server/ joins the two layers."""
 
-    def build(experts: list[Expert]) -> object:
-        return router.build_index([ExpertVectors(e.name, e.example_embeddings) for e in experts])
+    def build(experts: list[Expert], previous: object | None) -> object:
+        current = previous if isinstance(previous, RoutingIndex) else None
+        return router.update_index(current, [ExpertVectors(e.name, e.example_embeddings) for e in experts])
 
     return build
 

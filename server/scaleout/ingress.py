@@ -82,7 +82,7 @@ class RoutingIngress:
             if cached is None:
                 cached = await asyncio.to_thread(self._encoder.encode, ExpertSpec(**entry.spec).routing_texts())
             vectors[entry.model_id] = cached
-        index = self._router.build_index([ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
+        index = self._router.update_index(self._index, [ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
         self._vectors, self._entries, self._index, self._version = vectors, {e.name: e for e in entries}, index, version
 
     async def _decide(self, turns: list[Turn]) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:

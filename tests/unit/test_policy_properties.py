@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from routers.base import ExpertVectors
 from routers.policies import create_router
 
-POLICIES = ["knn", "centroid", "prototypes"]  # `linear` trains in the background; its own tests cover it
+# `linear` trains in the background; its own tests cover it. "+candidates": the index for large catalogues
+# (routers/candidate_index.py), forced on for these small ones.
+POLICIES = ["knn", "centroid", "prototypes", "knn+candidates", "prototypes+candidates"]
+
+
+def make_router(policy: str, threshold: float):  # noqa: ANN201 - a Router
+    name, _, variant = policy.partition("+")
+    return create_router(name, threshold, {"ann_min_experts": 1} if variant else None)
 
 
 def unit(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -27,7 +34,7 @@ experts_strategy = st.lists(st.integers(min_value=1, max_value=6), min_size=1, m
        threshold=st.floats(-1.0, 1.0))
 def test_rankings_are_best_first_over_registered_experts(sizes: list[int], seed: int, policy: str,
                                                          threshold: float) -> None:
-    router = create_router(policy, threshold)
+    router = make_router(policy, threshold)
     experts = [ExpertVectors(f"e{i}", unit(n, 16, seed + i)) for i, n in enumerate(sizes)]
     index = router.build_index(experts)
     query = unit(1, 16, seed + 999)[0]
@@ -48,7 +55,7 @@ def test_rankings_are_best_first_over_registered_experts(sizes: list[int], seed:
        pick=st.integers(0, 7))
 def test_an_experts_own_example_routes_to_it_and_order_does_not_matter(sizes: list[int], seed: int, policy: str,
                                                                        pick: int) -> None:
-    router = create_router(policy, 0.0)
+    router = make_router(policy, 0.0)
     experts = [ExpertVectors(f"e{i}", unit(n, 64, seed + i)) for i, n in enumerate(sizes)]
     target = experts[pick % len(experts)]
     single = ExpertVectors(target.name, target.vectors[:1])

@@ -55,7 +55,7 @@ def embed(texts: list[str]) -> torch.Tensor:
 def new_registry(
     tmp_path: Path, host: FakeHost, manifest: Manifest | None = None, store: AdapterStore | None = None
 ) -> ExpertRegistry:
-    return ExpertRegistry(host=host, index_builder=lambda experts: tuple(e.name for e in experts),
+    return ExpertRegistry(host=host, index_builder=lambda experts, _previous: tuple(e.name for e in experts),
                           embed_examples=embed, adapter_roots=[tmp_path], max_adapter_rank=16, manifest=manifest,
                           store=store)
 
