@@ -3,7 +3,7 @@
 Experts are made from real text: CLINC150's training queries, 100 per intent. Expert `i` takes intent
 `i mod 150` and 10 of its queries drawn with a fixed seed, so from 1,000 experts on, several experts share
 an intent and often an example: their scores are close, which is what makes exactness hard. Queries are
-the `test` split (in-scope); `--split val` tunes the index on the validation split instead.
+the `test` split, in-scope and out-of-scope reported apart; `--split val` (with `oos_val`) is for tuning.
 
 For each catalogue size, in one run:
 - routing p50 / p99 for one query at a time (encode + top-2 decision, as a request does), with the
@@ -155,6 +155,9 @@ def main() -> None:
     train = embedded(encoder, "train", train_texts)
     query_texts = [t for t, _ in data[args.split]]
     queries = embedded(encoder, args.split, query_texts)
+    oos_split = "oos_test" if args.split == "test" else "oos_val"
+    oos_texts = [t for t, _ in data[oos_split]]
+    oos = embedded(encoder, oos_split, oos_texts)
     # one out-of-scope example: the query equal to it scores 1.0 for the newcomer and less for any other
     newcomer = ExpertVectors("newcomer", embedded(encoder, "oos_train", [t for t, _ in data["oos_train"]])[:1])
     timed = query_texts[:args.queries]
@@ -175,18 +178,21 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         index_mb = rss_mb() - before
         exact = exhaustive_scores(exhaustive, exhaustive_index, queries)
+        exact_oos = exhaustive_scores(exhaustive, exhaustive_index, oos)
         row = {"experts": count, "index": type(index).__name__, "build_s": build_s,
                "index_mb": index_mb, "bytes_per_expert": index_mb * 2**20 / count,
                "exhaustive_index_mb": exhaustive_mb,
                "default": latency(encoder, default, index, timed),
                "exhaustive": latency(encoder, exhaustive, exhaustive_index, timed),
                **exactness(default, index, queries, exact),
+               "out_of_scope": {**latency(encoder, default, index, oos_texts[:args.queries]),
+                                **exactness(default, index, oos, exact_oos)},
                **hot_changes(default, index, experts, newcomer)}
         rows.append(row)
         print(f"{count:>7,} experts: {row['index']}, built in {build_s:.1f} s, "
               f"p50 {row['default']['p50_ms']:.2f} ms (exhaustive {row['exhaustive']['p50_ms']:.2f}), "
               f"agreement {row['top1_agreement']:.4f}", flush=True)
-        del exhaustive_index, index, exact
+        del exhaustive_index, index, exact, exact_oos
     cache = cache_costs(encoder, timed[:200])
 
     base = rows[0]["default"]["p50_ms"]
@@ -202,6 +208,11 @@ def main() -> None:
               f"{r['exhaustive']['p99_ms']:>9.2f} {r['top1_agreement']:>11.4f} {r['top1_same_expert']:>9.4f} "
               f"{r['top5_recall']:>10.4f} {r['index_mb']:>7.1f} {r['bytes_per_expert'] / 1024:>9.2f} "
               f"{r['hot_add_ms']:>7.1f} {r['hot_remove_ms']:>9.1f}")
+    print("\nout-of-scope queries (no expert fits; the completeness check works hardest):")
+    for r in rows:
+        o = r["out_of_scope"]
+        print(f"{r['experts']:>8,} experts: p50 {o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms, "
+              f"top-1 agreement {o['top1_agreement']:.4f}, top-5 recall {o['top5_recall']:.4f}")
     print(f"\nembedding cache: hit p50 {cache['cache_hit_p50_ms']:.4f} ms (p99 {cache['cache_hit_p99_ms']:.4f}), "
           f"miss (encode) p50 {cache['cache_miss_p50_ms']:.2f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ older snapshot never sees its experts disappear underneath it.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -78,30 +79,34 @@ class ExampleStore:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def add_entry(self, vectors: torch.Tensor) -> int:
-        """Index one expert version's example vectors [n, dim]; returns its entry id, which stays until the
-        indices that `retain` it `release` it (an entry no index retains is dropped at the next release)."""
-        rows = np.ascontiguousarray(vectors.detach().float().cpu().numpy())
+    def add_entries(self, experts: Sequence[torch.Tensor]) -> list[int]:
+        """Index expert versions' example vectors (each [n, dim]); returns their entry ids, which stay until
+        the indices that `retain` them `release` them. New examples go into the graph in one call, on every
+        core (a catalogue restored at start is one call)."""
         with self._lock:
-            entry = self._new_entry()
-            ids, fresh_ids, fresh_rows = [], [], []
-            for row in rows:
-                key = row.tobytes()
-                vid = self._id_of.get(key)
-                if vid is None:
-                    vid = self._allocate()
-                    self._id_of[key] = vid
-                    self._vectors[vid] = row
-                    self._owners[vid] = []
-                    fresh_ids.append(vid)
-                    fresh_rows.append(row)
-                if not self._owners[vid] or self._owners[vid][-1] != entry:  # an expert may repeat an example
-                    self._owners[vid].append(entry)
-                ids.append(vid)
+            entries, fresh_ids, fresh_rows = [], [], []
+            for vectors in experts:
+                entry = self._new_entry()
+                ids = []
+                for row in np.ascontiguousarray(vectors.detach().float().cpu().numpy()):
+                    key = row.tobytes()
+                    vid = self._id_of.get(key)
+                    if vid is None:
+                        vid = self._allocate()
+                        self._id_of[key] = vid
+                        self._vectors[vid] = row
+                        self._owners[vid] = []
+                        fresh_ids.append(vid)
+                        fresh_rows.append(row)
+                    if not self._owners[vid] or self._owners[vid][-1] != entry:  # an expert may repeat one
+                        self._owners[vid].append(entry)
+                    ids.append(vid)
+                self._place(entry, np.asarray(ids, dtype=np.int64))
+                entries.append(entry)
             if fresh_ids:
-                self._graph.add_items(np.stack(fresh_rows), np.asarray(fresh_ids), num_threads=1)
-            self._place(entry, np.asarray(ids, dtype=np.int64))
-            return entry
+                threads = 1 if len(fresh_ids) < 1000 else os.cpu_count() or 1
+                self._graph.add_items(np.stack(fresh_rows), np.asarray(fresh_ids), num_threads=threads)
+            return entries
 
     def retain(self, entries: np.ndarray) -> None:
         """One more index holds each of these (distinct) entries."""
@@ -254,12 +259,15 @@ def build_candidate_index(experts: Sequence[ExpertVectors], previous: RoutingInd
     reused, the others are `summarise`d (the policy's view of the examples) and added."""
     known = previous if isinstance(previous, CandidateIndex) and previous.store is store else None
     entries = np.empty(len(experts), dtype=np.int64)
+    fresh: list[int] = []
     for i, expert in enumerate(experts):
         column = known.column_of_name.get(expert.name) if known is not None else None
         if column is not None and known.sources[column] is expert.vectors:
             entries[i] = known.entries[column]
         else:
-            entries[i] = store.add_entry(summarise(expert.vectors))
+            fresh.append(i)
+    if fresh:
+        entries[fresh] = store.add_entries([summarise(experts[i].vectors) for i in fresh])
     return CandidateIndex(store, tuple(e.name for e in experts), entries, tuple(e.vectors for e in experts))
 
 
