@@ -94,7 +94,7 @@ def main() -> None:
         for policy in ("knn", "centroid"):
             # the exhaustive index at every size: random vectors are the worst case for the candidate
             # index's graph; bench/routing_scale.py measures that index on real text
-            router = create_router(policy, threshold=0.3, params={"ann_min_experts": 10**9})
+            router = create_router(policy, threshold=0.3, params={"ann_min_examples": 10**9})
             rows.append({"scenario": label, "experts": len(experts), "router": policy,
                          **measure(encoder, router, experts, queries)})
     header = f"{'scenario':<40} {'router':<9} {'p50 ms':>8} {'p99 ms':>8} {'encode p50':>11} {'score p50':>10}"

@@ -7,7 +7,7 @@ the `test` split, in-scope and out-of-scope reported apart; `--split val` (with 
 
 For each catalogue size, in one run:
 - routing p50 / p99 for one query at a time (encode + top-2 decision, as a request does), with the
-  default `knn` (candidate index from `ann_min_experts` experts on) and the exhaustive `knn` (baseline);
+  default `knn` (candidate index from `ann_min_examples` examples on) and the exhaustive `knn` (baseline);
 - top-1 agreement with the exhaustive search (the same expert, or one with the same score to 1e-6, as
   happens when two experts hold the same examples), and the recall of the exhaustive top-5;
 - index memory (resident-set growth while building, and per expert);
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLINC = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 CACHE = REPO / "bench" / "results" / "cache"
 PER_EXPERT = 10
-EXHAUSTIVE = 10**9  # ann_min_experts above any catalogue: the padded-matrix knn
+EXHAUSTIVE = 10**9  # ann_min_examples above any catalogue: the padded-matrix knn
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "routing_scale.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER))
+    encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER), runtime="onnx")  # the server's default on CPU
     data = json.loads(CLINC.read_text())
     train_texts, train_intents = [t for t, _ in data["train"]], [i for _, i in data["train"]]
     train = embedded(encoder, "train", train_texts)
@@ -165,7 +165,7 @@ def main() -> None:
     rows = []
     for count in args.sizes:
         experts = make_experts(count, train, train_intents)
-        exhaustive = KnnRouter(0.3, ann_min_experts=EXHAUSTIVE)
+        exhaustive = KnnRouter(0.3, ann_min_examples=EXHAUSTIVE)
         gc.collect()
         before = rss_mb()
         exhaustive_index = exhaustive.build_index(experts)

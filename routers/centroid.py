@@ -14,9 +14,9 @@ from routers.knn import KnnRouter
 class CentroidRouter(KnnRouter):
     name = "centroid"
 
-    def __init__(self, threshold: float, ann_min_experts: int = 2000, candidates: int = 16,
+    def __init__(self, threshold: float, ann_min_examples: int = 5000, candidates: int = 16,
                  max_candidates: int = 1024, ef: int = 128) -> None:
-        super().__init__(threshold, k=1, aggregation="max", ann_min_experts=ann_min_experts,
+        super().__init__(threshold, k=1, aggregation="max", ann_min_examples=ann_min_examples,
                          candidates=candidates, max_candidates=max_candidates, ef=ef)
 
     def summarise(self, vectors: torch.Tensor) -> torch.Tensor:

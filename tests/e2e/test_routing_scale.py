@@ -1,5 +1,5 @@
 """The server on the candidate index for large catalogues (routers/candidate_index.py), forced on for the
-demo catalogue (`ann_min_experts: 1`): the same decisions as the exhaustive index, and hot add and remove
+demo catalogue (`ann_min_examples: 1`): the same decisions as the exhaustive index, and hot add and remove
 through the admin API while other clients keep routing."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("scaled")
-    config = write_config(directory, router_params={"k": 3, "aggregation": "mean", "ann_min_experts": 1})
+    config = write_config(directory, router_params={"k": 3, "aggregation": "mean", "ann_min_examples": 1})
     proc = ServerProcess(config, directory / "server.log").start()
     proc.directory = directory  # type: ignore[attr-defined]
     try:

@@ -54,8 +54,8 @@ def clinc_experts() -> tuple[list[ExpertVectors], torch.Tensor]:
 @pytest.mark.parametrize("policy", ["knn", "centroid", "prototypes"])
 def test_candidates_agree_with_the_exhaustive_search(policy: str, clinc_experts) -> None:  # noqa: ANN001
     experts, queries = clinc_experts
-    exhaustive = create_router(policy, 0.3, {"ann_min_experts": 10**9})
-    candidates = create_router(policy, 0.3, {"ann_min_experts": 1000})
+    exhaustive = create_router(policy, 0.3, {"ann_min_examples": 10**9})
+    candidates = create_router(policy, 0.3, {"ann_min_examples": 1000})
     exact = exhaustive.score(queries, exhaustive.build_index(experts))
     index = candidates.build_index(experts)
     assert isinstance(index, CandidateIndex)
@@ -71,7 +71,7 @@ def test_candidates_agree_with_the_exhaustive_search(policy: str, clinc_experts)
 
 def test_a_batch_scores_its_rows_on_the_same_experts(clinc_experts) -> None:  # noqa: ANN001
     experts, queries = clinc_experts
-    router = KnnRouter(0.3, ann_min_experts=1)
+    router = KnnRouter(0.3, ann_min_examples=1)
     index = router.build_index(experts)
     batch = router.score(queries[:8], index)
     for query, row in zip(queries[:8], batch, strict=True):
@@ -81,7 +81,7 @@ def test_a_batch_scores_its_rows_on_the_same_experts(clinc_experts) -> None:  # 
 
 
 def test_updates_under_concurrent_routing_lose_nothing_and_leave_nothing_stale() -> None:
-    router = KnnRouter(0.0, k=1, aggregation="max", ann_min_experts=1)
+    router = KnnRouter(0.0, k=1, aggregation="max", ann_min_examples=1)
     stable = [ExpertVectors(f"stable{i}", unit(3, 32, i)) for i in range(300)]
     current = router.build_index(stable)
     baseline_size = current.store.size
@@ -118,7 +118,7 @@ def test_updates_under_concurrent_routing_lose_nothing_and_leave_nothing_stale()
 
 
 def test_replacing_an_expert_reindexes_only_that_expert() -> None:
-    router = KnnRouter(0.0, k=1, aggregation="max", ann_min_experts=1)
+    router = KnnRouter(0.0, k=1, aggregation="max", ann_min_examples=1)
     experts = [ExpertVectors(f"e{i}", unit(2, 16, i)) for i in range(50)]
     first = router.build_index(experts)
     replaced = ExpertVectors("e7", unit(2, 16, 999))
@@ -130,7 +130,7 @@ def test_replacing_an_expert_reindexes_only_that_expert() -> None:
 
 
 def test_shared_examples_are_stored_once() -> None:
-    router = KnnRouter(0.0, ann_min_experts=1)
+    router = KnnRouter(0.0, ann_min_examples=1)
     shared = unit(4, 16, 1)
     index = router.build_index([ExpertVectors("a", shared), ExpertVectors("b", shared[:2]),
                                 ExpertVectors("c", unit(1, 16, 2))])

@@ -19,7 +19,7 @@ POLICIES = ["knn", "centroid", "prototypes", "knn+candidates", "prototypes+candi
 
 def make_router(policy: str, threshold: float):  # noqa: ANN201 - a Router
     name, _, variant = policy.partition("+")
-    return create_router(name, threshold, {"ann_min_experts": 1} if variant else None)
+    return create_router(name, threshold, {"ann_min_examples": 1} if variant else None)
 
 
 def unit(rows: int, dim: int, seed: int) -> torch.Tensor:
