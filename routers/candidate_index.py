@@ -271,23 +271,23 @@ def build_candidate_index(experts: Sequence[ExpertVectors], previous: RoutingInd
     return CandidateIndex(store, tuple(e.name for e in experts), entries, tuple(e.vectors for e in experts))
 
 
-def exact_scores(index: CandidateIndex, queries: torch.Tensor, columns: np.ndarray, k: int,
-                 aggregation: str) -> torch.Tensor:
+def exact_scores(index: CandidateIndex, queries: np.ndarray, columns: np.ndarray, k: int,
+                 aggregation: str) -> np.ndarray:
     """The exhaustive policy's scores [batch, len(columns)] for these experts: top-k similarities of each
-    one's own examples, aggregated by mean, max or sum (the knn definition, fp32)."""
+    one's own examples, aggregated by mean, max or sum (the knn definition, fp32). NumPy, not torch: a
+    request scores a few hundred small rows, where torch's per-operation overhead would dominate."""
     padded, distinct, vectors = index.store.examples(index.entries[columns])
-    similarity = queries.float() @ torch.from_numpy(vectors).T  # [batch, distinct]
+    similarity = queries @ vectors.T  # [batch, distinct]
     lookup = np.zeros(int(distinct[-1]) + 1, dtype=np.int64)
     lookup[distinct] = np.arange(len(distinct))
-    position = torch.from_numpy(lookup[np.maximum(padded, 0)])
-    sims = similarity[:, position]  # [batch, columns, width]
-    sims = sims.masked_fill(torch.from_numpy(padded < 0), float("-inf"))
-    top = sims.topk(min(k, padded.shape[1]), dim=-1).values
+    sims = np.where(padded < 0, -np.inf, similarity[:, lookup[np.maximum(padded, 0)]])  # [batch, columns, width]
     if aggregation == "max":
-        return top[..., 0]
-    valid = torch.isfinite(top)
-    total = top.masked_fill(~valid, 0.0).sum(dim=-1)
-    return total if aggregation == "sum" else total / valid.sum(dim=-1).clamp(min=1)
+        return sims.max(axis=-1)
+    width = sims.shape[-1]
+    top = sims if k >= width else -np.partition(-sims, k - 1, axis=-1)[..., :k]
+    valid = np.isfinite(top)
+    total = np.where(valid, top, 0.0).sum(axis=-1, dtype=np.float32)
+    return total if aggregation == "sum" else total / np.maximum(valid.sum(axis=-1), 1).astype(np.float32)
 
 
 def score_by_candidates(index: CandidateIndex, queries: torch.Tensor, k: int, aggregation: str,
@@ -306,18 +306,19 @@ def score_by_candidates(index: CandidateIndex, queries: torch.Tensor, k: int, ag
                 return CandidateScores(np.zeros(0, np.int64), torch.zeros(batch, 0), torch.full((batch,), -1.0))
             want = min(4 * want, params.max_candidates)
             continue
-        scores = exact_scores(index, queries, columns, k, aggregation)
-        bound = _bound(torch.from_numpy(sims[:, -1]).float(), k, aggregation)  # [batch]
-        runner_up = scores.topk(min(2, scores.shape[1]), dim=1).values[:, -1]
+        scores = exact_scores(index, flat, columns, k, aggregation)
+        bound = _bound(sims[:, -1], k, aggregation)  # [batch]
+        runner_up = np.sort(scores, axis=1)[:, -2] if scores.shape[1] > 1 else scores[:, 0]
         if complete or bool((bound <= runner_up).all()) or want >= params.max_candidates:
             break
         want = min(4 * want, params.max_candidates)
-    lowest = scores.min(dim=1).values
-    return CandidateScores(columns, scores, lowest if complete else torch.minimum(bound, lowest))
+    lowest = scores.min(axis=1)
+    floor = lowest if complete else np.minimum(bound, lowest)
+    return CandidateScores(columns, torch.from_numpy(scores), torch.from_numpy(floor.astype(np.float32)))
 
 
-def _bound(similarity: torch.Tensor, k: int, aggregation: str) -> torch.Tensor:
+def _bound(similarity: np.ndarray, k: int, aggregation: str) -> np.ndarray:
     """The most an expert can score when none of its examples is more similar than `similarity`."""
     if aggregation != "sum":
         return similarity  # a mean or a max of values <= s is <= s
-    return torch.where(similarity > 0, k * similarity, similarity)
+    return np.where(similarity > 0, k * similarity, similarity)
