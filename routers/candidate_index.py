@@ -193,8 +193,17 @@ class ExampleStore:
             if k == 0:
                 return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), np.float32)
             self._graph.set_ef(max(ef, k))
-            labels, distances = self._graph.knn_query(queries, k=k, num_threads=1)
+            try:
+                labels, distances = self._graph.knn_query(queries, k=k, num_threads=1)
+            except RuntimeError:  # fewer than k live elements reachable (many deletions): search exactly
+                return self._nearest_exhaustive(queries, k)
         return labels.astype(np.int64), 1.0 - distances  # inner-product space: distance = 1 - similarity
+
+    def _nearest_exhaustive(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        live = np.fromiter(self._owners, dtype=np.int64, count=len(self._owners))
+        similarity = queries @ self._vectors[live].T  # [batch, live]
+        best = np.argsort(-similarity, axis=1)[:, :k]
+        return live[best], np.take_along_axis(similarity, best, axis=1)
 
     def owners(self, vids: np.ndarray) -> np.ndarray:
         """Every entry owning one of these vector ids (with repeats)."""

@@ -137,3 +137,15 @@ def test_shared_examples_are_stored_once() -> None:
     index = router.build_index([ExpertVectors("a", shared), ExpertVectors("b", shared[:2]),
                                 ExpertVectors("c", unit(1, 16, 2))])
     assert index.store.size == 5
+
+
+def test_routing_survives_removing_almost_every_expert() -> None:
+    """Deleted elements stay in the graph as tombstones; a search must still reach the few live ones."""
+    router = KnnRouter(0.0, k=1, aggregation="max", ann_min_examples=1)
+    experts = [ExpertVectors(f"e{i}", unit(2, 16, i)) for i in range(400)]
+    index = router.build_index(experts)
+    index = router.update_index(index, experts[:3])
+    gc.collect()
+    assert index.store.size == 6
+    for expert in experts[:3]:
+        assert router.decide(expert.vectors[1], index).expert == expert.name
