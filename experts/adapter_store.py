@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFiles
 from experts.errors import AdapterRejected, ManifestError, UploadExists
@@ -122,7 +122,7 @@ def _read_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
                 base = _take(info.filename, info.file_size, budget)
                 if base is not None:
                     with archive.open(info) as member:
-                        content = member.read(info.file_size + 1)
+                        content = _read_bounded(member, info.file_size + 1)
                     if len(content) != info.file_size:
                         raise AdapterRejected(f"archive member {info.filename!r} is not the size it declares")
                     out[base] = content
@@ -132,6 +132,18 @@ def _read_zip(data: bytes, max_bytes: int) -> dict[str, bytes]:
             ValueError, zlib.error, lzma.LZMAError) as exc:  # bad CRC, encrypted, unknown method, truncated
         raise AdapterRejected(f"the zip archive is damaged or unsupported: {exc}") from exc
     return out
+
+
+def _read_bounded(member: IO[bytes], limit: int) -> bytes:
+    """Up to `limit` bytes of a member, in pieces (the GIL is held while output is built; see
+    _decompress_bounded)."""
+    out = bytearray()
+    while len(out) < limit:
+        piece = member.read(min(_DECOMPRESS_PIECE, limit - len(out)))
+        if not piece:
+            break
+        out += piece
+    return bytes(out)
 
 
 def _read_tar(data: bytes, max_bytes: int) -> dict[str, bytes]:
@@ -157,6 +169,7 @@ def _read_tar(data: bytes, max_bytes: int) -> dict[str, bytes]:
 
 
 _TAR_OVERHEAD = 1 << 20  # headers and padding of a small tar, beyond the members' own bytes
+_DECOMPRESS_PIECE = 1 << 20  # output per decompression call (see _decompress_bounded)
 
 
 def _decompress_bounded(data: bytes, limit: int) -> bytes:
@@ -176,7 +189,10 @@ def _decompress_bounded(data: bytes, limit: int) -> bytes:
             decompressor = make()
             feed = pending
             while not decompressor.eof:
-                out += decompressor.decompress(feed, limit + 1 - len(out))
+                # In small pieces: the decompressor releases the GIL while it works, but building and
+                # copying its output does not, and one 64 MB piece held it long enough to stall routing
+                # (this runs on the low-priority bulk lane, so a preempted holder made it worse).
+                out += decompressor.decompress(feed, min(_DECOMPRESS_PIECE, limit + 1 - len(out)))
                 if len(out) > limit:
                     raise AdapterRejected(f"the archive decompresses to more than the allowed {limit} bytes")
                 feed = getattr(decompressor, "unconsumed_tail", b"")  # zlib keeps unread input there
