@@ -41,12 +41,12 @@ class QueryEncoder:
     `runtime` picks what runs the forward pass (see encoder_runtime.py): "torch", or "onnx" (CPU only; an
     ONNX copy exported once into `cache_dir`). `int8` quantises the weights in either. ONNX Runtime's
     threads inherit the CPU priority of the thread that builds the encoder; `memory_arena=False` returns
-    activation memory after every call.
+    activation memory after every call; `threads` bounds ONNX Runtime's intra-op threads (default: torch's).
     """
 
     def __init__(self, source: Path | str, device: str = "cpu", max_tokens: int = 256, int8: bool = False,
                  use_safetensors: bool | None = None, runtime: str = "torch",
-                 cache_dir: Path | None = None, memory_arena: bool = True) -> None:
+                 cache_dir: Path | None = None, memory_arena: bool = True, threads: int | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"encoder runtime must be one of {RUNTIMES}, not {runtime!r}")
         self.source = str(source)
@@ -58,7 +58,7 @@ class QueryEncoder:
         onnx: EncoderRuntime | None = None
         if runtime == "onnx":
             try:
-                onnx = OnnxRuntime(source, cache_dir or _default_cache_dir(), int8, memory_arena=memory_arena)
+                onnx = OnnxRuntime(source, cache_dir or _default_cache_dir(), int8, threads, memory_arena=memory_arena)
             except Exception:  # an encoder the exporter cannot trace, a read-only cache: serve, but slower
                 log.warning("the ONNX Runtime encoder could not be prepared; using PyTorch", exc_info=True)
                 runtime = "torch"

@@ -20,10 +20,10 @@ from server.settings import Settings
 
 def shared_encoder(settings: Settings, device: str, bulk: bool = False) -> QueryEncoder:
     """The query encoder every request routes with (and retrievers that name none embed with); with
-    `bulk`, its twin for the bulk lane (server/lanes.py), without ONNX Runtime's memory arena."""
+    `bulk`, its twin for the bulk lane (server/lanes.py): one ONNX Runtime thread, no memory arena."""
     return QueryEncoder(resolve_encoder(settings.encoder_model), device, 256, settings.encoder_int8,
                         runtime=settings.encoder_runtime, cache_dir=settings.model_cache_dir / "encoders",
-                        memory_arena=not bulk)
+                        memory_arena=not bulk, threads=1 if bulk else None)
 
 
 class EncoderPool:

@@ -10,9 +10,9 @@ cores, and one routing decision took 72 s instead of 8 ms. Now:
   in arrival order. After a job it hands freed heap back to the OS (`malloc_trim`), so a burst of large
   requests does not keep the process's memory high.
 - the bulk encoder (`bulk_encoder_for`) is a twin of the shared query encoder for bulk work: its own
-  tokenizer (and lock), and its own ONNX Runtime session, built on the bulk thread so that its intra-op
-  threads inherit the low priority (on an idle server bulk work still gets every core), and without a
-  memory arena. Same weights, so its vectors are the shared encoder's (to ~1e-6). It costs about
+  tokenizer (and lock), and its own ONNX Runtime session: one thread (so bulk work never holds every
+  core; `bench/isolation.py` measured a lower routing p99 under abuse than with two), built on the
+  bulk thread so that it inherits the low priority, and without a memory arena. Same weights, so its vectors are the shared encoder's (to ~1e-6). It costs about
   100 MB, built at start so that it is part of the baseline.
 """
 
