@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.routing_scale import CLINC, PER_EXPERT, embedded, make_experts
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.base import ExpertVectors
 from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome
 from routers.conversation import (
@@ -56,10 +57,9 @@ from routers.conversation import (
     window,
 )
 from routers.embedding_cache import EmbeddingCache
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.evaluation import OUT_OF_SCOPE
+from routers.labelled_data import conversation_cases, resolve_labels
 from routers.policies import create_router
-from server.labelled_data import conversation_cases, resolve_labels
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "sgd"

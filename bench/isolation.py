@@ -112,7 +112,8 @@ async def route_leg(base_url: str, queries: list[str]) -> dict:
             "p99_ms": pct(latencies, 0.99), "max_ms": max(latencies)}
 
 
-def abuse_leg(base_url: str, queries: list[str], embedders: int, bombers: int, server_pid: int) -> tuple[dict, dict, float]:
+def abuse_leg(base_url: str, queries: list[str], embedders: int, bombers: int,
+              server_pid: int) -> tuple[dict, dict, float]:
     """Routing while a second process abuses the server: the leg, what the abusers got, peak RSS."""
     stop, results = multiprocessing.Event(), multiprocessing.Queue()
     abuser = multiprocessing.Process(target=abuse_process, daemon=True,

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.base import ExpertVectors, Router
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.policies import create_router
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.base import ExpertVectors, Router
 from routers.calibration import ScoredQuery, fit_fallback_rule, outcome
 from routers.capability_suggestions import suggest_capabilities
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.evaluation import OUT_OF_SCOPE, auroc
 from routers.policies import create_router
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.base import ExpertVectors
 from routers.embedding_cache import EmbeddingCache
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.knn import KnnRouter
 
 REPO = Path(__file__).resolve().parent.parent

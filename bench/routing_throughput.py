@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from routing_quality import load_clinc, load_split, sample_experts  # noqa: E402
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder  # noqa: E402
 from routers.base import Router  # noqa: E402
 from routers.batching import MicroBatcher  # noqa: E402
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder  # noqa: E402
 from routers.policies import create_router  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,6 +27,7 @@ import torch
 
 from experts.adapter_store import AdapterStore
 from experts.adapters import AdapterFiles, check_adapter_files, resolve_within_roots
+from experts.encoders import TextEmbedder
 from experts.errors import (
     AdapterRejected,
     DocumentsRejected,
@@ -36,7 +37,7 @@ from experts.errors import (
     ExpertNotFound,
 )
 from experts.manifest import Manifest, ManifestRecord
-from experts.retrieval.index import DocumentIndex, TextEmbedder
+from experts.retrieval.index import DocumentIndex
 from experts.retrieval.store import SegmentStore
 from experts.spec import ExpertSpec
 

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from experts.adapter_store import AdapterStore, remove_scratch
 from experts.backends import create_backend
+from experts.encoders.pool import EncoderPool, shared_encoder
 from experts.manifest import Manifest
 from experts.models import resolve_base_model
 from experts.registry import Expert, ExpertRegistry
@@ -23,24 +24,23 @@ from routers.base import ExpertVectors, Router, RoutingIndex
 from routers.batching import MicroBatcher
 from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
-from server.admission import Admission
+from server.admin.seeding import seed_registry
 from server.api import admin, openai, ops
-from server.calibration_service import restore_rule
-from server.chat_service import ChatService
+from server.api.limits import BodyLimits
+from server.chat.service import ChatService
 from server.console import pages as console_pages
-from server.embedding_service import EmbeddingService
-from server.encoder_pool import EncoderPool, shared_encoder
 from server.errors import install_error_handlers
-from server.feedback_service import FeedbackService
-from server.grounding import GroundingService
-from server.indexing_service import IndexingService
-from server.lanes import Lanes
-from server.limits import BodyLimits
 from server.metrics import Metrics
-from server.retrieval_service import RetrievalService
-from server.routing_service import RoutingService
-from server.seeding import seed_registry
-from server.sessions import SessionStore
+from server.retrieval.embeddings import EmbeddingService
+from server.retrieval.grounding import GroundingService
+from server.retrieval.indexing import IndexingService
+from server.retrieval.service import RetrievalService
+from server.routing.calibration import restore_rule
+from server.routing.feedback import FeedbackService
+from server.routing.service import RoutingService
+from server.routing.sessions import SessionStore
+from server.runtime.admission import Admission
+from server.runtime.lanes import Lanes
 from server.settings import Settings
 from server.state import AppState
 
@@ -60,7 +60,7 @@ def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's Ind
 async def build_state(settings: Settings) -> AppState:
     device = settings.resolved_device()
     router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
-    encoder = await asyncio.to_thread(shared_encoder, settings, device)
+    encoder = await asyncio.to_thread(shared_encoder, settings.encoder_config(), device)
     model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
     backend = await asyncio.to_thread(
         create_backend, settings.backend, model_dir, device, settings.max_context_tokens,
@@ -89,7 +89,7 @@ async def build_state(settings: Settings) -> AppState:
     # The bulk twin is built now, on the bulk thread, so its ONNX Runtime threads inherit its low priority
     # and its memory is part of the baseline, not a surprise under load.
     lanes = Lanes()
-    await lanes.build_bulk_encoder(encoder, lambda: shared_encoder(settings, device, bulk=True))
+    await lanes.build_bulk_encoder(encoder, lambda: shared_encoder(settings.encoder_config(), device, bulk=True))
     indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes, manifest)
     await indexing.resume()  # jobs acknowledged (202) before a crash or restart
     await seed_registry(registry, indexing, settings.seed_experts)

@@ -1,8 +1,8 @@
 """The `switchyard` command line.
 
 `serve` and `prepare` run here; the client commands (`experts`, `route`, `eval`, `calibrate`, `bench`)
-talk to a running server and live in `server/commands/`. Exit codes: 0 done, 1 the server refused (4xx),
-2 bad arguments, 3 server unreachable, 4 server error (5xx).
+talk to a running server and live in the `client` package, apart from the HTTP server's code. Exit
+codes: 0 done, 1 the server refused (4xx), 2 bad arguments, 3 server unreachable, 4 server error (5xx).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from server import evaluation_cli
-from server.commands import bench, experts, route
-from server.commands.common import CommandFailed
+from client import bench, evaluation, experts, route
+from client.common import CommandFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,16 +34,16 @@ def main(argv: list[str] | None = None) -> int:
 
     experts.add_arguments(sub.add_parser("experts", help="list, show, add, replace or remove experts"))
     route.add_arguments(sub.add_parser("route", help="ask a running server where a query would go"))
-    evaluation = sub.add_parser("eval", help="routing accuracy on a labelled file (server or offline)")
+    evaluate = sub.add_parser("eval", help="routing accuracy on a labelled file (server or offline)")
     calibrate = sub.add_parser("calibrate", help="fit a running server's fallback rule on a labelled file")
-    evaluation_cli.add_arguments(evaluation, calibrate)
+    evaluation.add_arguments(evaluate, calibrate)
     bench.add_arguments(sub.add_parser("bench", help="load-test a running server (routing or chat)"))
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise in a CLI
     commands = {"serve": _serve, "prepare": _prepare, "experts": experts.run, "route": route.run,
-                "eval": evaluation_cli.run_eval, "calibrate": evaluation_cli.run_calibrate, "bench": bench.run}
+                "eval": evaluation.run_eval, "calibrate": evaluation.run_calibrate, "bench": bench.run}
     try:
         return commands[args.command](args)
     except CommandFailed as failure:
@@ -73,8 +72,8 @@ def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN2
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from server.api.limits import header_deadline_protocol
     from server.app import create_app
-    from server.limits import header_deadline_protocol
 
     settings = _load_settings(args, host=args.host, port=args.port)
     if args.ray:
@@ -99,12 +98,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from experts.encoders.pool import shared_encoder
     from experts.models import resolve_base_model
-    from server.encoder_pool import shared_encoder
 
     settings = _load_settings(args)
     print(resolve_base_model(settings.base_model, settings.model_cache_dir))
-    shared_encoder(settings, settings.resolved_device())  # exports the ONNX encoder when that runtime is on
+    # exports the ONNX encoder when that runtime is on
+    shared_encoder(settings.encoder_config(), settings.resolved_device())
     return 0
 
 

@@ -14,9 +14,10 @@ import yaml
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from experts.encoders.pool import EncoderConfig
+from experts.encoders.query import EMBEDDED_ENCODER
 from experts.models import EMBEDDED_BASE
 from routers.conversation import ContextParams
-from routers.encoder import EMBEDDED_ENCODER
 
 
 class Settings(BaseSettings):
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(300.0, gt=0, description="a generation stops (length) after this")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM, time running streams get to finish")
     max_prompt_tokens: int = Field(1536, ge=1)
-    # Bulk work (embeddings) runs one request at a time at low CPU priority (server/lanes.py); this many
+    # Bulk work (embeddings) runs one request at a time at low CPU priority (server/runtime/lanes.py); this many
     # more may wait, and beyond that 429. An embeddings request may hold at most this many tokens.
     max_queued_bulk_requests: int = Field(3, ge=0)
     max_embedding_tokens: int = Field(16_384, ge=1)
@@ -173,6 +174,10 @@ class Settings(BaseSettings):
 
     def conversation_context(self) -> ContextParams:
         return ContextParams(**self.context_params)
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(self.encoder_model, self.encoder_runtime, self.encoder_int8,
+                             self.model_cache_dir / "encoders")
 
     @field_validator("seed_experts", mode="before")
     @classmethod

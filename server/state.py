@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from experts.backends import Backend
+from experts.encoders.query import QueryEncoder
 from experts.manifest import Manifest
 from experts.registry import ExpertRegistry
 from routers.batching import MicroBatcher
-from routers.encoder import QueryEncoder
-from server.admission import Admission
-from server.chat_service import ChatService
+from server.chat.service import ChatService
 from server.console.sessions import ConsoleSessions
-from server.embedding_service import EmbeddingService
-from server.feedback_service import FeedbackService
-from server.indexing_service import IndexingService
-from server.lanes import Lanes
 from server.metrics import Metrics
-from server.retrieval_service import RetrievalService
-from server.routing_service import RoutingService
+from server.retrieval.embeddings import EmbeddingService
+from server.retrieval.indexing import IndexingService
+from server.retrieval.service import RetrievalService
+from server.routing.feedback import FeedbackService
+from server.routing.service import RoutingService
+from server.runtime.admission import Admission
+from server.runtime.lanes import Lanes
 from server.settings import Settings
 
 

@@ -6,6 +6,8 @@ that may straddle two tokens) are written once and unit-testable without a model
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from experts.backends.base import SamplingParams
@@ -61,3 +63,49 @@ class StreamedText:
         delta = text[self._sent : until]
         self._sent = max(self._sent, until)
         return delta
+
+
+class IncrementalDecoder:
+    """Token ids in, text out, decoding a short window per token (as text-generation-inference and vLLM
+    do): re-decoding the whole completion at every step costs time quadratic in its length, on the event
+    loop that every other request shares.
+
+    `prefix` marks the tokens already turned into text, kept as context (a tokenizer decodes a token
+    differently after a space, and byte-level tokens only become characters together); `read` the end of
+    what was sent. Text that ends in an incomplete character waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+        self.text = ""
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes (often all of it, sometimes none yet)."""
+        self._ids.append(token_id)
+        before = self._decode(self._ids[self._prefix:self._read])
+        after = self._decode(self._ids[self._prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        delta = after[len(before):]
+        self._prefix, self._read = self._read, len(self._ids)
+        self.text += delta
+        return delta
+
+    def finish(self) -> str:
+        """At the end: whatever the last tokens still held back, without a trailing incomplete character."""
+        before = self._decode(self._ids[self._prefix:self._read])
+        after = self._decode(self._ids[self._prefix:]).rstrip("\ufffd")
+        delta = after[len(before):] if len(after) > len(before) else ""
+        self._prefix = self._read = len(self._ids)
+        self.text += delta
+        return delta
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip) if ids else ""

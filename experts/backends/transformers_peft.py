@@ -34,7 +34,7 @@ from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchSc
 from experts.backends.model_probe import ModelProbe
 from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
-from experts.backends.sampling import StreamedText
+from experts.backends.sampling import IncrementalDecoder, StreamedText
 from experts.backends.stacked_lora import StackedLora
 from experts.errors import AdapterRejected, AdapterUnavailable
 
@@ -237,8 +237,7 @@ class TransformersBackend:
         )
         self._scheduler.submit(row)
         text = StreamedText(params.stop)
-        generated: list[int] = []
-        decoded = ""
+        generated = IncrementalDecoder(self._tokenizer)
         finish: str = "length"
         try:
             while True:
@@ -250,9 +249,9 @@ class TransformersBackend:
                 if item in self._eos_ids and not request.sampling.ignore_eos:
                     finish = "stop"
                     break
-                generated.append(item)
-                decoded = self._tokenizer.decode(generated, skip_special_tokens=True)
-                delta = text.update(decoded)
+                if not generated.push(item):
+                    continue  # no new character yet (part of a multi-byte one)
+                delta = text.update(generated.text)
                 if delta:
                     yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(generated))
                 if text.stopped:
@@ -260,8 +259,9 @@ class TransformersBackend:
                     break
         finally:
             row.cancelled = True  # the model thread drops the row at its next step
+        generated.finish()
         yield GenerationChunk(
-            text=text.flush(decoded),
+            text=text.flush(generated.text),
             finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=prompt_tokens,
             completion_tokens=len(generated),

@@ -14,23 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
 
 import torch
 
 from experts.retrieval.chunking import Chunk
-
-
-class TextEmbedder(Protocol):
-    """A retriever's embedding model (the query encoder class satisfies it): unit vectors on `device`."""
-
-    source: str
-    dim: int
-    device: torch.device
-
-    def encode(self, texts: list[str]) -> torch.Tensor: ...
-
-    def count_tokens(self, texts: list[str]) -> int: ...
 
 
 @dataclass(frozen=True)

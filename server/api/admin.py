@@ -18,12 +18,9 @@ from experts.registry import Expert
 from experts.retrieval.documents import Document, parse_jsonl
 from experts.spec import EXPERT_NAME_PATTERN, MAX_CAPABILITIES, ExpertSpec
 from routers.capability_suggestions import suggest_capabilities
-from server import calibration_service
+from routers.labelled_data import LabelledDataError, parse_labelled_turns
 from server.api.deps import AdminAccess, State
 from server.errors import APIError
-from server.evaluation_service import evaluate_labelled
-from server.indexing_service import IndexingJob
-from server.labelled_data import LabelledDataError, parse_labelled_turns
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
@@ -42,6 +39,9 @@ from server.protocol import (
     IndexingJobOut,
     SuggestedCapabilities,
 )
+from server.retrieval.indexing import IndexingJob
+from server.routing import calibration
+from server.routing.evaluation import evaluate_labelled
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])
@@ -297,7 +297,7 @@ async def model_integrity(state: State) -> dict[str, Any]:
 
 @api.get("/calibration")
 async def get_calibration(state: State) -> CalibrationOut:
-    return calibration_service.describe(state.routing)
+    return calibration.describe(state.routing)
 
 
 @api.post("/calibration")
@@ -305,14 +305,14 @@ async def calibrate(body: CalibrationRequest, state: State) -> CalibrationOut:
     """Fit per-expert thresholds and the margin on labelled queries, or on labelled conversations (which
     also refit conversation routing's context parameters); stored and applied at once."""
     with admin_operation(state, "calibrate"):
-        return await calibration_service.calibrate(state.routing, state.manifest, body, state.settings.generalist_name)
+        return await calibration.calibrate(state.routing, state.manifest, body, state.settings.generalist_name)
 
 
 @api.delete("/calibration")
 async def reset_calibration(state: State) -> CalibrationOut:
     """Back to the configured global threshold."""
     with admin_operation(state, "calibrate"):
-        return await calibration_service.reset(state.routing, state.manifest)
+        return await calibration.reset(state.routing, state.manifest)
 
 
 @api.get("/feedback")

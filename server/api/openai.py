@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from server.api.deps import AdminAccess, InferenceAccess, State
-from server.chat_service import routing_headers
-from server.conversation import session_key, turns_of
+from server.chat.conversation import session_key, turns_of
+from server.chat.service import routing_headers
 from server.protocol import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -26,7 +26,7 @@ from server.protocol import (
     RouteResponse,
     ScoredExpertOut,
 )
-from server.routing_service import AUTO_MODEL
+from server.routing.service import AUTO_MODEL
 
 api = APIRouter(prefix="/v1", tags=["openai"])
 inference = [InferenceAccess]  # every endpoint but feedback, which changes routing and needs the admin token

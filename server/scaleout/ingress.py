@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files, resolve_within_roots
+from experts.encoders.pool import shared_encoder
 from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
 from experts.spec import ExpertSpec
 from routers.base import Decision, ExpertVectors, RoutingIndex
@@ -30,11 +31,10 @@ from routers.conversation import NEUTRAL_PHRASES, Turn, decide_conversation, win
 from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
 from server.api.deps import check_admin, check_api_key
-from server.chat_service import sampling_for
-from server.conversation import context_fields, conversation_turns, turns_of
-from server.encoder_pool import shared_encoder
+from server.api.limits import BodyLimits
+from server.chat.conversation import context_fields, conversation_turns, turns_of
+from server.chat.service import sampling_for
 from server.errors import APIError, install_error_handlers
-from server.limits import BodyLimits
 from server.protocol import ChatCompletionRequest, RouteRequest, RoutingInfo, new_id
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE, CatalogueEntry
 from server.settings import Settings
@@ -50,7 +50,7 @@ class RoutingIngress:
         self._settings = Settings(**settings)
         self._replicas = replicas
         self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
-        self._encoder = shared_encoder(self._settings, "cpu")
+        self._encoder = shared_encoder(self._settings.encoder_config(), "cpu")
         self._router = create_router(self._settings.router, self._settings.fallback_threshold,
                                      self._settings.router_params)
         self._entries: dict[str, CatalogueEntry] = {}

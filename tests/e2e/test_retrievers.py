@@ -276,7 +276,7 @@ def test_indexes_survive_a_crash_without_re_embedding(tmp_path: Path) -> None:
 
 def test_a_retriever_with_its_own_encoder_and_refused_encoders(retrievers: list[str], admin: httpx.Client,
                                                                server: ServerProcess, http: httpx.Client) -> None:
-    from routers.encoder import EMBEDDED_ENCODER, resolve_encoder
+    from experts.encoders.query import EMBEDDED_ENCODER, resolve_encoder
 
     encoders = server.directory / "encoders"  # type: ignore[attr-defined]
     own = encoders / "minilm-copy"

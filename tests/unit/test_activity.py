@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from routers.evaluation import OUT_OF_SCOPE
-from server.activity import RecentActivity
-from server.labelled_data import LabelledDataError, parse_labelled
+from routers.labelled_data import LabelledDataError, parse_labelled
+from server.admin.activity import RecentActivity
 
 
 class Clock:

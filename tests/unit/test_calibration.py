@@ -41,8 +41,8 @@ def test_calibration_without_in_scope_data_is_refused() -> None:
 
 
 def test_a_fit_that_scores_worse_than_the_rule_in_force_is_refused() -> None:
-    from server.calibration_service import check_not_worse
     from server.errors import APIError
+    from server.routing.calibration import check_not_worse
 
     queries = [ScoredQuery("sql", "sql", 0.8, 0.1)] * 10 + [ScoredQuery(OUT_OF_SCOPE, "sql", 0.2, 0.1)] * 10
     separating, no_fallback = FallbackRule(0.5), FallbackRule(0.0)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.base import ExpertVectors
 from routers.candidate_index import CandidateIndex
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.knn import KnnRouter
 from routers.policies import create_router
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.base import ExpertVectors
 from routers.calibration import FallbackRule
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from routers.policies import POLICIES, create_router
 
 CLINC = Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150"

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, length_buckets, resolve_encoder
-from routers.encoder_runtime import TorchRuntime
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, length_buckets, resolve_encoder
+from experts.encoders.runtime import TorchRuntime
 
 # Lengths from 3 to ~60 tokens, so a batch spans several buckets.
 TEXTS = ["hi", "How do I reset my password?", "Write SQL to count the orders per customer in 2024",

@@ -12,7 +12,7 @@ from experts.retrieval.chunking import Chunk, chunk_document
 from experts.retrieval.documents import Document, html_to_text, parse_jsonl, read_source
 from experts.retrieval.index import DocumentIndex, Hit, Segment
 from experts.retrieval.store import SegmentStore, new_segment_id
-from server.retrieval_service import reciprocal_rank_fusion
+from server.retrieval.service import reciprocal_rank_fusion
 
 
 def words(n: int, prefix: str = "w") -> str:

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 from experts.backends import GenerationChunk
 from experts.errors import AdapterUnavailable
-from server.admission import Admission, Slot
-from server.chat_service import ChatRun, ChatService
+from server.chat.service import ChatRun, ChatService
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest, RoutingInfo
-from server.routing_service import Target
+from server.routing.service import Target
+from server.runtime.admission import Admission, Slot
 
 
 class _Routing:

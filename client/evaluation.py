@@ -22,9 +22,9 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
+from client.common import EXIT_OK, Connection, Progress, add_connection_arguments, emit, table
 from routers.evaluation import OUT_OF_SCOPE, EvaluationReport, evaluate
-from server.commands.common import EXIT_OK, Connection, Progress, add_connection_arguments, emit, table
-from server.labelled_data import (
+from routers.labelled_data import (
     LabelledTurn,
     by_turn_kind,
     is_conversation_data,
@@ -129,9 +129,9 @@ def _through_server(args: argparse.Namespace, cases: list[LabelledTurn]) -> tupl
 
 
 def _offline(args: argparse.Namespace, texts: list[str]) -> tuple[list[str], list[float]]:
+    from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
     from routers.base import ExpertVectors
     from routers.calibration import ScoredQuery, fit_fallback_rule
-    from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
     from routers.policies import create_router
 
     encoder = QueryEncoder(resolve_encoder(EMBEDDED_ENCODER))

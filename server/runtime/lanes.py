@@ -12,8 +12,9 @@ cores, and one routing decision took 72 s instead of 8 ms. Now:
 - the bulk encoder (`bulk_encoder_for`) is a twin of the shared query encoder for bulk work: its own
   tokenizer (and lock), and its own ONNX Runtime session: one thread (so bulk work never holds every
   core; `bench/isolation.py` measured a lower routing p99 under abuse than with two), built on the
-  bulk thread so that it inherits the low priority, and without a memory arena. Same weights, so its vectors are the shared encoder's (to ~1e-6). It costs about
-  100 MB, built at start so that it is part of the baseline.
+  bulk thread so that it inherits the low priority, and without a memory arena. Same weights, so its
+  vectors are the shared encoder's (to ~1e-6). It costs about 100 MB, built at start so that it is part
+  of the baseline.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from routers.encoder import QueryEncoder
+from experts.encoders.query import QueryEncoder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from experts.registry import Expert, ExpertRegistry, Lease
 from server.errors import APIError
 from server.protocol import Citation, RoutingInfo
-from server.retrieval_service import Retrieval, RetrievalService
+from server.retrieval.service import Retrieval, RetrievalService
 
 INSTRUCTIONS = (
     "Answer the user's question using the passages below. Cite each passage you use by its id in square "

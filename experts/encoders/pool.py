@@ -1,4 +1,5 @@
-"""Retriever encoders: loaded once per model and shared by every retriever that names it.
+"""The server's encoders: the shared query encoder (`shared_encoder`), and retriever encoders, loaded
+once per model and shared by every retriever that names it (`EncoderPool`).
 
 A retriever that names no encoder uses the server's query encoder. Any other must be the embedded one,
 a local directory under `encoder_roots`, or a Hugging Face id already in the local Hugging Face cache
@@ -10,20 +11,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from experts.adapters import resolve_within_roots
+from experts.encoders.query import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
 from experts.errors import EncoderRejected
-from routers.encoder import EMBEDDED_ENCODER, QueryEncoder, resolve_encoder
-from server.settings import Settings
 
 
-def shared_encoder(settings: Settings, device: str, bulk: bool = False) -> QueryEncoder:
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How the shared query encoder is built; the server's settings give it (`Settings.encoder_config()`)."""
+
+    model: str  # 'embedded:...', a Hugging Face id in the local cache, or a directory
+    runtime: str  # "torch" or "onnx"
+    int8: bool
+    cache_dir: Path  # where the ONNX export is cached
+    max_tokens: int = 256
+
+
+def shared_encoder(config: EncoderConfig, device: str, bulk: bool = False) -> QueryEncoder:
     """The query encoder every request routes with (and retrievers that name none embed with); with
-    `bulk`, its twin for the bulk lane (server/lanes.py): one ONNX Runtime thread, no memory arena."""
-    return QueryEncoder(resolve_encoder(settings.encoder_model), device, 256, settings.encoder_int8,
-                        runtime=settings.encoder_runtime, cache_dir=settings.model_cache_dir / "encoders",
-                        memory_arena=not bulk, threads=1 if bulk else None)
+    `bulk`, its twin for the bulk lane (server/runtime/lanes.py): one ONNX Runtime thread, no memory arena."""
+    return QueryEncoder(resolve_encoder(config.model), device, config.max_tokens, config.int8,
+                        runtime=config.runtime, cache_dir=config.cache_dir, memory_arena=not bulk,
+                        threads=1 if bulk else None)
 
 
 class EncoderPool:

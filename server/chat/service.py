@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
 from experts.errors import AdapterUnavailable, ExpertError
 from routers.conversation import Turn
-from server.admission import Admission, Slot
-from server.conversation import conversation_turns
+from server.chat.conversation import conversation_turns
 from server.errors import APIError, error_body, to_api_error
-from server.grounding import Grounding, GroundingService
 from server.metrics import Metrics
 from server.protocol import (
     MAX_STOP_SEQUENCES,
@@ -34,7 +32,9 @@ from server.protocol import (
     Usage,
     new_id,
 )
-from server.routing_service import AUTO_MODEL, RoutingService, Target
+from server.retrieval.grounding import Grounding, GroundingService
+from server.routing.service import AUTO_MODEL, RoutingService, Target
+from server.runtime.admission import Admission, Slot
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from server.commands.common import (
+from client.common import (
     EXIT_OK,
     EXIT_REFUSED,
     CommandFailed,

@@ -15,7 +15,7 @@ import yaml
 from experts.errors import ExpertError
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
-from server.indexing_service import IndexingService
+from server.retrieval.indexing import IndexingService
 
 log = logging.getLogger(__name__)
 

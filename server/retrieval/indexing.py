@@ -21,18 +21,19 @@ from typing import Literal
 import torch
 
 from experts.adapters import resolve_within_roots
+from experts.encoders import TextEmbedder
+from experts.encoders.pool import EncoderPool
 from experts.errors import DocumentsRejected, ExpertError, ExpertExists, ExpertNotFound
 from experts.manifest import Manifest
 from experts.registry import Expert, ExpertRegistry
 from experts.retrieval.chunking import Chunk, chunk_documents
 from experts.retrieval.documents import Document, check_unique, parse_jsonl, read_source
-from experts.retrieval.index import DocumentIndex, Segment, TextEmbedder
+from experts.retrieval.index import DocumentIndex, Segment
 from experts.retrieval.store import SegmentStore, new_segment_id
 from experts.spec import ExpertSpec
-from server.encoder_pool import EncoderPool
 from server.errors import APIError
-from server.lanes import Lanes
 from server.metrics import Metrics
+from server.runtime.lanes import Lanes
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,7 @@ message (the turn being answered). System, developer and tool messages do not en
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from routers.base import ContextSummary, Evidence
 from routers.conversation import ASSISTANT_CHARS, Turn
 from server.errors import APIError
 from server.protocol import ChatMessage, ConversationQuery
@@ -45,19 +43,3 @@ def session_key(headers: Mapping[str, str], user: str | None) -> str | None:
         raise APIError(400, "the session key is longer than 256 characters", "invalid_request_error",
                        "session_key_too_long", SESSION_HEADER)
     return key or None
-
-
-def context_fields(context: ContextSummary | None) -> dict[str, Any]:
-    """The decision record's conversation fields (`RoutingInfo`), from a decision's context summary."""
-    if context is None:
-        return {}
-    return {"turns": context.turns, "previous_expert": context.previous_expert, "context": context.outcome,
-            "context_reason": context.reason, "session": context.from_session}
-
-
-def evidence_fields(evidence: Evidence | None) -> dict[str, Any]:
-    """The decision record's `matched` fields: which example or capability of the best expert matched."""
-    if evidence is None:
-        return {}
-    return {"matched": evidence.source, "matched_text": evidence.text,
-            "matched_similarity": round(evidence.similarity, 4)}

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from server.commands.common import EXIT_OK, EXIT_SERVER_ERROR, Progress, add_connection_arguments, emit, table
+from client.common import EXIT_OK, EXIT_SERVER_ERROR, Progress, add_connection_arguments, emit, table
 
 DEFAULT_QUERIES = (
     "Write a SQL query that counts the orders per customer.",

@@ -4,7 +4,7 @@ With `auto` the first input routes (all inputs of one request share one encoder,
 comparable); the generalist's name gives the server's shared query encoder. The response's `model` and
 `switchyard` record say which encoder produced the vectors.
 
-Embeddings are bulk work and never compete with routing (server/lanes.py): a request is admitted (one
+Embeddings are bulk work and never compete with routing (server/runtime/lanes.py): a request is admitted (one
 encodes at a time, a few wait, the rest get 429), counted against a per-request token budget (400 over
 it: retrying cannot help), and encoded on the low-priority bulk lane, by the shared encoder's twin when
 the shared encoder was asked for.
@@ -18,11 +18,9 @@ from contextlib import asynccontextmanager
 
 import torch
 
-from experts.retrieval.index import TextEmbedder
+from experts.encoders import TextEmbedder
 from routers.conversation import Turn
-from server.admission import Admission
 from server.errors import APIError
-from server.lanes import Lanes
 from server.protocol import (
     MAX_EMBEDDING_INPUTS,
     Embedding,
@@ -31,8 +29,11 @@ from server.protocol import (
     EmbeddingUsage,
     RoutingInfo,
 )
-from server.retrieval_service import RetrievalService
-from server.routing_service import AUTO_MODEL, RoutingService
+from server.retrieval.service import RetrievalService
+from server.routing.record import unrouted_record
+from server.routing.service import AUTO_MODEL, RoutingService
+from server.runtime.admission import Admission
+from server.runtime.lanes import Lanes
 
 MAX_INPUT_CHARS = 8000
 BULK_BATCH = 8  # 8 inputs of 256 tokens: ~25 MB of attention activations per layer, not 200 MB at 64
@@ -64,7 +65,7 @@ class EmbeddingService:
         version = self._routing.registry_version
         if request.model == self._routing.generalist_name:
             name, encoder = request.model, self._shared
-            info = self._routing.unrouted_info(name, "generalist", "the shared query encoder was requested by name",
+            info = unrouted_record(name, "generalist", "the shared query encoder was requested by name",
                                                False, version)
         elif request.model == AUTO_MODEL:
             ranking, info, snapshot = await self._retrieval.route([Turn(texts[0])])
@@ -75,7 +76,7 @@ class EmbeddingService:
         else:
             expert = self._retrieval.retriever_named(request.model)
             name, encoder = expert.name, expert.resource.encoder
-            info = self._routing.unrouted_info(name, "retriever", "the retriever was pinned by name", False,
+            info = unrouted_record(name, "retriever", "the retriever was pinned by name", False,
                                                version)
         assert encoder is not None
         if request.dimensions is not None and request.dimensions != encoder.dim:

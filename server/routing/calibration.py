@@ -18,10 +18,10 @@ from experts.manifest import Manifest
 from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome, rule_value
 from routers.conversation import ContextParams, LabelledTurns, Turn, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
+from routers.labelled_data import LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
 from server.errors import APIError
-from server.labelled_data import LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
 from server.protocol import CalibrationOut, CalibrationRequest
-from server.routing_service import RoutingService
+from server.routing.service import RoutingService
 
 _SETTING = "fallback_rule"
 OUT_OF_SCOPE_LABELS = {"oos", "out_of_scope", "generalist"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from server.commands.common import EXIT_OK, Connection, add_connection_arguments, emit, table
+from client.common import EXIT_OK, Connection, add_connection_arguments, emit, table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

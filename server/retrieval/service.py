@@ -23,7 +23,8 @@ from routers.conversation import Turn
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import Passage, RoutingInfo
-from server.routing_service import AUTO_MODEL, RoutingService
+from server.routing.record import unrouted_record
+from server.routing.service import AUTO_MODEL, RoutingService
 from server.settings import Settings
 
 _MAX_REROUTES = 3
@@ -108,7 +109,7 @@ class RetrievalService:
         except BaseException:
             lease.release()
             raise
-        info = info or self._routing.unrouted_info(expert.name, "retriever", "the retriever was pinned by name",
+        info = info or unrouted_record(expert.name, "retriever", "the retriever was pinned by name",
                                                    False, self._registry.snapshot.version)
         info = info.model_copy(update={"retrievers": [expert.name], "fused": False})
         return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [lease])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from routers.encoder_runtime import RUNTIMES, EncoderRuntime, OnnxRuntime, TorchRuntime
+from experts.encoders.runtime import RUNTIMES, EncoderRuntime, OnnxRuntime, TorchRuntime
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def resolve_encoder(source: str) -> Path | str:
 class QueryEncoder:
     """Thread-safe batch encoder. Inputs longer than `max_tokens` are truncated, as in training.
 
-    `runtime` picks what runs the forward pass (see encoder_runtime.py): "torch", or "onnx" (CPU only; an
+    `runtime` picks what runs the forward pass (see runtime.py): "torch", or "onnx" (CPU only; an
     ONNX copy exported once into `cache_dir`). `int8` quantises the weights in either. ONNX Runtime's
     threads inherit the CPU priority of the thread that builds the encoder; `memory_arena=False` returns
     activation memory after every call; `threads` bounds ONNX Runtime's intra-op threads (default: torch's).

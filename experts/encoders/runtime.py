@@ -72,7 +72,7 @@ class OnnxRuntime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT threads would otherwise spin on cores that the event loop and the LLM need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Without the arena (bulk encoders, server/lanes.py) the activations of a large batch go back to the
+        # Without the arena (bulk encoders, server/runtime/lanes.py) the activations of a large batch go back to the
         # allocator, and the OS, instead of staying reserved for the next one.
         options.enable_cpu_mem_arena = memory_arena
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])

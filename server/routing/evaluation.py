@@ -12,8 +12,8 @@ from dataclasses import asdict
 from typing import Any
 
 from routers.evaluation import OUT_OF_SCOPE, evaluate
-from server.labelled_data import LabelledTurn, by_turn_kind, resolve_labels
-from server.routing_service import RoutingService
+from routers.labelled_data import LabelledTurn, by_turn_kind, resolve_labels
+from server.routing.service import RoutingService
 
 BATCH = 256
 SHOWN_MISTAKES = 50

@@ -15,10 +15,10 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 
+from experts.encoders.query import QueryEncoder
 from experts.errors import ExpertGone
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from routers.base import Decision, Router, nearest_evidence
@@ -36,13 +36,12 @@ from routers.conversation import (
     window,
 )
 from routers.embedding_cache import EmbeddingCache
-from routers.encoder import QueryEncoder
-from server.conversation import context_fields, evidence_fields
 from server.errors import APIError
-from server.lanes import Lanes
 from server.metrics import Metrics
 from server.protocol import RoutingInfo
-from server.sessions import SessionStore
+from server.routing.record import decision_record, unrouted_record
+from server.routing.sessions import SessionStore
+from server.runtime.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -246,21 +245,8 @@ class RoutingService:
 
     def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
         expert = self._registry.snapshot.experts.get(decision.expert) if decision.expert else None
-        return RoutingInfo(
-            expert=decision.expert or self.generalist_name,
-            kind=expert.spec.kind if expert is not None else ("adapter" if decision.expert else "generalist"),
-            score=decision.score,
-            runner_up=decision.runner_up,
-            runner_up_score=decision.runner_up_score,
-            fallback=decision.fallback,
-            reason=decision.reason,
-            router=decision.router,
-            threshold=decision.threshold,
-            registry_version=version,
-            routing_ms=round(routing_ms, 3),
-            **context_fields(decision.context),
-            **evidence_fields(decision.evidence),
-        )
+        return decision_record(decision, expert.spec.kind if expert is not None else "adapter",
+                               self.generalist_name, version, routing_ms)
 
     def _pinned(self, name: str) -> Target:
         snapshot = self._registry.snapshot
@@ -275,23 +261,15 @@ class RoutingService:
                 "model",
             )
         lease = self._registry.lease(expert)  # ExpertGone -> 404 through the error handlers
-        info = self.unrouted_info(name, expert.spec.kind, "the expert was pinned by name; routing skipped", False,
+        info = unrouted_record(name, expert.spec.kind, "the expert was pinned by name; routing skipped", False,
                                   snapshot.version)
         return Target(expert=expert, info=info, lease=lease)
 
     def _generalist(self, reason: str, fallback: bool) -> Target:
-        info = self.unrouted_info(self.generalist_name, "generalist", reason, fallback,
+        info = unrouted_record(self.generalist_name, "generalist", reason, fallback,
                                   self._registry.snapshot.version)
         return Target(expert=None, info=info, lease=None)
 
-    @staticmethod
-    def unrouted_info(expert: str, kind: Literal["adapter", "retriever", "generalist"], reason: str, fallback: bool,
-                      version: int) -> RoutingInfo:
-        """The decision record when no policy scored the query (pinned by name, or a forced fallback)."""
-        return RoutingInfo(
-            expert=expert, kind=kind, score=None, runner_up=None, runner_up_score=None, fallback=fallback,
-            reason=reason, router="pinned", threshold=None, registry_version=version, routing_ms=0.0,
-        )
 
 def _with_evidence(decision: Decision, snapshot: Snapshot, user_vectors: torch.Tensor) -> Decision:
     """Say which example or capability of the best expert matched (on fallback too: why it was close)."""

@@ -99,7 +99,7 @@ def conversation_cases(records: list[object]) -> list[LabelledTurn]:
 
     A conversation is `{"turns": [{"role": "user"|"assistant", "content": ..., "domain": ...}, ...]}`; user
     turns need a `domain` (the expert that should answer, or an out-of-scope label). Turns are read as
-    on the serving path (`server.conversation.conversation_turns`): user and assistant turns, the latter
+    on the serving path (`server.chat.conversation.conversation_turns`): user and assistant turns, the latter
     cut to their opening.
     """
     out: list[LabelledTurn] = []
