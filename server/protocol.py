@@ -104,6 +104,7 @@ class RoutingInfo(BaseModel):
         None, description="where the expert's adapter was when this request needed it"
     )
     adapter_load_ms: float | None = Field(None, description="time to bring the adapter onto the device")
+    replica: str | None = Field(None, description="Ray mode: the expert replica that generated the answer")
     retrievers: list[str] | None = Field(None, description="retrievers searched (two when fused)")
     fused: bool | None = Field(None, description="rankings merged by reciprocal-rank fusion")
     generator: str | None = Field(None, description="grounded chat: the model that wrote the answer")

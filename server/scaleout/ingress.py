@@ -10,7 +10,6 @@ expert registered through any ingress replica is routable everywhere without a r
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,13 +17,13 @@ from typing import Any
 import ray
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_files, resolve_within_roots
 from experts.encoders.pool import shared_encoder
-from experts.errors import AdapterRejected, ExpertExists, ExpertNotFound
+from experts.errors import AdapterRejected, ExpertExists, ExpertGone, ExpertNotFound
 from experts.spec import ExpertSpec
 from routers.base import Decision, ExpertVectors, RoutingIndex
 from routers.conversation import NEUTRAL_PHRASES, Turn, decide_conversation, window
@@ -32,10 +31,25 @@ from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
 from server.api.deps import check_admin, check_api_key
 from server.api.limits import BodyLimits
-from server.chat.conversation import context_fields, conversation_turns, turns_of
-from server.chat.service import sampling_for
+from server.chat.conversation import conversation_turns, turns_of
+from server.chat.service import routing_headers, sampling_for, stream_error_event
 from server.errors import APIError, install_error_handlers
-from server.protocol import ChatCompletionRequest, RouteRequest, RoutingInfo, new_id
+from server.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    RouteRequest,
+    RouteResponse,
+    RoutingInfo,
+    ScoredExpertOut,
+    Usage,
+    new_id,
+)
+from server.routing.record import decision_record, unrouted_record
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE, CatalogueEntry
 from server.settings import Settings
 
@@ -85,23 +99,18 @@ class RoutingIngress:
         index = self._router.update_index(self._index, [ExpertVectors(e.name, vectors[e.model_id]) for e in entries])
         self._vectors, self._entries, self._index, self._version = vectors, {e.name: e for e in entries}, index, version
 
-    async def _decide(self, turns: list[Turn]) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
+    async def _decide(self, turns: list[Turn], top_n: int | None = None
+                      ) -> tuple[Decision, int, dict[str, CatalogueEntry], float]:
         started = time.perf_counter()
         version, index, entries = await self._current()
         turns = window(turns, self._context.max_turns)
         vectors = await asyncio.to_thread(self._cache.get_or_encode, [t.text for t in turns], self._encoder.encode)
         decision = decide_conversation(self._router, index, turns, vectors, self._neutral, self._context,
-                                       self._router.rule, top_n=None)
+                                       self._router.rule, top_n=top_n)
         return decision, version, entries, (time.perf_counter() - started) * 1000
 
     def _info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
-        return RoutingInfo(
-            expert=decision.expert or self._settings.generalist_name,
-            kind="adapter" if decision.expert else "generalist", score=decision.score,
-            runner_up=decision.runner_up, runner_up_score=decision.runner_up_score, fallback=decision.fallback,
-            reason=decision.reason, router=decision.router, threshold=decision.threshold,
-            registry_version=version, routing_ms=round(routing_ms, 3), **context_fields(decision.context),
-        )
+        return decision_record(decision, "adapter", self._settings.generalist_name, version, routing_ms)
 
     # -- health -----------------------------------------------------------------------------------
 
@@ -127,61 +136,71 @@ class RoutingIngress:
                                            for n in names]}
 
     @api.post("/v1/route")
-    async def route(self, request: Request, body: RouteRequest) -> dict[str, Any]:
+    async def route(self, request: Request, body: RouteRequest) -> RouteResponse:
         check_api_key(request, self._settings)
         turns = turns_of(body)
-        decision, version, _, routing_ms = await self._decide(turns)
-        ranking = decision.ranking[: body.top_n] if body.top_n else decision.ranking
-        return {"query": turns[-1].text, "decision": self._info(decision, version, routing_ms).model_dump(),
-                "ranking": [{"name": r.name, "score": r.score} for r in ranking]}
+        decision, version, _, routing_ms = await self._decide(turns, body.top_n)
+        return RouteResponse(query=turns[-1].text, decision=self._info(decision, version, routing_ms),
+                             ranking=[ScoredExpertOut(name=r.name, score=r.score) for r in decision.ranking])
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request, body: ChatCompletionRequest) -> Any:
         check_api_key(request, self._settings)
         sampling = sampling_for(body, self._settings)
-        model_id, info = await self._target(body)
         payload = {"messages": [{"role": m.role, "content": m.text()} for m in body.messages],
                    "sampling": {**sampling.__dict__, "stop": list(sampling.stop)}}
-        stream = self._replicas.options(multiplexed_model_id=model_id, stream=True).generate.remote(payload)
-        try:
-            placement = await stream.__anext__()
-        except BackPressureError as exc:
-            raise APIError(429, "every expert replica is at capacity; retry later", "rate_limit_error",
-                           "server_busy", headers={"Retry-After": str(self._settings.retry_after_seconds)}) from exc
-        routing = {**info.model_dump(), **placement}
+        for attempt in range(2):
+            model_id, info = await self._target(body)
+            stream = self._replicas.options(multiplexed_model_id=model_id, stream=True).generate.remote(payload)
+            try:
+                placement = await stream.__anext__()
+                break
+            except BackPressureError as exc:
+                raise APIError(429, "every expert replica is at capacity; retry later", "rate_limit_error",
+                               "server_busy",
+                               headers={"Retry-After": str(self._settings.retry_after_seconds)}) from exc
+            except ray.exceptions.RayTaskError as exc:
+                # The expert was replaced or removed between routing and the replica's load: its version
+                # left the catalogue. Decide again on the catalogue as it is now (once).
+                if not _expert_gone(exc) or attempt == 1:
+                    raise
+        info = info.model_copy(update={
+            "replica": placement["replica"],
+            "adapter_tier": None if placement["adapter_cache_hit"] is None else
+            "device" if placement["adapter_cache_hit"] else "disk",
+            "adapter_load_ms": placement["adapter_load_ms"]})
+        completion_id = new_id("chatcmpl")
         if body.stream:
-            return StreamingResponse(_sse(stream, routing, info.expert), media_type="text/event-stream")
+            return StreamingResponse(_sse(stream, info, completion_id), media_type="text/event-stream",
+                                     headers=routing_headers(info))
         text, last = [], {}
         async for chunk in stream:
             _raise_if_failed(chunk)
             text.append(chunk["text"])
             last = chunk
-        prompt, completion = last.get("prompt_tokens", 0), last.get("completion_tokens", 0)
-        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
-                "model": info.expert,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                             "finish_reason": last.get("finish_reason"), "logprobs": None}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion},
-                "switchyard": routing}
+        completion = ChatCompletion(id=completion_id, model=info.expert, switchyard=info,
+                                    choices=[Choice(message=AssistantMessage(content="".join(text)),
+                                                    finish_reason=last.get("finish_reason"))],
+                                    usage=_usage(last))
+        return JSONResponse(completion.model_dump(), headers=routing_headers(info))
 
     async def _target(self, body: ChatCompletionRequest) -> tuple[str, RoutingInfo]:
         """The multiplexed model id to send to ('' for the generalist) and the decision record."""
-        if body.model == self._settings.generalist_name:
+        generalist = self._settings.generalist_name
+        if body.model == generalist:
             version, _, _ = await self._current()
-            return "", self._info(_pinned(None), version, 0.0)
-        if body.model == "auto":
-            decision, version, entries, routing_ms = await self._decide(conversation_turns(body.messages))
-        else:
+            return "", unrouted_record(generalist, "generalist", "the generalist was pinned by name", False, version)
+        if body.model != "auto":
             version, _, entries = await self._current()
             if body.model not in entries:
                 raise APIError(404, f"model {body.model!r} does not exist; use 'auto', "
-                               f"'{self._settings.generalist_name}' or an expert from GET /v1/models",
+                               f"'{generalist}' or an expert from GET /v1/models",
                                "not_found_error", "model_not_found", "model")
-            decision, routing_ms = _pinned(body.model), 0.0
-        if decision.expert is None:
-            return "", self._info(decision, version, routing_ms)
-        return entries[decision.expert].model_id, self._info(decision, version, routing_ms)
+            return entries[body.model].model_id, unrouted_record(
+                body.model, "adapter", "the expert was pinned by name; routing skipped", False, version)
+        decision, version, entries, routing_ms = await self._decide(conversation_turns(body.messages))
+        model_id = entries[decision.expert].model_id if decision.expert is not None else ""
+        return model_id, self._info(decision, version, routing_ms)
 
     # -- admin ------------------------------------------------------------------------------------
 
@@ -235,12 +254,6 @@ class RoutingIngress:
         return {"name": entry.name, "version": entry.version, "model_id": entry.model_id}
 
 
-def _pinned(expert: str | None) -> Decision:
-    """The decision record of a request that named its model (None: the generalist)."""
-    return Decision(router="pinned", expert=expert, score=None, runner_up=None, runner_up_score=None,
-                    fallback=False, reason="pinned by the request's model", threshold=0.0, ranking=())
-
-
 def _actor_message(exc: Exception) -> str:
     """The catalogue's own message: Ray wraps an actor's exception with its remote traceback."""
     cause = getattr(exc, "cause", None) or exc
@@ -252,21 +265,37 @@ def _raise_if_failed(chunk: dict[str, Any]) -> None:
         raise APIError(400, chunk["error"], "invalid_request_error", "generation_refused")
 
 
-async def _sse(stream: Any, routing: dict[str, Any], model: str) -> AsyncIterator[str]:
-    """OpenAI chat-completion chunks; the first carries the decision record, as on one machine."""
-    completion_id, created = new_id("chatcmpl"), int(time.time())
+def _expert_gone(exc: BaseException) -> bool:
+    """Ray raises a replica's exception as a subclass of both RayTaskError and the original's class."""
+    return isinstance(exc, ExpertGone) or isinstance(getattr(exc, "cause", None), ExpertGone)
 
-    def event(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
-        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(chunk)}\n\n"
 
-    yield event({"role": "assistant", "content": ""}, None, switchyard=routing)
-    async for chunk in stream:
-        if "error" in chunk:
-            yield f"data: {json.dumps({'error': {'message': chunk['error'], 'type': 'server_error'}})}\n\n"
-            break
-        yield event({"content": chunk["text"]} if chunk["text"] else {}, chunk["finish_reason"])
+def _usage(last: dict[str, Any]) -> Usage:
+    prompt, completion = last.get("prompt_tokens", 0), last.get("completion_tokens", 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def _sse(stream: Any, info: RoutingInfo, completion_id: str) -> AsyncIterator[str]:
+    """OpenAI chat-completion chunks, shaped as on one machine: the last one carries the decision record,
+    and a failure after the first chunk is an SSE error event, never a silently cut stream."""
+    created = int(time.time())
+
+    def event(delta: Delta, finish: str | None, **extra: Any) -> str:
+        chunk = ChatCompletionChunk(id=completion_id, created=created, model=info.expert,
+                                    choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra)
+        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+    try:
+        yield event(Delta(role="assistant", content=""), None)
+        async for chunk in stream:
+            _raise_if_failed(chunk)
+            if chunk["finish_reason"] is not None:
+                yield event(Delta(content=chunk["text"] or None), chunk["finish_reason"], switchyard=info)
+                break
+            if chunk["text"]:
+                yield event(Delta(content=chunk["text"]), None)
+    except Exception as exc:  # a replica that died or failed mid-stream: say so in the stream
+        yield stream_error_event(exc)
     yield "data: [DONE]\n\n"
 
 

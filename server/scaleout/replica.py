@@ -22,7 +22,7 @@ from ray import serve
 from experts.adapters import check_adapter_files
 from experts.backends.base import GenerationRequest, SamplingParams
 from experts.backends.transformers_peft import TransformersBackend
-from experts.errors import AdapterRejected, ExpertError
+from experts.errors import AdapterRejected, ExpertError, ExpertGone
 from experts.models import resolve_base_model
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
 from server.settings import Settings
@@ -99,7 +99,11 @@ class ExpertReplica:
     @serve.multiplexed(max_num_models_per_replica=EXPERTS_PER_REPLICA)
     async def expert(self, model_id: str) -> LoadedExpert:
         started = time.perf_counter()
-        key, directory = await self._load(await self._catalogue.files.remote(model_id))
+        try:
+            files = await self._catalogue.files.remote(model_id)
+        except KeyError as exc:  # replaced or removed since the ingress routed: it decides again
+            raise ExpertGone(f"expert version {model_id} left the catalogue") from exc
+        key, directory = await self._load(files)
         log.info("replica %s loaded %s", self._replica, model_id)
         loaded = LoadedExpert(key, self._backend, directory, (time.perf_counter() - started) * 1000,
                               on_evicted=lambda: self._held.pop(model_id, None))

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,12 +92,12 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     # Same expert, sequential requests: the first loads it somewhere, the rest find it already there.
     sql_query = experts["sql"]["held_out"][0]
     first = _chat(client, sql_query)
-    assert (first["expert"], first["adapter_cache_hit"]) == ("sql", False)
+    assert (first["expert"], first["adapter_tier"]) == ("sql", "disk")  # fetched from the catalogue
     time.sleep(1)  # replicas report what they hold to Ray Serve's routers asynchronously
     later = [_chat(client, q) for q in experts["sql"]["held_out"][1:5]]
     assert {info["expert"] for info in later} == {"sql"}
     assert {info["replica"] for info in later} == {first["replica"]}
-    assert all(info["adapter_cache_hit"] for info in later)
+    assert all(info["adapter_tier"] == "device" for info in later)
 
     # A bad adapter is refused with the OpenAI error shape and the catalogue does not move.
     version = admin.get("/admin/experts").json()["registry_version"]
@@ -121,6 +122,18 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     assert (math["expert"], math["registry_version"]) == ("math", version + 1)
     assert {m.id for m in client.models.list()} >= {"sql", "math", "base", "auto"}
 
+    # Streaming is shaped as on one machine: the decision record rides on the last chunk, with headers.
+    with client.chat.completions.with_streaming_response.create(
+            model="auto", messages=[{"role": "user", "content": sql_query}], max_tokens=8, temperature=0,
+            stream=True) as response:
+        assert response.headers["x-switchyard-expert"] == "sql"
+        chunks = list(response.parse())
+    records = [c.model_extra.get("switchyard") for c in chunks]
+    assert records[-1]["expert"] == "sql" and records[-1]["replica"] and not any(records[:-1])
+    assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
+    ranked = admin.post("/v1/route", json={"query": sql_query, "top_n": 1}).json()
+    assert len(ranked["ranking"]) == 1 and ranked["decision"]["expert"] == "sql"
+
     # The ingress routes on the conversation, as one machine does: a vague follow-up stays with sql.
     follow_up = "Thanks. And what about last year?"
     assert admin.post("/v1/route", json={"query": follow_up}).json()["decision"]["expert"] != "sql"
@@ -128,6 +141,25 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
         {"role": "user", "content": sql_query}, {"role": "assistant", "content": "SELECT ..."},
         {"role": "user", "content": follow_up}]}).json()["decision"]
     assert (in_context["expert"], in_context["context"], in_context["previous_expert"]) == ("sql", "stayed", "sql")
+
+    # Churn: sql is replaced over and over while requests pinned to it and routed to it run. A request
+    # whose version left the catalogue before a replica loaded it decides again; none fails.
+    stop, replaced = threading.Event(), []
+
+    def churn() -> None:
+        while not stop.is_set():
+            response = admin.put("/admin/experts/sql", json=_spec(experts["sql"]))
+            replaced.append(response.status_code)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        served = [_chat(client, sql_query, model=model) for model in ["sql", "auto"] * 6]
+    finally:
+        stop.set()
+        churner.join()
+    assert set(replaced) == {200} and len(replaced) >= 2, replaced
+    assert {info["expert"] for info in served} == {"sql"}
 
     # Kill every expert replica: Ray Serve starts new ones, which load the experts from the catalogue.
     pids = _expert_replica_pids()
@@ -143,6 +175,6 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
             assert time.monotonic() < deadline, "experts were not served again after the replicas restarted"
             time.sleep(2)
     assert again["expert"] == "sql" and again["replica"] not in {first["replica"], math["replica"]}
-    assert again["adapter_cache_hit"] is False
+    assert again["adapter_tier"] == "disk"
     assert admin.delete("/admin/experts/math").status_code == 200
     assert _chat(client, experts["math"]["held_out"][0])["expert"] != "math"
