@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from experts.adapter_store import AdapterStore, remove_scratch
-from experts.backends import create_backend
+from experts.backends import Backend, create_backend
 from experts.encoders.pool import EncoderPool, shared_encoder
 from experts.manifest import Manifest
 from experts.models import resolve_base_model
@@ -57,16 +57,26 @@ def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's Ind
     return build
 
 
-async def build_state(settings: Settings) -> AppState:
-    device = settings.resolved_device()
-    router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
-    encoder = await asyncio.to_thread(shared_encoder, settings.encoder_config(), device)
+BackendFactory = Callable[[Settings], Awaitable[Backend]]
+
+
+async def local_backend(settings: Settings) -> Backend:
+    """The backend of one machine: the base model in this process (transformers+PEFT or vLLM)."""
     model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
-    backend = await asyncio.to_thread(
-        create_backend, settings.backend, model_dir, device, settings.max_context_tokens,
+    return await asyncio.to_thread(
+        create_backend, settings.backend, model_dir, settings.resolved_device(), settings.max_context_tokens,
         settings.max_loras, settings.max_cpu_loras, settings.max_batch_size, settings.max_adapter_rank,
         settings.gpu_memory_utilization, settings.stacked_lora, settings.prefix_caching,
     )
+
+
+async def build_state(settings: Settings, backend_factory: BackendFactory = local_backend) -> AppState:
+    """Every long-lived object of the request path. The backend is the one part that differs between one
+    machine (`local_backend`) and a Ray cluster (`server/scaleout/gateway.py`: generation on replicas)."""
+    device = settings.resolved_device()
+    router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
+    encoder = await asyncio.to_thread(shared_encoder, settings.encoder_config(), device)
+    backend = await backend_factory(settings)
     metrics = Metrics()
     manifest = Manifest(settings.data_dir / "manifest.sqlite3")
     encoders = EncoderPool(encoder, settings.encoder_roots, device)
@@ -121,10 +131,10 @@ async def build_state(settings: Settings) -> AppState:
                     admission, indexing, retrieval, embeddings, lanes, time.time())
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, backend_factory: BackendFactory = local_backend) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await build_state(settings)
+        state = await build_state(settings, backend_factory)
         app.state.switchyard = state
         log.info("switchyard ready: %d experts, router %s", len(state.registry.snapshot.experts), settings.router)
         try:

@@ -51,6 +51,7 @@ class GenerationChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     activation: Activation | None = None  # on the first chunk of an adapter request: where it came from
+    replica: str | None = None  # on the first chunk, where generation runs on another process (Ray mode)
 
 
 class Backend(Protocol):

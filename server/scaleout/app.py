@@ -1,12 +1,13 @@
 """Switchyard on Ray Serve: how the parts fit, and how to start them.
 
-    client ──HTTP──▶ RoutingIngress (N replicas: encoder + policy, no LLM)
-                        │  handle.options(multiplexed_model_id="<expert>@<version>")
+    client ──HTTP──▶ Serve proxy (every node) ──▶ Gateway (one replica, head node): the one-machine
+                        app (`create_app`): routing, registry, retrieval, admin, metrics, console
+                        │  ReplicaBackend: handle.options(multiplexed_model_id=<adapter key>)
                         ▼
                      ExpertReplica (M replicas: base model + LRU of adapters)
                         ▲  adapter bytes, fetched lazily on first use
                         │
-                     catalogue actor (detached, head node, persisted): the one registry
+                     catalogue actor (detached, head node, persisted): adapter files by key
 
 `build_app` is a Ray Serve application builder, so `serve run server.scaleout.app:build_app config=...` and
 a `serve deploy` config file (deploy/ray/serve.yaml) both work; `switchyard serve --ray` starts a local
@@ -25,7 +26,7 @@ import ray
 from ray import serve
 
 from server.scaleout.catalogue import catalogue_actor
-from server.scaleout.ingress import ingress_deployment
+from server.scaleout.gateway import gateway_deployment
 from server.scaleout.replica import ExpertReplica
 from server.settings import Settings
 
@@ -34,9 +35,12 @@ APP_NAME = "switchyard"
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Application builder: `args` are `config` (a settings file), `expert_replicas`, `ingress_replicas`."""
+    """Application builder: `args` are `config` (a settings file) and `expert_replicas`."""
     config = args.get("config")
     settings = Settings.load(Path(config) if config else None)
+    if int(args.get("ingress_replicas", 1)) != 1:
+        raise ValueError("the gateway holds the registry and runs as one replica; drop `ingress_replicas` "
+                         "(Ray Serve's proxies on every node forward to it)")
     catalogue_actor(settings.data_dir.resolve() / "cluster-catalogue")
     plain = settings.model_dump(mode="json")
     plain["admin_token"] = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -45,7 +49,7 @@ def build_app(args: dict[str, Any]) -> Any:
         num_replicas=int(args.get("expert_replicas", 2)), ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=settings.max_active_requests, max_queued_requests=settings.max_queued_requests,
     )(ExpertReplica).bind(plain)
-    return ingress_deployment(int(args.get("ingress_replicas", 1)), settings).bind(replicas, plain)
+    return gateway_deployment(settings).bind(replicas, plain)
 
 
 def run(settings_file: Path | None, host: str, port: int, expert_replicas: int, address: str | None) -> int:

@@ -1,5 +1,7 @@
 """An expert-serving replica: the base model with an LRU of adapters, loaded lazily from the catalogue.
 
+The gateway's `ReplicaBackend` sends it generate calls tagged with an adapter's backend key.
+
 Ray Serve's model multiplexing does the affinity: a request tagged with an expert's model id goes to a
 replica that already holds it when one exists, and `@serve.multiplexed` keeps a per-replica LRU of at
 most `EXPERTS_PER_REPLICA` experts. What the LRU holds is a `LoadedExpert` handle; its adapter leaves the
@@ -101,8 +103,8 @@ class ExpertReplica:
         started = time.perf_counter()
         try:
             files = await self._catalogue.files.remote(model_id)
-        except KeyError as exc:  # replaced or removed since the ingress routed: it decides again
-            raise ExpertGone(f"expert version {model_id} left the catalogue") from exc
+        except KeyError as exc:  # freed by the registry: no lease holds it any more
+            raise ExpertGone(f"adapter {model_id} left the catalogue") from exc
         key, directory = await self._load(files)
         log.info("replica %s loaded %s", self._replica, model_id)
         loaded = LoadedExpert(key, self._backend, directory, (time.perf_counter() - started) * 1000,
@@ -134,7 +136,7 @@ class ExpertReplica:
                    "adapter_load_ms": None if cache_hit in (None, True) else expert.load_ms}
             sampling = SamplingParams(**request["sampling"])
             generation = GenerationRequest(request["messages"], expert.key if expert else None, sampling,
-                                           self._settings.max_prompt_tokens)
+                                           request.get("max_prompt_tokens"))
             try:
                 async for chunk in self._backend.generate(generation):
                     yield {"text": chunk.text, "finish_reason": chunk.finish_reason,
@@ -144,6 +146,12 @@ class ExpertReplica:
         finally:
             if expert is not None:
                 expert.release()
+
+    async def base_checksum(self) -> str | None:
+        return await self._backend.base_checksum()
+
+    async def health(self) -> list[str]:
+        return [f"replica {self._replica}: {problem}" for problem in await self._backend.health()]
 
     def describe(self) -> dict[str, Any]:
         return {"replica": self._replica, "experts": sorted(self._held), "device": self._backend.device}

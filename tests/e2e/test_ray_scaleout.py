@@ -85,8 +85,7 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     assert oversized.status_code == 413 and "error" in oversized.json()
     added = admin.post("/admin/experts", json=_spec(experts["sql"]))
     assert added.status_code == 201, added.text
-    assert added.json()["model_id"] == "sql@1"
-    listed = admin.get("/admin/experts").json()["experts"]
+    listed = admin.get("/admin/experts").json()["data"]
     assert listed[0]["capabilities"] == experts["sql"]["capabilities"]
 
     # Same expert, sequential requests: the first loads it somewhere, the rest find it already there.
@@ -176,5 +175,5 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
             time.sleep(2)
     assert again["expert"] == "sql" and again["replica"] not in {first["replica"], math["replica"]}
     assert again["adapter_tier"] == "disk"
-    assert admin.delete("/admin/experts/math").status_code == 200
+    assert admin.delete("/admin/experts/math").status_code == 204
     assert _chat(client, experts["math"]["held_out"][0])["expert"] != "math"

@@ -1,4 +1,5 @@
-"""The cluster catalogue (the Ray mode's registry) as a plain object: versions, refusals, persistence."""
+"""The cluster's adapter catalogue (adapter files by backend key) as a plain object: puts, refusals,
+persistence across a restart, and crashed writes collected."""
 
 from __future__ import annotations
 
@@ -6,45 +7,38 @@ from pathlib import Path
 
 import pytest
 
-from server.scaleout.catalogue import ExpertCatalogue
+from server.scaleout.catalogue import AdapterCatalogue
 
 FILES = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights-1"}
 
 
-def spec(name: str, note: str = "") -> dict:
-    return {"name": name, "description": note, "examples": ["an example"]}
-
-
-def test_versions_move_with_every_change_and_replace_gets_a_new_model_id(tmp_path: Path) -> None:
-    catalogue = ExpertCatalogue(tmp_path)
-    first = catalogue.put(spec("sql"), FILES, replace=False)
-    second = catalogue.put(spec("sql", "v2"), {**FILES, "adapter_model.safetensors": b"weights-2"}, replace=True)
-    assert (first.model_id, second.model_id) == ("sql@1", "sql@2")
-    assert catalogue.files("sql@2")["adapter_model.safetensors"] == b"weights-2"
+def test_put_files_remove(tmp_path: Path) -> None:
+    catalogue = AdapterCatalogue(tmp_path)
+    catalogue.put("sql-v1", FILES)
+    catalogue.put("sql-v2", {**FILES, "adapter_model.safetensors": b"weights-2"})
+    assert catalogue.files("sql-v2")["adapter_model.safetensors"] == b"weights-2"
+    assert catalogue.keys() == ["sql-v1", "sql-v2"]
+    catalogue.remove("sql-v1")
     with pytest.raises(KeyError):
-        catalogue.files("sql@1")  # a replaced version is gone, so no replica can load stale weights
-    catalogue.remove("sql")
-    assert catalogue.snapshot() == (3, [])
+        catalogue.files("sql-v1")  # a freed version is gone, so no replica can load stale weights
+    catalogue.put("sql-v2", FILES)  # a restarted gateway loads its experts again: same key, same bytes
+    assert catalogue.files("sql-v2") == FILES
 
 
-def test_refusals_change_nothing(tmp_path: Path) -> None:
-    catalogue = ExpertCatalogue(tmp_path)
-    catalogue.put(spec("sql"), FILES, replace=False)
-    before = catalogue.snapshot()
-    for action in (lambda: catalogue.put(spec("sql"), FILES, replace=False),
-                   lambda: catalogue.put(spec("math"), FILES, replace=True),
-                   lambda: catalogue.remove("math")):
-        with pytest.raises(KeyError):
-            action()
-    assert catalogue.snapshot() == before
+@pytest.mark.parametrize("key", ["", "../escape", "a/b", ".hidden", "x" * 200])
+def test_keys_that_are_not_plain_names_are_refused(tmp_path: Path, key: str) -> None:
+    catalogue = AdapterCatalogue(tmp_path)
+    with pytest.raises(KeyError):
+        catalogue.put(key, FILES)
+    with pytest.raises(KeyError):
+        catalogue.files(key)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_restarted_catalogue_has_everything_and_drops_unpublished_files(tmp_path: Path) -> None:
-    catalogue = ExpertCatalogue(tmp_path)
-    catalogue.put(spec("sql"), FILES, replace=False)
-    catalogue.put(spec("math"), FILES, replace=False)
-    (tmp_path / "adapters" / "ghost@9").mkdir()  # written by a put that crashed before the state file
-    reloaded = ExpertCatalogue(tmp_path)
-    assert reloaded.snapshot() == catalogue.snapshot()
-    assert reloaded.files("math@2") == FILES
-    assert not (tmp_path / "adapters" / "ghost@9").exists()
+def test_a_restarted_catalogue_has_everything_and_drops_unfinished_writes(tmp_path: Path) -> None:
+    catalogue = AdapterCatalogue(tmp_path)
+    catalogue.put("sql-v1", FILES)
+    (tmp_path / ".staging-abc").mkdir()  # a put that crashed before its rename
+    reloaded = AdapterCatalogue(tmp_path)
+    assert reloaded.keys() == ["sql-v1"] and reloaded.files("sql-v1") == FILES
+    assert not (tmp_path / ".staging-abc").exists()

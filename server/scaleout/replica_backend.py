@@ -1,0 +1,122 @@
+"""The gateway's backend in Ray mode: the `Backend` the one-machine server uses, with generation on the
+cluster's expert replicas.
+
+This is the only place where the Ray mode's request path differs from one machine's: the chat, routing,
+retrieval, admin and metrics code are the same objects, and a generate call lands on an `ExpertReplica`
+chosen by Ray Serve's model multiplexing (the adapter's backend key is the multiplexed model id, so a
+request goes to a replica that already holds its adapter when one exists).
+
+An adapter is loaded by one replica before the registry publishes it (the same validation and smoke test
+as one machine's), then kept in the catalogue actor for any replica to fetch. The registry's leases do
+the rest: a replaced or removed version is freed (`unload_adapter`) only after the last request that
+leased it finished, so no replica is ever asked for a version that already left the catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from ray.exceptions import RayError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from experts import errors
+from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFiles
+from experts.backends.base import GenerationChunk, GenerationRequest
+from experts.backends.residency import Activation, Tier
+from experts.errors import AdapterRejected, ExpertError
+from server.errors import APIError
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaBackend:
+    """Generation on Ray Serve expert replicas; adapters kept in the catalogue actor."""
+
+    name = "ray"
+
+    def __init__(self, replicas: Any, catalogue: Any, model_id: str, retry_after_seconds: int) -> None:
+        self._replicas = replicas  # a DeploymentHandle to ExpertReplica
+        self._catalogue = catalogue  # the AdapterCatalogue actor
+        self.model_id = model_id
+        self.device = "ray"  # the replicas' devices are theirs: `GET /admin/backend` asks them
+        self._retry_after = retry_after_seconds
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def load_adapter(self, key: str, files: AdapterFiles) -> None:
+        data = {name: (files.directory / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+        refusal = await self._replicas.validate.remote(data)
+        if refusal is not None:
+            raise AdapterRejected(refusal)
+        await self._catalogue.put.remote(key, data)
+
+    def unload_adapter(self, key: str) -> None:
+        """Take the version out of the catalogue; replicas that hold it drop it as their LRU turns over."""
+        task = asyncio.get_running_loop().create_task(self._remove(key))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _remove(self, key: str) -> None:
+        try:
+            await self._catalogue.remove.remote(key)
+        except RayError:
+            log.warning("could not remove adapter %s from the catalogue", key, exc_info=True)
+
+    def residency(self, key: str) -> str | None:
+        return None  # per replica; the decision record says where each request found its adapter
+
+    def tier_counts(self) -> dict[str, int]:
+        return {}
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        payload = {"messages": [dict(m) for m in request.messages],
+                   "sampling": {**asdict(request.sampling), "stop": list(request.sampling.stop)},
+                   "max_prompt_tokens": request.max_prompt_tokens}
+        handle = self._replicas.options(multiplexed_model_id=request.adapter_key or "", stream=True)
+        stream = handle.generate.remote(payload)
+        try:
+            placement = await stream.__anext__()
+        except BackPressureError as exc:
+            raise APIError(429, "every expert replica is at capacity; retry later", "rate_limit_error",
+                           "server_busy", headers={"Retry-After": str(self._retry_after)}) from exc
+        except RayTaskError as exc:  # the replica refused before generating (an adapter it cannot load)
+            if isinstance(exc.cause, ExpertError):
+                raise exc.cause from exc
+            raise
+        activation = None
+        if request.adapter_key is not None:
+            tier = Tier.DEVICE if placement["adapter_cache_hit"] else Tier.DISK
+            activation = Activation(tier, placement["adapter_load_ms"] or 0.0)
+        first = True
+        async for chunk in stream:
+            if "error" in chunk:
+                raise _replica_error(chunk)
+            yield GenerationChunk(text=chunk["text"], finish_reason=chunk["finish_reason"],
+                                  prompt_tokens=chunk["prompt_tokens"], completion_tokens=chunk["completion_tokens"],
+                                  activation=activation if first else None,
+                                  replica=placement["replica"] if first else None)
+            first = False
+
+    async def base_checksum(self) -> str | None:
+        return await self._replicas.base_checksum.remote()
+
+    async def health(self) -> list[str]:
+        try:
+            return await self._replicas.health.remote()
+        except RayError as exc:
+            return [f"no expert replica answered: {type(exc).__name__}"]
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _replica_error(chunk: dict[str, Any]) -> ExpertError:
+    """The replica's refusal as the error one machine's backend would have raised (same class, same
+    status code); an unknown kind stays an ExpertError (500)."""
+    kind = getattr(errors, str(chunk.get("error_type")), ExpertError)
+    kind = kind if isinstance(kind, type) and issubclass(kind, ExpertError) else ExpertError
+    return kind(chunk["error"])
