@@ -12,3 +12,8 @@ hadolint docker/Dockerfile docker/Dockerfile.gpu
 kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/*/*.yaml
 # The console's browser tests fail (not skip) here when Chromium is missing.
 SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "$@"
+# The whole run also drives the contract suite (tests marked `contract`) against a local Ray cluster:
+# the same tests, with the session server on Ray Serve (about 3 minutes).
+if [ $# -eq 0 ]; then
+  python -m pytest -q --server-mode ray -m contract
+fi

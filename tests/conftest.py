@@ -13,10 +13,35 @@ import yaml
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 
+SERVER_MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--server-mode", choices=sorted(SERVER_MODES), default="local",
+                     help="run the session server on one machine (default) or on a local Ray cluster: the "
+                          "contract suite (tests marked `contract`) runs unchanged against both")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In Ray mode only the contract suite runs: the other e2e modules start servers of their own."""
+    if config.getoption("--server-mode") == "local":
+        return
+    skip = pytest.mark.skip(reason="not part of the contract suite run against a Ray cluster")
+    for item in items:
+        if "contract" not in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server_mode(request: pytest.FixtureRequest) -> str:
+    return request.config.getoption("--server-mode")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, server_mode: str) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(write_config(directory), directory / "server.log").start()
+    proc = ServerProcess(write_config(directory), directory / "server.log",
+                         extra_args=SERVER_MODES[server_mode]).start()
     proc.directory = directory  # type: ignore[attr-defined]
     try:
         yield proc

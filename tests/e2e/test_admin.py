@@ -11,7 +11,7 @@ import pytest
 
 from tests.serverproc import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 COOKING_EXAMPLES = [
     "How long should I boil an egg for a runny yolk?",

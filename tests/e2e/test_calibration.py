@@ -9,7 +9,7 @@ import yaml
 from tests.e2e.test_admin import assert_error
 from tests.serverproc import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 
 def labelled() -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 SUPPORT_GREETING = "Thanks for contacting Switchyard Support!"
 

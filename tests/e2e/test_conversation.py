@@ -16,7 +16,7 @@ import pytest
 
 from tests.serverproc import ServerProcess, write_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 SQL_OPENING = "Write a SQL query that lists the customers who placed an order last month"
 SQL_ANSWER = "SELECT name FROM customers JOIN orders USING (customer_id) WHERE ordered_at >= ..."
@@ -98,7 +98,8 @@ def test_two_server_processes_decide_the_same_conversation_alike(http: httpx.Cli
     for record in (first, second):
         record.pop("routing_ms")
         record.pop("registry_version")  # each process counts its own registry history
-    assert first == second
+    # Scores equal to float rounding: an encoder on another thread count (a Ray actor's) sums in another order.
+    assert first == {k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in second.items()}
     assert first["expert"] == "math" and first["turns"] >= 1
 
 

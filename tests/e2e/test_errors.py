@@ -8,7 +8,7 @@ import pytest
 
 from tests.e2e.test_admin import assert_error
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:

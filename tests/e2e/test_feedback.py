@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.test_admin import assert_error
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 TO_SUPPORT = "Recommend a good science fiction novel."
 TO_GENERALIST = "Write a SQL query that deletes every row in the users table."
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 DATA = REPO / "tests" / "data"
 GARDEN_EXAMPLES = [

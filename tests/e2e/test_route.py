@@ -11,7 +11,7 @@ import yaml
 
 from tests.serverproc import REPO, ServerProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 
 def test_each_demo_expert_ranks_first_on_its_held_out_queries(http: httpx.Client, demo_experts: list[dict]) -> None:
