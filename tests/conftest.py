@@ -12,7 +12,6 @@ import yaml
 
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
-
 SERVER_MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
 
 
