@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from experts.encoders.pool import EncoderConfig
@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(60.0, gt=0, description="408 when a request body takes longer to arrive")
     max_tokens_limit: int = 1024
     default_max_tokens: int = 256
-    default_temperature: float = 0.7
-    default_top_p: float = 0.95
+    default_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    default_top_p: float = Field(0.95, gt=0.0, le=1.0)
 
     # Security
     admin_token: SecretStr | None = None
@@ -178,6 +178,30 @@ class Settings(BaseSettings):
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(self.encoder_model, self.encoder_runtime, self.encoder_int8,
                              self.model_cache_dir / "encoders")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Settings that only make sense together: every broken pair is named at start, in one message,
+        rather than found by the first request that needs it."""
+        problems = []
+        if self.default_max_tokens > self.max_tokens_limit:
+            problems.append(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit "
+                            f"({self.max_tokens_limit})")
+        if self.max_prompt_tokens >= self.max_context_tokens:
+            problems.append(f"max_prompt_tokens ({self.max_prompt_tokens}) leaves no room for an answer in "
+                            f"max_context_tokens ({self.max_context_tokens})")
+        if self.max_tokens_limit >= self.max_context_tokens:
+            problems.append(f"max_tokens_limit ({self.max_tokens_limit}) must be below max_context_tokens "
+                            f"({self.max_context_tokens})")
+        if self.chunk_overlap >= self.chunk_words:
+            problems.append(f"chunk_overlap ({self.chunk_overlap}) must be below chunk_words ({self.chunk_words})")
+        if self.default_top_k > self.max_top_k:
+            problems.append(f"default_top_k ({self.default_top_k}) exceeds max_top_k ({self.max_top_k})")
+        if self.generalist_name == "auto" or not self.generalist_name.strip():
+            problems.append(f"generalist_name {self.generalist_name!r} must be a name other than 'auto'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("seed_experts", mode="before")
     @classmethod

@@ -1,9 +1,12 @@
 """Scale-out on Ray Serve: a real local Ray cluster, two expert-serving replicas, real models.
 
 One test walks the life of a cluster, because starting Ray costs most of its time: register an expert
-once through the admin API, see routed requests stay on the replica that holds it, register a second
-expert while serving and see it answered at once, refuse a bad adapter without changing the catalogue,
-kill every expert replica and see the experts served again from the catalogue. `pytest -m ray` runs it alone.
+through the admin API, see routed requests stay on the replica that holds it, register a second expert
+while serving and see it answered at once, refuse bad adapters without changing the registry, stream with
+the record on the last chunk, replace an expert over and over under load, kill every expert replica
+mid-stream (an error event, then the experts served again from the catalogue), and restart the whole
+cluster (the experts come back). The contract suite runs against Ray too (`--server-mode ray`).
+`pytest -m ray` runs this test alone.
 """
 
 from __future__ import annotations
@@ -160,11 +163,20 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     assert set(replaced) == {200} and len(replaced) >= 2, replaced
     assert {info["expert"] for info in served} == {"sql"}
 
-    # Kill every expert replica: Ray Serve starts new ones, which load the experts from the catalogue.
+    # Kill every expert replica mid-stream: the client gets an error event in the stream, never a hang.
+    # Ray Serve then starts new replicas, which load the experts from the catalogue.
+    stream = client.chat.completions.create(
+        model="sql", messages=[{"role": "user", "content": sql_query}], max_tokens=400, temperature=0,
+        stream=True, extra_body={"ignore_eos": True}, timeout=120)
+    received = [next(stream) for _ in range(3)]
+    assert received[-1].choices[0].delta.content is not None
     pids = _expert_replica_pids()
     assert len(pids) == 2, pids
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        for _ in stream:
+            pass
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -177,3 +189,12 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     assert again["adapter_tier"] == "disk"
     assert admin.delete("/admin/experts/math").status_code == 204
     assert _chat(client, experts["math"]["held_out"][0])["expert"] != "math"
+
+    # The whole cluster restarts, head node included: the registry (the gateway's data_dir) and the
+    # catalogue of adapter files are on the head's disk, so the experts come back as they were.
+    cluster.stop(timeout=60)
+    cluster.start(timeout=300)
+    _wait_ready(cluster.base_url)
+    assert [e["name"] for e in admin.get("/admin/experts").json()["data"]] == ["sql"]
+    restarted = _chat(client, sql_query)
+    assert (restarted["expert"], restarted["adapter_tier"]) == ("sql", "disk")
