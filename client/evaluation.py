@@ -25,6 +25,7 @@ from pathlib import Path
 from client.common import EXIT_OK, Connection, Progress, add_connection_arguments, emit, table
 from routers.evaluation import OUT_OF_SCOPE, EvaluationReport, evaluate
 from routers.labelled_data import (
+    GENERALIST_LABEL,
     LabelledTurn,
     by_turn_kind,
     is_conversation_data,
@@ -81,7 +82,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if is_conversation_data(text):
         body: dict = {"conversations": [json.loads(line) for line in text.splitlines() if line.strip()]}
     else:
-        body = {"examples": [{"text": t, "label": "generalist" if label == OUT_OF_SCOPE else label}
+        body = {"examples": [{"text": t, "label": GENERALIST_LABEL if label == OUT_OF_SCOPE else label}
                              for t, label in read_labelled(args.data)]}
     if args.max_accuracy_loss is not None:
         body["max_accuracy_loss"] = args.max_accuracy_loss

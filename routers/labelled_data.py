@@ -19,7 +19,8 @@ from typing import Any
 from routers.conversation import ASSISTANT_CHARS, Turn
 from routers.evaluation import OUT_OF_SCOPE
 
-OOS_LABELS = {"oos", "out_of_scope", "generalist"}
+GENERALIST_LABEL = "generalist"  # the label (in data, feedback and calibration) for "no expert should answer"
+OOS_LABELS = frozenset({OUT_OF_SCOPE, "out_of_scope", GENERALIST_LABEL})
 
 
 class LabelledDataError(ValueError):

@@ -18,13 +18,12 @@ from experts.manifest import Manifest
 from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, outcome, rule_value
 from routers.conversation import ContextParams, LabelledTurns, Turn, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
-from routers.labelled_data import LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
+from routers.labelled_data import OOS_LABELS, LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
 from server.errors import APIError
 from server.protocol import CalibrationOut, CalibrationRequest
 from server.routing.service import RoutingService
 
 _SETTING = "fallback_rule"
-OUT_OF_SCOPE_LABELS = {"oos", "out_of_scope", "generalist"}
 CONVERSATION_ACCURACY_BUDGET = 0.03
 # Below these a fit describes the few examples, not the traffic: one example once set the threshold for
 # all traffic, and four mislabelled ones set it to 0 (no fallback at all).
@@ -101,7 +100,7 @@ def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> l
             raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "conversations") from exc
     cases = []
     for example in body.examples or []:
-        label = OUT_OF_SCOPE if example.label in OUT_OF_SCOPE_LABELS | {generalist_name} else example.label
+        label = OUT_OF_SCOPE if example.label in OOS_LABELS | {generalist_name} else example.label
         if label != OUT_OF_SCOPE and label not in known:
             raise APIError(400, f"label {example.label!r} is neither an expert nor 'generalist'",
                            "invalid_request_error", "unknown_label", "examples")

@@ -10,10 +10,9 @@ from __future__ import annotations
 from experts.errors import ExpertNotFound
 from experts.manifest import FeedbackRecord, Manifest
 from experts.registry import ExpertRegistry
+from routers.labelled_data import GENERALIST_LABEL
 from server.errors import APIError
 from server.protocol import FeedbackOut
-
-GENERALIST = "generalist"
 
 
 def _out(record: FeedbackRecord, version: int | None = None) -> FeedbackOut:
@@ -25,11 +24,11 @@ class FeedbackService:
     def __init__(self, registry: ExpertRegistry, manifest: Manifest, generalist_name: str) -> None:
         self._registry = registry
         self._manifest = manifest
-        self._generalist_names = {GENERALIST, generalist_name}
+        self._generalist_names = {GENERALIST_LABEL, generalist_name}
 
     def _target(self, expert: str) -> str:
         if expert in self._generalist_names:
-            return GENERALIST
+            return GENERALIST_LABEL
         if expert not in self._registry.snapshot.experts:
             raise APIError(404, f"no expert named {expert!r}", "not_found_error", "expert_not_found", "expert")
         return expert
@@ -62,7 +61,7 @@ class FeedbackService:
         return [_out(r) for r in self._manifest.feedback()]
 
     async def _apply(self, target: str, add: list[str] | None = None, remove: list[str] | None = None) -> int:
-        if target == GENERALIST:
+        if target == GENERALIST_LABEL:
             return await self._registry.update_generalist_examples(add or (), remove or ())
         expert = await self._registry.update_examples(target, add or (), remove or ())
         return expert.version
