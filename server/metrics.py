@@ -50,6 +50,18 @@ class Metrics:
         self.adapters = Gauge(
             "switchyard_adapters", "Registered adapters by residency tier.", ["tier"], registry=self.registry
         )
+        self.adapter_activations = Counter(
+            "switchyard_adapter_activations_total",
+            "Adapter requests by where their adapter was when they needed it (device: already there).",
+            ["tier"],
+            registry=self.registry,
+        )
+        self.replica_generations = Counter(
+            "switchyard_replica_generations_total",
+            "Ray mode: generations by the expert replica that ran them.",
+            ["replica"],
+            registry=self.registry,
+        )
         self.admin_operations = Counter(
             "switchyard_admin_operations_total",
             "Admin registry operations by kind and outcome.",

@@ -173,8 +173,10 @@ class ChatService:
                 "adapter_tier": first.activation.tier.value,
                 "adapter_load_ms": round(first.activation.load_ms, 3),
             })
+            self._metrics.adapter_activations.labels(first.activation.tier.value).inc()
         if first.replica is not None:
             target.info = target.info.model_copy(update={"replica": first.replica})
+            self._metrics.replica_generations.labels(first.replica).inc()
         return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()), slot, deadline,
                        started, (first.prompt_tokens, first.completion_tokens), grounding)
 

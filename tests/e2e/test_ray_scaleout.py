@@ -144,6 +144,12 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
         {"role": "user", "content": follow_up}]}).json()["decision"]
     assert (in_context["expert"], in_context["context"], in_context["previous_expert"]) == ("sql", "stayed", "sql")
 
+    # The gateway's metrics are the one-machine set, with generations counted by replica.
+    metrics = httpx.get(f"{cluster.base_url}/metrics").text
+    assert f'switchyard_replica_generations_total{{replica="{first["replica"]}"}}' in metrics
+    assert 'switchyard_adapter_activations_total{tier="device"}' in metrics
+    assert 'switchyard_requests_total{' in metrics
+
     # Churn: sql is replaced over and over while requests pinned to it and routed to it run. A request
     # whose version left the catalogue before a replica loaded it decides again; none fails.
     stop, replaced = threading.Event(), []
