@@ -24,6 +24,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.config import ProxyLocation
 
 from server.scaleout.catalogue import catalogue_actor
 from server.scaleout.gateway import gateway_deployment
@@ -58,7 +59,9 @@ def run(settings_file: Path | None, host: str, port: int, expert_replicas: int, 
         ray.init(address=address, namespace="switchyard")
     else:
         ray.init(include_dashboard=False, namespace="switchyard", object_store_memory=256 * 1024 * 1024)
-    serve.start(http_options={"host": host, "port": port})
+    # One address, the head's (as one machine's server has one): `serve deploy deploy/ray/serve.yaml` puts
+    # a proxy on every node instead. Nodes that share a machine could not all bind the same port anyway.
+    serve.start(proxy_location=ProxyLocation.HeadOnly, http_options={"host": host, "port": port})
     application = build_app({"config": str(settings_file) if settings_file else None,
                              "expert_replicas": expert_replicas})
     serve.run(application, name=APP_NAME, route_prefix="/")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,11 +23,11 @@ import httpx
 import openai
 import pytest
 
+from tests.raycluster import chat, expert_replica_pids, spec, wait_ready
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
-REPLICA_PROCESS = "ServeReplica:switchyard:ExpertReplica"
 
 
 @pytest.fixture(scope="module")
@@ -39,39 +38,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     proc.start(timeout=300)
     proc.adapter_root = directory / "adapters"  # type: ignore[attr-defined]
     try:
-        _wait_ready(proc.base_url)
+        wait_ready(proc.base_url)
         yield proc
     finally:
         proc.stop(timeout=60)
-
-
-def _wait_ready(base_url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError("the Ray application never became ready")
-
-
-def _spec(expert: dict) -> dict:
-    return {"name": expert["name"], "description": expert["description"], "examples": expert["examples"],
-            "capabilities": expert["capabilities"], "adapter_path": str(REPO / "demo" / expert["adapter_path"])}
-
-
-def _chat(client: openai.OpenAI, query: str, model: str = "auto") -> dict:
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": query}],
-                                           max_tokens=8, temperature=0)
-    assert reply.choices[0].message.content
-    return reply.model_extra["switchyard"]
-
-
-def _expert_replica_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", REPLICA_PROCESS], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found]
 
 
 def test_cluster_routes_with_affinity_and_takes_new_experts_live(
@@ -82,21 +52,21 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     client = openai.OpenAI(base_url=f"{cluster.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
     experts = {e["name"]: e for e in demo_experts}
 
-    assert httpx.post(f"{cluster.base_url}/admin/experts", json=_spec(experts["sql"])).status_code == 401
+    assert httpx.post(f"{cluster.base_url}/admin/experts", json=spec(experts["sql"])).status_code == 401
     oversized = httpx.post(f"{cluster.base_url}/v1/route", content=b"x" * 300_000,
                            headers={"Content-Type": "application/json"})
     assert oversized.status_code == 413 and "error" in oversized.json()
-    added = admin.post("/admin/experts", json=_spec(experts["sql"]))
+    added = admin.post("/admin/experts", json=spec(experts["sql"]))
     assert added.status_code == 201, added.text
     listed = admin.get("/admin/experts").json()["data"]
     assert listed[0]["capabilities"] == experts["sql"]["capabilities"]
 
     # Same expert, sequential requests: the first loads it somewhere, the rest find it already there.
     sql_query = experts["sql"]["held_out"][0]
-    first = _chat(client, sql_query)
+    first = chat(client, sql_query)
     assert (first["expert"], first["adapter_tier"]) == ("sql", "disk")  # fetched from the catalogue
     time.sleep(1)  # replicas report what they hold to Ray Serve's routers asynchronously
-    later = [_chat(client, q) for q in experts["sql"]["held_out"][1:5]]
+    later = [chat(client, q) for q in experts["sql"]["held_out"][1:5]]
     assert {info["expert"] for info in later} == {"sql"}
     assert {info["replica"] for info in later} == {first["replica"]}
     assert all(info["adapter_tier"] == "device" for info in later)
@@ -106,21 +76,21 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "adapter_model.bin").write_bytes(b"pickle")
-    outside = admin.post("/admin/experts", json={**_spec(experts["math"]), "adapter_path": str(pickled)})
+    outside = admin.post("/admin/experts", json={**spec(experts["math"]), "adapter_path": str(pickled)})
     assert outside.status_code == 400 and outside.json()["error"]["code"] == "adapter_rejected"
     truncated = cluster.adapter_root / "truncated"  # type: ignore[attr-defined]
     shutil.copytree(REPO / "demo" / experts["math"]["adapter_path"], truncated)
     weights = truncated / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4096])  # passes the ingress's file checks; a replica's load fails
-    unloadable = admin.post("/admin/experts", json={**_spec(experts["math"]), "adapter_path": str(truncated)})
+    unloadable = admin.post("/admin/experts", json={**spec(experts["math"]), "adapter_path": str(truncated)})
     assert unloadable.status_code == 400, unloadable.text
     assert unloadable.json()["error"]["code"] == "adapter_rejected"
-    assert admin.post("/admin/experts", json=_spec(experts["sql"])).status_code == 409
+    assert admin.post("/admin/experts", json=spec(experts["sql"])).status_code == 409
     assert admin.get("/admin/experts").json()["registry_version"] == version
 
     # A new expert is routable and served without any restart.
-    assert admin.post("/admin/experts", json=_spec(experts["math"])).status_code == 201
-    math = _chat(client, experts["math"]["held_out"][0])
+    assert admin.post("/admin/experts", json=spec(experts["math"])).status_code == 201
+    math = chat(client, experts["math"]["held_out"][0])
     assert (math["expert"], math["registry_version"]) == ("math", version + 1)
     assert {m.id for m in client.models.list()} >= {"sql", "math", "base", "auto"}
 
@@ -156,13 +126,13 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
 
     def churn() -> None:
         while not stop.is_set():
-            response = admin.put("/admin/experts/sql", json=_spec(experts["sql"]))
+            response = admin.put("/admin/experts/sql", json=spec(experts["sql"]))
             replaced.append(response.status_code)
 
     churner = threading.Thread(target=churn)
     churner.start()
     try:
-        served = [_chat(client, sql_query, model=model) for model in ["sql", "auto"] * 6]
+        served = [chat(client, sql_query, model=model) for model in ["sql", "auto"] * 6]
     finally:
         stop.set()
         churner.join()
@@ -176,7 +146,7 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
         stream=True, extra_body={"ignore_eos": True}, timeout=120)
     received = [next(stream) for _ in range(3)]
     assert received[-1].choices[0].delta.content is not None
-    pids = _expert_replica_pids()
+    pids = expert_replica_pids()
     assert len(pids) == 2, pids
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -186,7 +156,7 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     deadline = time.monotonic() + 180
     while True:
         try:
-            again = _chat(client, sql_query)
+            again = chat(client, sql_query)
             break
         except openai.APIError:
             assert time.monotonic() < deadline, "experts were not served again after the replicas restarted"
@@ -194,13 +164,13 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
     assert again["expert"] == "sql" and again["replica"] not in {first["replica"], math["replica"]}
     assert again["adapter_tier"] == "disk"
     assert admin.delete("/admin/experts/math").status_code == 204
-    assert _chat(client, experts["math"]["held_out"][0])["expert"] != "math"
+    assert chat(client, experts["math"]["held_out"][0])["expert"] != "math"
 
     # The whole cluster restarts, head node included: the registry (the gateway's data_dir) and the
     # catalogue of adapter files are on the head's disk, so the experts come back as they were.
     cluster.stop(timeout=60)
     cluster.start(timeout=300)
-    _wait_ready(cluster.base_url)
+    wait_ready(cluster.base_url)
     assert [e["name"] for e in admin.get("/admin/experts").json()["data"]] == ["sql"]
-    restarted = _chat(client, sql_query)
+    restarted = chat(client, sql_query)
     assert (restarted["expert"], restarted["adapter_tier"]) == ("sql", "disk")
