@@ -37,6 +37,15 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server
     directory = tmp_path_factory.mktemp("two-nodes")
     port, worker_port = free_port(), free_port()
     common = ("--num-cpus=2", "--disable-usage-stats")
+    with pytest.MonkeyPatch.context() as env:
+        # `ray start --head` turns token authentication on and writes the token to ~/.ray/auth_token;
+        # every process that joins (the worker, the server) must say it uses one.
+        env.setenv("RAY_AUTH_MODE", "token")
+        yield from _cluster(directory, port, worker_port, common)
+
+
+def _cluster(directory: Path, port: int, worker_port: int,
+             common: tuple[str, ...]) -> Iterator[tuple[ServerProcess, int]]:
     _ray("start", "--head", f"--port={port}", "--include-dashboard=false", *common)
     try:
         _ray("start", f"--address=127.0.0.1:{port}", f"--node-manager-port={worker_port}", *common)
