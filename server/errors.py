@@ -85,6 +85,15 @@ def _describe_validation(errors: list) -> tuple[str, str | None]:
     return message or "invalid request body", param
 
 
+def _validation_error(errors: list) -> APIError:
+    """400 naming the first bad field; a parameter this server does not implement (or does not know) gets
+    the code `unsupported_parameter`, so a client can tell "not here" from "malformed"."""
+    message, param = _describe_validation(errors)
+    kind = errors[0].get("type") if errors else None
+    code = "unsupported_parameter" if kind in ("unsupported_parameter", "extra_forbidden") else "invalid_request"
+    return APIError(400, message, "invalid_request_error", code, param)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -96,13 +105,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _describe_validation(list(exc.errors()))
-        return error_response(APIError(400, message, "invalid_request_error", "invalid_request", param))
+        return error_response(_validation_error(list(exc.errors())))
 
     @app.exception_handler(ValidationError)
     async def _model_invalid(_: Request, exc: ValidationError) -> JSONResponse:
-        message, param = _describe_validation(list(exc.errors()))
-        return error_response(APIError(400, message, "invalid_request_error", "invalid_request", param))
+        return error_response(_validation_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

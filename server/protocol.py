@@ -10,7 +10,8 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from experts.spec import ExpertSpec
 from experts.unicode_text import reject_lone_surrogates
@@ -54,10 +55,40 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(RequestModel):
-    """The subset of OpenAI's chat request that these models honour; unknown fields are ignored."""
+# OpenAI chat parameters (and vLLM extensions) that change what a completion means and that these
+# backends do not implement yet, with the value that means "off": any other value is refused by name (400),
+# never dropped. The README's "Supported parameters" lists them beside what is honoured.
+NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "repetition_penalty": (None, 1, 1.0),
+    "min_tokens": (None, 0),
+    "best_of": (None, 1),
+    "prediction": (None,),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "web_search_options": (None,),
+    "reasoning_effort": (None,),
+}
+UNSUPPORTED_PARAMETER = "unsupported_parameter"  # the error code of a refused parameter (and of an unknown one)
+# Known fields that do not change the completion: accepted and ignored (listed in the README).
+ACCEPTED_AND_IGNORED = ("metadata", "store", "parallel_tool_calls", "service_tier", "prompt_cache_key",
+                        "safety_identifier")
 
-    model_config = ConfigDict(extra="ignore")
+
+class ChatCompletionRequest(RequestModel):
+    """OpenAI's chat request: every parameter is honoured, accepted as having no effect on the answer
+    (`ACCEPTED_AND_IGNORED`), or refused by name (`NOT_YET_SUPPORTED`, and any field not known at all)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
@@ -74,6 +105,38 @@ class ChatCompletionRequest(RequestModel):
                              "session affinity unless the x-switchyard-session header names one")
     ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens whatever the model "
                              "says (for benchmarks); the openai client sends it through extra_body")
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    repetition_penalty: Any = None
+    min_tokens: Any = None
+    best_of: Any = None
+    prediction: Any = None
+    audio: Any = None
+    modalities: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    metadata: Any = Field(None, description="accepted and ignored")
+    store: Any = Field(None, description="accepted and ignored: nothing is stored")
+    parallel_tool_calls: Any = Field(None, description="accepted and ignored")
+    service_tier: Any = Field(None, description="accepted and ignored")
+    prompt_cache_key: Any = Field(None, description="accepted and ignored (prefix caching is automatic)")
+    safety_identifier: Any = Field(None, description="accepted and ignored")
+
+    @field_validator(*NOT_YET_SUPPORTED, mode="after")
+    @classmethod
+    def _not_yet_supported(cls, value: Any, info: ValidationInfo) -> Any:
+        if any(value == off and type(value) is type(off) for off in NOT_YET_SUPPORTED[info.field_name]):
+            return value
+        raise PydanticCustomError(UNSUPPORTED_PARAMETER, "'{name}' is not supported by this server yet; leave it "
+                                  "unset (see the README's supported parameters)", {"name": info.field_name})
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -262,9 +325,10 @@ MAX_EMBEDDING_INPUTS = 256
 
 
 class EmbeddingRequest(RequestModel):
-    """OpenAI's embeddings request. Token-id inputs are not supported (these encoders take text)."""
+    """OpenAI's embeddings request. Token-id inputs are not supported (these encoders take text); an
+    unknown field is refused by name."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=128)
     input: str | list[str] = Field(description="text, or a list of texts")

@@ -63,3 +63,44 @@ def test_prompt_over_the_servers_prompt_limit_is_400(http: httpx.Client) -> None
         "model": "base", "max_tokens": 4, "messages": [{"role": "user", "content": prompt}]}), 400,
         "context_length_exceeded")
     assert "limit of 1536" in error["message"]
+
+
+NOT_HONOURED = [
+    ("response_format", {"response_format": {"type": "json_object"}}),
+    ("tools", {"tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+               "tool_choice": "required"}),
+    ("logprobs", {"logprobs": True, "top_logprobs": 2}),
+    ("presence_penalty", {"presence_penalty": 1.5}),
+    ("frequency_penalty", {"frequency_penalty": 0.5}),
+    ("logit_bias", {"logit_bias": {"50256": -100}}),
+]
+
+
+@pytest.mark.parametrize(("param", "extra"), NOT_HONOURED)
+def test_a_parameter_the_server_cannot_honour_is_refused_by_name(client: openai.OpenAI, param: str,
+                                                                extra: dict) -> None:
+    """Never silently dropped: the official client gets a 400 naming the parameter."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                       max_tokens=4, **extra)
+    error = caught.value.body
+    assert (error["param"], error["code"]) == (param, "unsupported_parameter"), error
+    assert param in error["message"]
+
+
+def test_defaults_and_fields_without_effect_are_accepted(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0,
+        presence_penalty=0, frequency_penalty=0, logprobs=False, tool_choice="none", n=1,
+        metadata={"team": "docs"}, store=False, parallel_tool_calls=True, user="someone")
+    assert reply.choices[0].message.content is not None
+
+
+def test_an_unknown_field_is_refused_by_name(http: httpx.Client) -> None:
+    for path, body in (("/v1/chat/completions", {"model": "auto", "messages": [{"role": "user", "content": "hi"}],
+                                                 "temprature": 0.2}),
+                       ("/v1/embeddings", {"model": "base", "input": "hi", "encodng_format": "base64"})):
+        response = http.post(path, json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_parameter" and error["param"] in {"temprature", "encodng_format"}
