@@ -48,3 +48,7 @@ class AdapterUnavailable(ExpertError):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"adapter {key!r} could not be activated: {reason}")
         self.key = key
+
+
+class SamplingRejected(ExpertError):
+    """Sampling settings this model cannot apply (a logit_bias token outside its vocabulary)."""

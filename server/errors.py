@@ -25,6 +25,7 @@ from experts.errors import (
     ExpertNotFound,
     ManifestError,
     PromptTooLong,
+    SamplingRejected,
     UploadExists,
 )
 
@@ -60,6 +61,7 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     DocumentsRejected: (400, "invalid_request_error", "invalid_documents"),
     EncoderRejected: (400, "invalid_request_error", "encoder_rejected"),
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
+    SamplingRejected: (400, "invalid_request_error", "invalid_logit_bias"),
     ManifestError: (503, "server_error", "storage_unavailable"),
     AdapterUnavailable: (503, "server_error", "expert_failed"),
     UploadExists: (409, "conflict_error", "upload_exists"),

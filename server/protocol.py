@@ -17,6 +17,7 @@ from experts.spec import ExpertSpec
 from experts.unicode_text import reject_lone_surrogates
 
 MAX_MESSAGES = 256
+MAX_LOGIT_BIAS = 300  # as OpenAI
 MAX_STOP_SEQUENCES = 4
 
 
@@ -66,11 +67,6 @@ NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "function_call": (None, "none"),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "repetition_penalty": (None, 1, 1.0),
-    "min_tokens": (None, 0),
     "best_of": (None, 1),
     "prediction": (None,),
     "audio": (None,),
@@ -105,6 +101,12 @@ class ChatCompletionRequest(RequestModel):
                              "session affinity unless the x-switchyard-session header names one")
     ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens whatever the model "
                              "says (for benchmarks); the openai client sends it through extra_body")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS, description="token id (as a "
+                                                "string) -> a bias from -100 to 100 added to its logit")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension; 1 is off")
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end-of-sequence before this many tokens")
     response_format: Any = None
     tools: Any = None
     tool_choice: Any = None
@@ -112,11 +114,6 @@ class ChatCompletionRequest(RequestModel):
     function_call: Any = None
     logprobs: Any = None
     top_logprobs: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
-    repetition_penalty: Any = None
-    min_tokens: Any = None
     best_of: Any = None
     prediction: Any = None
     audio: Any = None
@@ -137,6 +134,17 @@ class ChatCompletionRequest(RequestModel):
             return value
         raise PydanticCustomError(UNSUPPORTED_PARAMETER, "'{name}' is not supported by this server yet; leave it "
                                   "unset (see the README's supported parameters)", {"name": info.field_name})
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("keys are token ids (digits) and values biases from -100 to 100")
+        return value
+
+    def token_biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items() if bias)
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 from experts.adapters import AdapterFiles
 from experts.backends.residency import Activation
-from experts.errors import PromptTooLong
+from experts.errors import PromptTooLong, SamplingRejected
 
 FinishReason = Literal["stop", "length"]
 
@@ -30,6 +30,20 @@ class SamplingParams:
     # Keep generating past end-of-sequence up to max_tokens (vLLM's extension): fixed output lengths for
     # benchmarks, so throughput compares the same work whatever the model would have said.
     ignore_eos: bool = False
+    # OpenAI's penalties on tokens already generated: minus `frequency_penalty` per occurrence, minus
+    # `presence_penalty` once any occurred. vLLM's `repetition_penalty` (1: off) divides a positive logit
+    # (multiplies a negative one) of every token in the prompt or the output, as in CTRL and HF.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
+    min_tokens: int = 0  # end-of-sequence is not allowed before this many tokens (vLLM's extension)
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any logit processing applies (so the plain path stays free of it)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.min_tokens)
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,14 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release threads and memory."""
         ...
+
+
+def check_sampling_fits(sampling: SamplingParams, vocab_size: int) -> None:
+    """Refuse a `logit_bias` that names a token the model does not have."""
+    unknown = [token for token, _ in sampling.logit_bias if not 0 <= token < vocab_size]
+    if unknown:
+        raise SamplingRejected(f"logit_bias names token ids this model does not have (its vocabulary has "
+                               f"{vocab_size}): {unknown[:5]}")
 
 
 def check_prompt_fits(prompt_tokens: int, request: GenerationRequest, max_context: int) -> None:

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from experts.backends.base import SamplingParams
 from experts.backends.prefix_cache import PrefixCache
-from experts.backends.sampling import sample_next_token
+from experts.backends.sampling import apply_penalties, sample_next_token
 from experts.backends.stacked_lora import StackedLora
 
 FINISHED = None  # sentinel pushed after the last token of a row
@@ -46,6 +46,7 @@ class Row:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Any]
     emitted: int = 0
+    generated: list[int] = field(default_factory=list)  # the tokens so far (penalties read them)
     position: int = 0
     last_token: int = 0
     cancelled: bool = False
@@ -199,7 +200,10 @@ class BatchScheduler:
         self.largest_batch = max(self.largest_batch, len(self._rows))
 
     def _accept(self, row: Row, logits: torch.Tensor) -> None:
+        if row.sampling.penalised:
+            logits = apply_penalties(logits, row.sampling, row.prompt_ids, row.generated, row.eos_ids)
         token = sample_next_token(logits, row.sampling, row.generator)
+        row.generated.append(token)
         row.last_token = token
         row.emitted += 1
         row.emit(token)

@@ -29,6 +29,27 @@ def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: t
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def apply_penalties(logits: torch.Tensor, params: SamplingParams, prompt_ids: torch.Tensor,
+                    generated: list[int], eos_ids: set[int]) -> torch.Tensor:
+    """The logits (1-D) after the request's penalties, bias and minimum length: a new tensor, in fp32."""
+    logits = logits.float().clone()
+    if params.repetition_penalty != 1.0:
+        seen = torch.unique(torch.cat([prompt_ids.flatten().to(logits.device),
+                                       torch.tensor(generated, dtype=torch.long, device=logits.device)]))
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / params.repetition_penalty,
+                                   picked * params.repetition_penalty)
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(generated, device=logits.device), minlength=logits.shape[0])
+        counts = counts[: logits.shape[0]].float()
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
+    for token, bias in params.logit_bias:
+        logits[token] += bias
+    if len(generated) < params.min_tokens:
+        logits[[t for t in eos_ids if t < logits.shape[0]]] = float("-inf")
+    return logits
+
+
 class StreamedText:
     """Turns the growing decoded text into safe-to-send deltas.
 

@@ -29,7 +29,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experts.adapters import AdapterFiles, check_fits_model
-from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
+from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits, check_sampling_fits
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.model_probe import ModelProbe
 from experts.backends.prefix_cache import PrefixCache, template_prefix
@@ -210,6 +210,7 @@ class TransformersBackend:
     # -- generation -------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        check_sampling_fits(request.sampling, self._base.get_output_embeddings().weight.shape[0])
         prompt_ids = self._render_prompt(request.messages)
         check_prompt_fits(int(prompt_ids.shape[1]), request, self._max_context)
         prompt_ids = prompt_ids.to(self._device)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from experts.adapters import AdapterFiles, check_fits_model
-from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits
+from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits, check_sampling_fits
 from experts.errors import AdapterRejected
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class VLLMBackend:
         self._engine = AsyncLLM.from_engine_args(args)
         self._shapes = _module_shapes(model_dir)
         self._tokenizer = self._engine.tokenizer
+        self._vocab_size = int(self._engine.model_config.get_vocab_size())
         self._ids = itertools.count(1)
         self._loras: dict[str, Any] = {}  # registry key -> LoRARequest
         self._background: set[asyncio.Task[Any]] = set()
@@ -102,6 +103,7 @@ class VLLMBackend:
         if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
             prompt_ids = prompt_ids["input_ids"]
         check_prompt_fits(len(prompt_ids), request, self._max_context)
+        check_sampling_fits(request.sampling, self._vocab_size)
         lora = None
         if request.adapter_key is not None:
             lora = self._loras.get(request.adapter_key)
@@ -111,6 +113,8 @@ class VLLMBackend:
         params = SamplingParams(
             max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
             stop=list(s.stop) or None, seed=s.seed, ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
+            presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty, logit_bias=dict(s.logit_bias) or None, min_tokens=s.min_tokens,
         )
         request_id = uuid.uuid4().hex
         completion_tokens = 0

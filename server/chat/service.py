@@ -293,6 +293,9 @@ def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
     if len(stop) > MAX_STOP_SEQUENCES:
         raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "invalid_request_error",
                        "too_many_stop_sequences", "stop")
+    if request.min_tokens > max_tokens:
+        raise APIError(400, f"min_tokens={request.min_tokens} exceeds max_tokens={max_tokens}",
+                       "invalid_request_error", "invalid_min_tokens", "min_tokens")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=s.default_temperature if request.temperature is None else request.temperature,
@@ -300,4 +303,9 @@ def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
         stop=stop,
         seed=request.seed,
         ignore_eos=request.ignore_eos,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        logit_bias=request.token_biases(),
+        min_tokens=request.min_tokens,
     )

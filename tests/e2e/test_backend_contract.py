@@ -119,6 +119,45 @@ def test_ignore_eos_generates_exactly_max_tokens(client: openai.OpenAI) -> None:
     assert forced.choices[0].message.content.startswith(natural.choices[0].message.content.strip()[:20])
 
 
+@pytest.fixture(scope="module")
+def tokenizer() -> object:
+    from transformers import AutoTokenizer
+
+    from experts.models import EMBEDDED_BASE, resolve_base_model
+
+    return AutoTokenizer.from_pretrained(resolve_base_model(EMBEDDED_BASE, Path.home() / ".cache" / "switchyard"
+                                                            / "models"))
+
+
+def test_penalties_logit_bias_and_min_tokens(client: openai.OpenAI, tokenizer: object) -> None:
+    """OpenAI's penalties and logit_bias, and vLLM's min_tokens, change the answer on both backends."""
+    repeat = [{"role": "user", "content": "List ten fruits, one per line."}]  # greedy repeats "Apple"
+    plain = client.chat.completions.create(model="base", messages=repeat, max_tokens=32, temperature=0)
+    penalised = client.chat.completions.create(model="base", messages=repeat, max_tokens=32, temperature=0,
+                                               frequency_penalty=2.0, presence_penalty=1.0)
+    apples = plain.choices[0].message.content.lower().count("apple")
+    assert apples >= 3, plain.choices[0].message.content
+    assert penalised.choices[0].message.content.lower().count("apple") < apples
+
+    token = tokenizer.encode(" banana", add_special_tokens=False)[0]
+    forced = client.chat.completions.create(model="sql", messages=[{"role": "user", "content": "List the users."}],
+                                            max_tokens=3, temperature=0, logit_bias={str(token): 100})
+    assert forced.choices[0].message.content == tokenizer.decode([token] * 3)
+
+    short = [{"role": "user", "content": "Answer with one word: what colour is the sky?"}]
+    natural = client.chat.completions.create(model="base", messages=short, max_tokens=40, temperature=0)
+    assert natural.usage.completion_tokens < 30
+    longer = client.chat.completions.create(model="base", messages=short, max_tokens=40, temperature=0,
+                                            extra_body={"min_tokens": 30})
+    assert longer.usage.completion_tokens >= 30
+
+    for body, code in (({"logit_bias": {"99999999": 5}}, "invalid_logit_bias"),
+                       ({"extra_body": {"min_tokens": 50}}, "invalid_min_tokens")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="base", messages=short, max_tokens=40, **body)
+        assert caught.value.body["code"] == code
+
+
 def test_mixed_adapters_in_one_batch_equal_solo_runs(client: openai.OpenAI) -> None:
     solo = [greedy(client, model, text) for model, text in MIXED]
     assert len(set(solo)) == len(solo)  # distinct answers, so a mix-up would be visible

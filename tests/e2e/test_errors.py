@@ -70,9 +70,7 @@ NOT_HONOURED = [
     ("tools", {"tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
                "tool_choice": "required"}),
     ("logprobs", {"logprobs": True, "top_logprobs": 2}),
-    ("presence_penalty", {"presence_penalty": 1.5}),
-    ("frequency_penalty", {"frequency_penalty": 0.5}),
-    ("logit_bias", {"logit_bias": {"50256": -100}}),
+    ("functions", {"functions": [{"name": "weather", "parameters": {"type": "object"}}]}),
 ]
 
 
