@@ -44,6 +44,7 @@ class ReplicaBackend:
         self.model_id = model_id
         self.device = "ray"  # the replicas' devices are theirs: `GET /admin/backend` asks them
         self._retry_after = retry_after_seconds
+        self._loop = asyncio.get_running_loop()  # built in the app's lifespan; leases may end on any thread
         self._pending: set[asyncio.Task[None]] = set()
 
     async def load_adapter(self, key: str, files: AdapterFiles) -> None:
@@ -55,7 +56,10 @@ class ReplicaBackend:
 
     def unload_adapter(self, key: str) -> None:
         """Take the version out of the catalogue; replicas that hold it drop it as their LRU turns over."""
-        task = asyncio.get_running_loop().create_task(self._remove(key))
+        self._loop.call_soon_threadsafe(self._start_removal, key)
+
+    def _start_removal(self, key: str) -> None:
+        task = self._loop.create_task(self._remove(key))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
