@@ -94,15 +94,21 @@ class ReplicaBackend:
         if request.adapter_key is not None:
             tier = Tier.DEVICE if placement["adapter_cache_hit"] else Tier.DISK
             activation = Activation(tier, placement["adapter_load_ms"] or 0.0)
-        first = True
-        async for chunk in stream:
-            if "error" in chunk:
-                raise _replica_error(chunk)
-            yield GenerationChunk(text=chunk["text"], finish_reason=chunk["finish_reason"],
-                                  prompt_tokens=chunk["prompt_tokens"], completion_tokens=chunk["completion_tokens"],
-                                  activation=activation if first else None,
-                                  replica=placement["replica"] if first else None)
-            first = False
+        first, finished = True, False
+        try:
+            async for chunk in stream:
+                if "error" in chunk:
+                    raise _replica_error(chunk)
+                finished = chunk["finish_reason"] is not None
+                yield GenerationChunk(text=chunk["text"], finish_reason=chunk["finish_reason"],
+                                      prompt_tokens=chunk["prompt_tokens"],
+                                      completion_tokens=chunk["completion_tokens"],
+                                      activation=activation if first else None,
+                                      replica=placement["replica"] if first else None)
+                first = False
+        finally:
+            if not finished:  # the client went away, or the request timed out: stop the replica's work
+                stream.cancel()
 
     async def base_checksum(self) -> str | None:
         return await self._replicas.base_checksum.remote()
