@@ -9,7 +9,7 @@ Scenarios:
   (6 : 3 : 1) against the demo adapters plus two small retriever experts (tests/data).
 Prints a table (p50/p95/p99 latency, time to first token, tokens/s, errors) and writes JSON.
 
-Run: python bench/load.py [--out bench/results/load.json]
+Run: python bench/load.py [--routing-only] [--modes local ray] [--out bench/results/load.json]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E
 QUERIES = ["How do I reset my password?", "Write SQL to count the orders per customer",
            "Tom has 5 apples and buys 3 more. How many now?", "What is the capital of France?"]
 EXTRA_EXPERTS = ["support2", "sql2", "math2", "support3", "sql3"]
+MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -235,18 +236,24 @@ def main() -> None:
     parser.add_argument("--routing-only", action="store_true", help="only the /v1/route rows")
     parser.add_argument("--encoder-runtime", choices=["torch", "onnx"], default="onnx")
     parser.add_argument("--encoder-int8", action="store_true")
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["local"],
+                        help="run the scenarios against each mode in turn, in this run: one machine, and/or "
+                             "Ray Serve (a local cluster, one expert replica; rows marked '(ray)')")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "load.json")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        config = write_config(root, max_loras=8, encoder_runtime=args.encoder_runtime,
-                              encoder_int8=args.encoder_int8)
-        proc = ServerProcess(config, root / "server.log").start()
-        try:
-            register_extra_experts(proc.base_url, root / "adapters")
-            rows = asyncio.run(run(proc.base_url, args.max_tokens, args.routing_only))
-        finally:
-            proc.stop()
+    rows = []
+    for mode in args.modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            config = write_config(root, max_loras=8, encoder_runtime=args.encoder_runtime,
+                                  encoder_int8=args.encoder_int8)
+            proc = ServerProcess(config, root / "server.log", extra_args=MODES[mode]).start()
+            try:
+                register_extra_experts(proc.base_url, root / "adapters")
+                mode_rows = asyncio.run(run(proc.base_url, args.max_tokens, args.routing_only))
+            finally:
+                proc.stop()
+        rows += [{**r, "scenario": r["scenario"] + (" (ray)" if mode == "ray" else "")} for r in mode_rows]
     print(f"{'scenario':<36} {'n':>5} {'err':>4} {'rate':>12} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
           f"{'TTFT p50':>9}")
     for r in rows:

@@ -5,9 +5,9 @@ same routes, services, registry, metrics and console, so the Ray mode has every 
 has, through the same code. It is one replica on the head node, where the registry's `data_dir` is
 (the manifest, the adapter copies, the retrievers' segments: mount a persistent volume there), and Ray
 Serve's proxies on every node forward to it. Generation, the expensive part, scales out over the
-`ExpertReplica`s; routing costs a few ms of CPU per request (`bench/load.py`), so one gateway process
-answers a few hundred decisions per second. See the README's "Scaling out on Ray Serve" for why the
-registry is not replicated yet.
+`ExpertReplica`s; routing costs a few ms of CPU per request. The README's "Scale out on Ray Serve" gives
+one gateway's measured rate (`bench/load.py --modes local ray`) and why the registry is not replicated
+yet.
 """
 
 from __future__ import annotations
