@@ -28,6 +28,7 @@ from experts.errors import (
     SamplingRejected,
     UploadExists,
 )
+from server.protocol import UNSUPPORTED_PARAMETER
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _validation_error(errors: list) -> APIError:
     the code `unsupported_parameter`, so a client can tell "not here" from "malformed"."""
     message, param = _describe_validation(errors)
     kind = errors[0].get("type") if errors else None
-    code = "unsupported_parameter" if kind in ("unsupported_parameter", "extra_forbidden") else "invalid_request"
+    code = UNSUPPORTED_PARAMETER if kind in (UNSUPPORTED_PARAMETER, "extra_forbidden") else "invalid_request"
     return APIError(400, message, "invalid_request_error", code, param)
 
 

@@ -75,14 +75,12 @@ NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "reasoning_effort": (None,),
 }
 UNSUPPORTED_PARAMETER = "unsupported_parameter"  # the error code of a refused parameter (and of an unknown one)
-# Known fields that do not change the completion: accepted and ignored (listed in the README).
-ACCEPTED_AND_IGNORED = ("metadata", "store", "parallel_tool_calls", "service_tier", "prompt_cache_key",
-                        "safety_identifier")
 
 
 class ChatCompletionRequest(RequestModel):
-    """OpenAI's chat request: every parameter is honoured, accepted as having no effect on the answer
-    (`ACCEPTED_AND_IGNORED`), or refused by name (`NOT_YET_SUPPORTED`, and any field not known at all)."""
+    """OpenAI's chat request: every parameter is honoured, accepted as having no effect on the answer (the
+    fields described "accepted and ignored"), or refused by name (`NOT_YET_SUPPORTED`, and any field not
+    known at all)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -42,7 +42,7 @@ class ReplicaBackend:
         self._replicas = replicas  # a DeploymentHandle to ExpertReplica
         self._catalogue = catalogue  # the AdapterCatalogue actor
         self.model_id = model_id
-        self.device = "ray"  # the replicas' devices are theirs: `GET /admin/backend` asks them
+        self.device = "ray"  # the replicas' devices are theirs: `GET /admin/model` asks one
         self._retry_after = retry_after_seconds
         self._loop = asyncio.get_running_loop()  # built in the app's lifespan; leases may end on any thread
         self._pending: set[asyncio.Task[None]] = set()
