@@ -52,3 +52,7 @@ class AdapterUnavailable(ExpertError):
 
 class SamplingRejected(ExpertError):
     """Sampling settings this model cannot apply (a logit_bias token outside its vocabulary)."""
+
+
+class ConstraintRejected(ExpertError):
+    """A structured-output constraint the grammar engine cannot compile (an unsupported or invalid schema)."""

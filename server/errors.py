@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from experts.errors import (
     AdapterRejected,
     AdapterUnavailable,
+    ConstraintRejected,
     DocumentsRejected,
     EncoderRejected,
     ExpertError,
@@ -63,6 +64,7 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     EncoderRejected: (400, "invalid_request_error", "encoder_rejected"),
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     SamplingRejected: (400, "invalid_request_error", "invalid_logit_bias"),
+    ConstraintRejected: (400, "invalid_request_error", "invalid_response_format"),
     ManifestError: (503, "server_error", "storage_unavailable"),
     AdapterUnavailable: (503, "server_error", "expert_failed"),
     UploadExists: (409, "conflict_error", "upload_exists"),

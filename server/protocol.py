@@ -37,11 +37,28 @@ class RequestModel(BaseModel):
         return reject_lone_surrogates(data)
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="the arguments as JSON text")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = Field(None, max_length=64)
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant: the calls it made")
+    tool_call_id: str | None = Field(None, max_length=256, description="tool: the call this message answers")
 
     def text(self) -> str:
         """Plain text of the message; content parts other than text are not supported by these models."""
@@ -56,17 +73,60 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = Field(None, description="accepted; the schema is always enforced")
+
+
+class ResponseFormat(BaseModel):
+    """`text` (free), `json_object` (any JSON object) or `json_schema`: enforced by a grammar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is required with type 'json_schema', and only with it")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = Field(None, description="accepted; with tool_choice required or named the arguments "
+                                "always follow the schema")
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+MAX_TOOLS = 128  # as OpenAI
+MAX_LOGPROBS = 20  # top alternatives per token, as OpenAI
+
+
 # OpenAI chat parameters (and vLLM extensions) that change what a completion means and that these
 # backends do not implement yet, with the value that means "off": any other value is refused by name (400),
 # never dropped. The README's "Supported parameters" lists them beside what is honoured.
 NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
-    "response_format": (None, {"type": "text"}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "best_of": (None, 1),
     "prediction": (None,),
     "audio": (None,),
@@ -105,13 +165,15 @@ class ChatCompletionRequest(RequestModel):
                                                 "string) -> a bias from -100 to 100 added to its logit")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension; 1 is off")
     min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end-of-sequence before this many tokens")
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="default: 'auto' when tools are given, else 'none'")
+    parallel_tool_calls: bool = Field(True, description="false: at most one call per answer")
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    functions: Any = Field(None, description="the deprecated form of tools; refused, use tools")
+    function_call: Any = Field(None, description="the deprecated form of tool_choice; refused")
     best_of: Any = None
     prediction: Any = None
     audio: Any = None
@@ -120,7 +182,6 @@ class ChatCompletionRequest(RequestModel):
     reasoning_effort: Any = None
     metadata: Any = Field(None, description="accepted and ignored")
     store: Any = Field(None, description="accepted and ignored: nothing is stored")
-    parallel_tool_calls: Any = Field(None, description="accepted and ignored")
     service_tier: Any = Field(None, description="accepted and ignored")
     prompt_cache_key: Any = Field(None, description="accepted and ignored (prefix caching is automatic)")
     safety_identifier: Any = Field(None, description="accepted and ignored")
@@ -132,6 +193,23 @@ class ChatCompletionRequest(RequestModel):
             return value
         raise PydanticCustomError(UNSUPPORTED_PARAMETER, "'{name}' is not supported by this server yet; leave it "
                                   "unset (see the README's supported parameters)", {"name": info.field_name})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tool function names must be unique")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
+        if self.response_format is not None and self.response_format.type != "text" and self.tools \
+                and self.tool_choice != "none":
+            raise ValueError("response_format and tools cannot both shape one answer; set tool_choice 'none' "
+                             "or drop one")
+        return self
 
     @field_validator("logit_bias")
     @classmethod
@@ -198,14 +276,30 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobOut] | None
+    refusal: list[TokenLogprobOut] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Passage(BaseModel):
@@ -241,16 +335,29 @@ class ChatCompletion(BaseModel):
     citations: list[Citation] | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

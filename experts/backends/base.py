@@ -19,6 +19,23 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class OutputConstraint:
+    """What a completion must be: one JSON value valid against `json_schema` (JSON text), no more.
+
+    Backend-neutral: the transformers backend enforces it with a per-row token mask from xgrammar
+    (`structured.py`), vLLM with its own structured-output parameters. JSON mode is the schema
+    `{"type": "object"}`, so both modes mean the same on both backends. Whitespace between JSON tokens is
+    not allowed (as vLLM's `disable_any_whitespace`): a small model otherwise fills its budget with it.
+    """
+
+    json_schema: str
+
+    @classmethod
+    def any_object(cls) -> OutputConstraint:
+        return cls('{"type": "object"}')
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Decoding settings of one request; temperature 0 means greedy decoding."""
 
@@ -38,6 +55,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
     min_tokens: int = 0  # end-of-sequence is not allowed before this many tokens (vLLM's extension)
+    constraint: OutputConstraint | None = None  # structured outputs: the grammar the completion follows
+    # Log-probabilities of each sampled token (and of the `logprobs` most likely ones) under the model's
+    # raw distribution, before penalties, temperature and grammar masks (vLLM's default); None: off.
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None  # the same for every prompt token but the first (for `echo`)
 
     @property
     def penalised(self) -> bool:
@@ -48,12 +70,23 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One chat generation: the conversation, the adapter to run it with (None: the generalist)."""
+    """One generation: a chat conversation (rendered with the model's chat template) or, for
+    `/v1/completions`, a raw `prompt`; and the adapter to run it with (None: the generalist)."""
 
     messages: Sequence[dict[str, str]]
     adapter_key: str | None
     sampling: SamplingParams
     max_prompt_tokens: int | None = None
+    prompt: str | None = None  # raw text, used instead of `messages` when set
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's log-probability: the token there and, best first, the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,9 @@ class GenerationChunk:
     completion_tokens: int = 0
     activation: Activation | None = None  # on the first chunk of an adapter request: where it came from
     replica: str | None = None  # on the first chunk, where generation runs on another process (Ray mode)
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens generated since the previous chunk, when asked for
+    # on the first text-bearing chunk when asked for: every prompt token, the first with no log-probability
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 class Backend(Protocol):

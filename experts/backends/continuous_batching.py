@@ -27,8 +27,9 @@ from transformers import DynamicCache
 
 from experts.backends.base import SamplingParams
 from experts.backends.prefix_cache import PrefixCache
-from experts.backends.sampling import apply_penalties, sample_next_token
+from experts.backends.sampling import PromptScores, SampledToken, apply_penalties, sample_next_token, scores_of
 from experts.backends.stacked_lora import StackedLora
+from experts.backends.structured import TokenMask
 
 FINISHED = None  # sentinel pushed after the last token of a row
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a per-sample adapter_names list
@@ -51,6 +52,7 @@ class Row:
     last_token: int = 0
     cancelled: bool = False
     done: bool = field(default=False)
+    grammar: TokenMask | None = None  # structured outputs: the row's token mask
 
     def emit(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -128,7 +130,9 @@ class BatchScheduler:
             return
         joining, self._waiting = self._waiting[:room], self._waiting[room:]
         prefixes = self.prefixes
-        with_prefix = [r for r in joining if prefixes is not None and prefixes.covers(r.prompt_ids)]
+        # Prompt log-probabilities need every prompt position computed, so those rows skip the cache.
+        with_prefix = [r for r in joining if prefixes is not None and prefixes.covers(r.prompt_ids)
+                       and r.sampling.prompt_logprobs is None]
         for group in (with_prefix, [r for r in joining if r not in with_prefix]):
             if group:
                 self._prefill(group, len(prefixes) if group is with_prefix and prefixes is not None else 0)
@@ -149,9 +153,11 @@ class BatchScheduler:
             past = self._cached_prefixes(rows, device) if cached else None
             if cached:
                 mask = torch.cat([torch.ones(len(rows), cached, dtype=torch.long, device=device), mask], dim=1)
+            scored = any(r.sampling.prompt_logprobs is not None for r in rows)
             out = self.forward([r.adapter for r in rows],
                                 input_ids=torch.cat([_left_pad(r.prompt_ids[:, cached:], longest, 1) for r in rows]),
-                                attention_mask=mask, position_ids=positions, past_key_values=past)
+                                attention_mask=mask, position_ids=positions, past_key_values=past,
+                                logits_to_keep=0 if scored else 1)  # 0: every position (a [rows, len, vocab] tensor)
         except Exception as exc:  # reaches these requests only
             for row in rows:
                 row.emit(exc)
@@ -164,6 +170,10 @@ class BatchScheduler:
         self._merge(rows, cache, mask)
         for i, row in enumerate(rows):
             row.position = cached + lengths[i]
+            if row.sampling.prompt_logprobs is not None:  # position p's logits score the token at p + 1
+                logits = out.logits[i, longest - lengths[i]:longest - 1]
+                row.emit(PromptScores(tuple(scores_of(logits[j], int(token), row.sampling.prompt_logprobs)
+                                            for j, token in enumerate(row.prompt_ids[0, 1:].tolist()))))
             self._accept(row, out.logits[i, -1])
 
     def _cached_prefixes(self, rows: list[Row], device: torch.device) -> DynamicCache:
@@ -174,7 +184,8 @@ class BatchScheduler:
         if missing:
             ids = torch.tensor([prefixes.prefix_ids] * len(missing), device=device)
             out = self.forward(missing, input_ids=ids, attention_mask=torch.ones_like(ids),
-                                position_ids=torch.arange(ids.shape[1], device=device).expand_as(ids))
+                                position_ids=torch.arange(ids.shape[1], device=device).expand_as(ids),
+                                logits_to_keep=1)
             for i, adapter in enumerate(missing):
                 prefixes.put(adapter, [(layer.keys[i:i + 1].clone(), layer.values[i:i + 1].clone())
                                        for layer in out.past_key_values.layers])
@@ -200,14 +211,23 @@ class BatchScheduler:
         self.largest_batch = max(self.largest_batch, len(self._rows))
 
     def _accept(self, row: Row, logits: torch.Tensor) -> None:
-        if row.sampling.penalised:
-            logits = apply_penalties(logits, row.sampling, row.prompt_ids, row.generated, row.eos_ids)
-        token = sample_next_token(logits, row.sampling, row.generator)
+        """Sample the row's next token from its last position's logits, under its penalties and grammar."""
+        raw, params = logits, row.sampling
+        if params.penalised:
+            logits = apply_penalties(logits, params, row.prompt_ids, row.generated, row.eos_ids)
+        if row.grammar is not None:
+            logits = logits if params.penalised else logits.float().clone()
+            row.grammar.apply(logits)
+        token = sample_next_token(logits, params, row.generator)
+        if row.grammar is not None:
+            row.grammar.accept(token)
         row.generated.append(token)
         row.last_token = token
         row.emitted += 1
-        row.emit(token)
-        if (token in row.eos_ids and not row.sampling.ignore_eos) or row.emitted >= row.sampling.max_tokens:
+        row.emit(SampledToken(token, scores_of(raw, token, params.logprobs) if params.logprobs is not None
+                              else None))
+        if ((token in row.eos_ids and not params.ignore_eos) or row.emitted >= params.max_tokens
+                or (row.grammar is not None and row.grammar.complete)):
             row.done = True
             row.emit(FINISHED)
 

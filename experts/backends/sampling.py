@@ -6,11 +6,46 @@ that may straddle two tokens) are written once and unit-testable without a model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from experts.backends.base import SamplingParams
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """A token's log-probability under the raw distribution, and the `k` most likely tokens' (best first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    """What the decode loop sends for each new token: its id, and its scores when the request asked."""
+
+    id: int
+    scores: TokenScores | None = None
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """Sent before the first token when the request asked: the scores of every prompt token but the first."""
+
+    scores: tuple[TokenScores, ...]
+
+
+def scores_of(logits: torch.Tensor, token: int, top: int) -> TokenScores:
+    """`token`'s log-probability under `logits` (1-D, raw: before temperature and penalties), with the
+    `top` most likely alternatives."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    return TokenScores(token, float(logprobs[token]),
+                       tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None
+                       else ())
 
 
 def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

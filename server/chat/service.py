@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
+from experts.backends.base import TokenLogprob
 from experts.errors import AdapterUnavailable, ExpertError
 from routers.conversation import Turn
 from server.chat.conversation import conversation_turns
+from server.chat.structured import constraint_for
+from server.chat.tools import ContentFilter, ToolUse, call_deltas, prompt_messages, tool_use_for
 from server.errors import APIError, error_body, to_api_error
 from server.metrics import Metrics
 from server.protocol import (
@@ -26,9 +29,12 @@ from server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     RoutingInfo,
+    TokenLogprobOut,
+    TopLogprob,
     Usage,
     new_id,
 )
@@ -77,6 +83,7 @@ class ChatRun:
     started: float  # time.monotonic() at arrival
     counts: tuple[int, int] = (0, 0)  # (prompt, completion) tokens as of the latest chunk
     grounding: Grounding | None = None
+    tool_use: ToolUse | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -125,15 +132,16 @@ class ChatService:
         Routing reads the conversation's turns; `session` (optional) is the session-affinity key.
         """
         turns = conversation_turns(request.messages)
-        sampling = sampling_for(request, self._settings)
+        tool_use = tool_use_for(request.tools, request.tool_choice, request.parallel_tool_calls)
+        sampling = sampling_for(request, self._settings, tool_use)
         started = time.monotonic()
         slot = await self._admission.acquire()
         deadline = started + self._settings.request_timeout_seconds
         try:
             for attempt in range(2):
                 try:
-                    return await self._start_on_target(request, turns, session, sampling, slot, started,
-                                                       deadline)
+                    return await self._start_on_target(request, turns, session, sampling, tool_use, slot,
+                                                       started, deadline)
                 except AdapterUnavailable as exc:
                     # Its files were damaged or deleted after registration: the expert leaves routing, and
                     # an `auto` request is routed again (to another expert or the generalist).
@@ -148,10 +156,11 @@ class ChatService:
             raise
 
     async def _start_on_target(self, request: ChatCompletionRequest, turns: list[Turn], session: str | None,
-                               sampling: SamplingParams, slot: Slot, started: float, deadline: float) -> ChatRun:
+                               sampling: SamplingParams, tool_use: ToolUse | None, slot: Slot, started: float,
+                               deadline: float) -> ChatRun:
         target = await self._routing.resolve(request.model, turns, session)
         query = turns[-1].text  # a grounded answer searches with the turn being answered
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        messages = prompt_messages(request.messages, tool_use)
         grounding = None
         adapter_key = target.expert.backend_key if target.expert is not None else None
         try:
@@ -178,15 +187,16 @@ class ChatService:
             target.info = target.info.model_copy(update={"replica": first.replica})
             self._metrics.replica_generations.labels(first.replica).inc()
         return ChatRun(request, target, chunks, first, new_id("chatcmpl"), int(time.time()), slot, deadline,
-                       started, (first.prompt_tokens, first.completion_tokens), grounding)
+                       started, (first.prompt_tokens, first.completion_tokens), grounding, tool_use)
 
     async def complete(self, run: ChatRun) -> ChatCompletion:
         """Collect the whole answer (non-streaming)."""
         try:
-            parts, last = [run.first.text], run.first
+            parts, last, scores = [run.first.text], run.first, list(run.first.logprobs)
             while last.finish_reason is None:
                 last = await run.next_chunk()
                 parts.append(last.text)
+                scores.extend(last.logprobs)
         finally:
             await run.close()
         self._finish(run, last)
@@ -196,11 +206,14 @@ class ChatService:
             answer += run.grounding.sources_suffix(answer)
             citations = run.grounding.citations(answer)
         self._routing.expect_reply(answer)
+        content, calls = run.tool_use.parse(answer) if run.tool_use is not None else (answer, [])
         return ChatCompletion(
             id=run.completion_id,
             created=run.created,
             model=run.target.info.expert,
-            choices=[Choice(message=AssistantMessage(content=answer), finish_reason=last.finish_reason)],
+            choices=[Choice(message=AssistantMessage(content=content, tool_calls=calls or None),
+                            finish_reason="tool_calls" if calls else last.finish_reason,
+                            logprobs=self._logprobs(run, scores))],
             usage=_usage(run, last),
             switchyard=run.target.info,
             citations=citations,
@@ -209,26 +222,41 @@ class ChatService:
     async def stream(self, run: ChatRun) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format; the last content chunk carries the decision."""
         include_usage = bool(run.request.stream_options and run.request.stream_options.include_usage)
+        tool_use = run.tool_use
+        # A forced call is all JSON: nothing is content. An `auto` answer is content until a call opens.
+        content = ContentFilter() if tool_use is not None and tool_use.forced is None else None
         try:
             yield self._sse(run, Delta(role="assistant", content=""), None)
             chunk, answer = run.first, []
             while True:
                 answer.append(chunk.text)
+                text = chunk.text if tool_use is None else content.feed(chunk.text) if content is not None else ""
                 if chunk.finish_reason is not None:
                     self._finish(run, chunk)
-                    text, citations = chunk.text, None
+                    citations = None
                     if run.grounding is not None:
                         suffix = run.grounding.sources_suffix("".join(answer))
                         text, citations = text + suffix, run.grounding.citations("".join(answer) + suffix)
-                    self._routing.expect_reply("".join(answer[:-1]) + text)
-                    final = self._chunk(run, [ChunkChoice(delta=Delta(content=text or None),
-                                                          finish_reason=chunk.finish_reason)], info=run.target.info)
+                    self._routing.expect_reply("".join(answer[:-1]) + chunk.text)
+                    finish = chunk.finish_reason
+                    if tool_use is not None:
+                        _, calls = tool_use.parse("".join(answer))
+                        for deltas in call_deltas(calls):
+                            yield self._sse(run, Delta(tool_calls=deltas), None)
+                        if calls:
+                            finish = "tool_calls"
+                        else:  # no well-formed call: what was held back is content after all
+                            text = text + content.held if content is not None else "".join(answer)
+                    final = self._chunk(run, [ChunkChoice(delta=Delta(content=text or None), finish_reason=finish,
+                                                          logprobs=self._logprobs(run, chunk.logprobs))],
+                                        info=run.target.info)
                     yield _event(final.model_copy(update={"citations": citations}))
                     if include_usage:
                         yield _event(self._chunk(run, [], usage=_usage(run, chunk), info=run.target.info))
                     break
-                if chunk.text:
-                    yield self._sse(run, Delta(content=chunk.text), None)
+                if text or chunk.logprobs:
+                    yield _event(self._chunk(run, [ChunkChoice(delta=Delta(content=text),
+                                                               logprobs=self._logprobs(run, chunk.logprobs))]))
                 chunk = await run.next_chunk()
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the status line is gone: say what failed in the stream, as vLLM does
@@ -258,6 +286,12 @@ class ChatService:
     def _sse(self, run: ChatRun, delta: Delta, finish: str | None, info: RoutingInfo | None = None) -> str:
         return _event(self._chunk(run, [ChunkChoice(delta=delta, finish_reason=finish)], info=info))
 
+    @staticmethod
+    def _logprobs(run: ChatRun, scores: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> ChoiceLogprobs | None:
+        if not run.request.logprobs:
+            return None
+        return ChoiceLogprobs(content=[logprob_entry(score) for score in scores])
+
 
 def stream_error_event(exc: Exception) -> str:
     """An SSE event in OpenAI's error shape for a failure after the stream started (the official client
@@ -281,7 +315,14 @@ def _usage(run: ChatRun, last: GenerationChunk) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
+def logprob_entry(score: TokenLogprob) -> TokenLogprobOut:
+    """One token's log-probabilities in OpenAI's shape (with the UTF-8 bytes of each token's text)."""
+    return TokenLogprobOut(token=score.token, logprob=score.logprob, bytes=list(score.token.encode()),
+                           top_logprobs=[TopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
+                                         for token, logprob in score.top])
+
+
+def sampling_for(request: ChatCompletionRequest, s: Settings, tool_use: ToolUse | None = None) -> SamplingParams:
     """The request's decoding settings, with the server's defaults and limits applied."""
     max_tokens = request.max_completion_tokens or request.max_tokens or s.default_max_tokens
     if max_tokens > s.max_tokens_limit:
@@ -296,6 +337,11 @@ def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
     if request.min_tokens > max_tokens:
         raise APIError(400, f"min_tokens={request.min_tokens} exceeds max_tokens={max_tokens}",
                        "invalid_request_error", "invalid_min_tokens", "min_tokens")
+    constraint = tool_use.constraint() if tool_use is not None else constraint_for(request.response_format)
+    if constraint is not None and (request.min_tokens or request.ignore_eos):
+        raise APIError(400, "min_tokens and ignore_eos cannot be combined with a structured output: the grammar "
+                       "ends the answer", "invalid_request_error", "invalid_request",
+                       "min_tokens" if request.min_tokens else "ignore_eos")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=s.default_temperature if request.temperature is None else request.temperature,
@@ -308,4 +354,6 @@ def sampling_for(request: ChatCompletionRequest, s: Settings) -> SamplingParams:
         repetition_penalty=request.repetition_penalty,
         logit_bias=request.token_biases(),
         min_tokens=request.min_tokens,
+        constraint=constraint,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )

@@ -1,0 +1,54 @@
+"""`response_format` as a backend constraint: one JSON schema that both backends enforce with a grammar.
+
+One rule is added to the user's schema, and the output still satisfies that schema: integers with no
+bounds are kept to the interoperable range of RFC 7493 (|n| < 2^53). A grammar alone cannot stop a small
+model that repeats a digit, and without the bound greedy decoding of SmolLM2-135M filled whole budgets
+with "1111…"; with it, the number ends after 16 digits and the object closes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from experts.backends.base import OutputConstraint
+from server.errors import APIError
+from server.protocol import ResponseFormat
+
+SAFE_INTEGER = 2**53 - 1  # RFC 7493 (I-JSON): integers any JSON parser reads exactly
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+def constraint_for(response_format: ResponseFormat | None) -> OutputConstraint | None:
+    """The constraint `response_format` asks for; None for free text."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return OutputConstraint.any_object()
+    assert response_format.json_schema is not None
+    return schema_constraint(response_format.json_schema.schema_, "response_format")
+
+
+def schema_constraint(schema: dict[str, Any], param: str) -> OutputConstraint:
+    """A constraint to produce an instance of `schema`, with unbounded integers bounded (see above)."""
+    text = json.dumps(bounded_integers(schema), sort_keys=True)  # sorted: one cache entry per schema
+    if len(text) > MAX_SCHEMA_BYTES:
+        raise APIError(400, f"the schema is longer than {MAX_SCHEMA_BYTES} bytes", "invalid_request_error",
+                       "schema_too_large", param)
+    return OutputConstraint(text)
+
+
+def bounded_integers(schema: Any) -> Any:
+    """A copy of `schema` where every integer type without a bound gets RFC 7493's."""
+    if isinstance(schema, list):
+        return [bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy = {key: bounded_integers(value) for key, value in schema.items()}
+    types = copy.get("type")
+    if types == "integer" or (isinstance(types, list) and "integer" in types):
+        if "minimum" not in copy and "exclusiveMinimum" not in copy:
+            copy["minimum"] = -SAFE_INTEGER
+        if "maximum" not in copy and "exclusiveMaximum" not in copy:
+            copy["maximum"] = SAFE_INTEGER
+    return copy
