@@ -5,6 +5,12 @@ tokenizer's vocabulary. Each constrained row of the batch holds a matcher; befor
 fills a bitmask of the tokens that keep the output a valid prefix, and every other logit becomes -inf.
 Free rows and constrained rows share the same forward pass: the mask is per row, after the logits.
 
+A small model can write one string forever ("Paris is a city that…") and run out of tokens mid-value,
+which leaves invalid JSON. So the last part of the budget closes the value (`closing_reserve`): the
+tokens the grammar allows that close something (a string's quote, `}` or `]`) get a large bonus, so
+strings end and containers close at the first point the grammar permits, and the answer parses. The
+reply then says `finish_reason: "stop"`, as a complete value.
+
 Chosen over llguidance by measurement on this model's 49k vocabulary (`bench/structured.py`, engine
 table): xgrammar fills a mask in about a third of llguidance's time per token, the cost every decode step
 pays; llguidance compiles faster, which only the first request of a schema pays (compiled grammars are
@@ -34,6 +40,11 @@ class GrammarCompiler:
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=True,
                                              cache_limit_bytes=GRAMMAR_CACHE_BYTES)
         self.vocab_size = vocab_size
+        # Byte-level tokens spell `"`, the backslash, `}` and `]` as themselves, so the token strings show where strings
+        # open and close without decoding.
+        self.token_text = [token or "" for token in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))]
+        self.quote_first = torch.tensor([t[:1] == '"' for t in self.token_text])  # close a string
+        self.bracket_first = torch.tensor([t[:1] in ("}", "]") for t in self.token_text])  # close a container
 
     def compile(self, constraint: OutputConstraint) -> xgr.CompiledGrammar:
         """The grammar of `constraint`; `ConstraintRejected` (a 400) for a schema it cannot follow."""
@@ -45,21 +56,44 @@ class GrammarCompiler:
             raise ConstraintRejected(f"the JSON schema cannot be enforced: {exc}") from exc
 
 
+CLOSING_BONUS = 100.0  # added to the logits of closing tokens in the reserve: they win wherever allowed
+
+
+def closing_reserve(max_tokens: int) -> int:
+    """How many of the last tokens of the budget close the value: a quarter, at least 8 and at most 64."""
+    return max(8, min(64, max_tokens // 4))
+
+
 class TokenMask:
     """One row's grammar state: which tokens may come next, advanced by each sampled token."""
 
-    def __init__(self, grammar: xgr.CompiledGrammar, vocab_size: int) -> None:
+    def __init__(self, grammar: xgr.CompiledGrammar, compiler: GrammarCompiler) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
-        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self._bitmask = xgr.allocate_token_bitmask(1, compiler.vocab_size)
+        self._compiler = compiler
+        self._in_string = False  # inside a JSON string: only its quote closes anything
+        self._escaped = False
 
-    def apply(self, logits: torch.Tensor) -> None:
-        """Set every token the grammar forbids to -inf, in place (`logits` is 1-D, float32)."""
+    def apply(self, logits: torch.Tensor, closing: bool = False) -> None:
+        """Set every token the grammar forbids to -inf, in place (`logits` is 1-D, float32); when `closing`,
+        favour the allowed tokens that close the innermost open value."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device, non_blocking=True))
+        if closing:
+            closers = self._compiler.quote_first if self._in_string and not self._escaped \
+                else self._compiler.bracket_first
+            logits[closers.to(logits.device)] += CLOSING_BONUS
 
     def accept(self, token: int) -> None:
         if not self._matcher.accept_token(token):  # only a token the mask allowed is ever sampled
             raise RuntimeError(f"token {token} is outside the grammar")
+        for char in self._compiler.token_text[token] if token < len(self._compiler.token_text) else "":
+            if self._escaped:
+                self._escaped = False
+            elif self._in_string and char == "\\":
+                self._escaped = True
+            elif char == '"':
+                self._in_string = not self._in_string
 
     @property
     def complete(self) -> bool:

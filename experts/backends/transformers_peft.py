@@ -226,7 +226,7 @@ class TransformersBackend:
         grammar = None
         if request.sampling.constraint is not None:  # compiled off the model thread (cached per schema)
             compiled = await asyncio.to_thread(self._grammars.compile, request.sampling.constraint)
-            grammar = TokenMask(compiled, self._vocab_size)
+            grammar = TokenMask(compiled, self._grammars)
         key = request.adapter_key
         if key is None:
             async for chunk in self._decode(prompt_ids, request, grammar):

@@ -31,7 +31,7 @@ def constraint_for(response_format: ResponseFormat | None) -> OutputConstraint |
 
 def schema_constraint(schema: dict[str, Any], param: str) -> OutputConstraint:
     """A constraint to produce an instance of `schema`, with unbounded integers bounded (see above)."""
-    text = json.dumps(bounded_integers(schema), sort_keys=True)  # sorted: one cache entry per schema
+    text = json.dumps(bounded_integers(schema))  # key order kept: properties are generated in schema order
     if len(text) > MAX_SCHEMA_BYTES:
         raise APIError(400, f"the schema is longer than {MAX_SCHEMA_BYTES} bytes", "invalid_request_error",
                        "schema_too_large", param)
