@@ -194,22 +194,30 @@ class ChatCompletionRequest(RequestModel):
         raise PydanticCustomError(UNSUPPORTED_PARAMETER, "'{name}' is not supported by this server yet; leave it "
                                   "unset (see the README's supported parameters)", {"name": info.field_name})
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs=true")
-        names = [tool.function.name for tool in self.tools or []]
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+        names = [tool.function.name for tool in value or []]
         if len(set(names)) != len(names):
             raise ValueError("tool function names must be unique")
-        if self.tool_choice not in (None, "none") and not self.tools:
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        names = [tool.function.name for tool in info.data.get("tools") or []]
+        if value not in (None, "none") and not names:
             raise ValueError("tool_choice needs tools")
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
-        if self.response_format is not None and self.response_format.type != "text" and self.tools \
-                and self.tool_choice != "none":
-            raise ValueError("response_format and tools cannot both shape one answer; set tool_choice 'none' "
-                             "or drop one")
-        return self
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
+            raise ValueError(f"tool_choice names {value.function.name!r}, which is not in tools")
+        return value
 
     @field_validator("logit_bias")
     @classmethod

