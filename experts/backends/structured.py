@@ -40,11 +40,7 @@ class GrammarCompiler:
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=True,
                                              cache_limit_bytes=GRAMMAR_CACHE_BYTES)
         self.vocab_size = vocab_size
-        # Byte-level tokens spell `"`, the backslash, `}` and `]` as themselves, so the token strings show where strings
-        # open and close without decoding.
-        self.token_text = [token or "" for token in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))]
-        self.quote_first = torch.tensor([t[:1] == '"' for t in self.token_text])  # close a string
-        self.bracket_first = torch.tensor([t[:1] in ("}", "]") for t in self.token_text])  # close a container
+        self.closers = ClosingTokens(tokenizer, vocab_size)
 
     def compile(self, constraint: OutputConstraint) -> xgr.CompiledGrammar:
         """The grammar of `constraint`; `ConstraintRejected` (a 400) for a schema it cannot follow."""
@@ -64,15 +60,56 @@ def closing_reserve(max_tokens: int) -> int:
     return max(8, min(64, max_tokens // 4))
 
 
+class ClosingTokens:
+    """The tokens that begin by closing a string (a quote) or a container (`}` or `]`), as masks.
+
+    Byte-level tokens spell the quote, the backslash and the brackets as themselves, so the token strings
+    show where strings open and close without decoding.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.token_text = [token or "" for token in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))]
+        self.quote_first = torch.tensor([t[:1] == '"' for t in self.token_text])
+        self.bracket_first = torch.tensor([t[:1] in ("}", "]") for t in self.token_text])
+
+    def text(self, token: int) -> str:
+        return self.token_text[token] if 0 <= token < len(self.token_text) else ""
+
+    def closing(self, state: JsonStringState) -> torch.Tensor:
+        """The mask of tokens that close the innermost open value of `state`."""
+        return self.quote_first if state.closing_string else self.bracket_first
+
+
+class JsonStringState:
+    """Whether the JSON written so far ends inside a string, where only the closing quote closes anything."""
+
+    def __init__(self) -> None:
+        self.in_string = False
+        self._escaped = False
+
+    def push(self, text: str) -> None:
+        for char in text:
+            if self._escaped:
+                self._escaped = False
+            elif self.in_string and char == "\\":
+                self._escaped = True
+            elif char == '"':
+                self.in_string = not self.in_string
+
+    @property
+    def closing_string(self) -> bool:
+        """A quote would close a string now (rather than a bracket a container)."""
+        return self.in_string and not self._escaped
+
+
 class TokenMask:
     """One row's grammar state: which tokens may come next, advanced by each sampled token."""
 
     def __init__(self, grammar: xgr.CompiledGrammar, compiler: GrammarCompiler) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
         self._bitmask = xgr.allocate_token_bitmask(1, compiler.vocab_size)
-        self._compiler = compiler
-        self._in_string = False  # inside a JSON string: only its quote closes anything
-        self._escaped = False
+        self._closers = compiler.closers
+        self._json = JsonStringState()
 
     def apply(self, logits: torch.Tensor, closing: bool = False) -> None:
         """Set every token the grammar forbids to -inf, in place (`logits` is 1-D, float32); when `closing`,
@@ -80,20 +117,12 @@ class TokenMask:
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device, non_blocking=True))
         if closing:
-            closers = self._compiler.quote_first if self._in_string and not self._escaped \
-                else self._compiler.bracket_first
-            logits[closers.to(logits.device)] += CLOSING_BONUS
+            logits[self._closers.closing(self._json).to(logits.device)] += CLOSING_BONUS
 
     def accept(self, token: int) -> None:
         if not self._matcher.accept_token(token):  # only a token the mask allowed is ever sampled
             raise RuntimeError(f"token {token} is outside the grammar")
-        for char in self._compiler.token_text[token] if token < len(self._compiler.token_text) else "":
-            if self._escaped:
-                self._escaped = False
-            elif self._in_string and char == "\\":
-                self._escaped = True
-            elif char == '"':
-                self._in_string = not self._in_string
+        self._json.push(self._closers.text(token))
 
     @property
     def complete(self) -> bool:

@@ -57,6 +57,7 @@ class VLLMBackend:
             dtype="float32" if device == "cpu" else "auto", seed=0,
             # the engine the transformers backend uses, and JSON without free whitespace, as there
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+            logits_processors=["experts.backends.vllm_closing:ClosingReserve"],
         )
         self._engine = AsyncLLM.from_engine_args(args)
         self._shapes = _module_shapes(model_dir)
@@ -105,6 +106,7 @@ class VLLMBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         if request.prompt is not None:
@@ -140,7 +142,7 @@ class VLLMBackend:
                 outputs = self._engine.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id,
                                                 lora_request=lora)
                 first = await anext(outputs, None)
-            except ValueError as exc:  # vLLM validates the request (a schema its grammar cannot follow) here
+            except (ValueError, VLLMClientError) as exc:  # vLLM validates the request (its schema) here
                 if s.constraint is not None:
                     raise ConstraintRejected(f"the JSON schema cannot be enforced: {exc}") from exc
                 raise
