@@ -27,6 +27,8 @@ from routers.policies import create_router
 from server.admin.seeding import seed_registry
 from server.api import admin, openai, ops
 from server.api.limits import BodyLimits
+from server.chat.completions import CompletionService
+from server.chat.generation import GenerationService
 from server.chat.service import ChatService
 from server.console import pages as console_pages
 from server.errors import install_error_handlers
@@ -120,15 +122,17 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
         metrics.expert_failures.labels("restore").inc(len(registry.failed))
     retrieval = RetrievalService(routing, registry, settings, metrics)
     grounding = GroundingService(retrieval, registry, settings.generalist_name)
-    chat = ChatService(routing, backend, settings, metrics, admission, grounding)
+    generation = GenerationService(routing, backend, settings, metrics, admission, grounding)
+    chat = ChatService(generation, settings)
     bulk_admission = Admission(1, settings.max_queued_bulk_requests, settings.retry_after_seconds,
                                close_on_refusal=True)
     embeddings = EmbeddingService(retrieval, routing, encoder, lanes, bulk_admission, settings.max_embedding_tokens)
     if settings.admin_token is None and not settings.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, settings.generalist_name)
-    return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat, feedback,
-                    admission, indexing, retrieval, embeddings, lanes, time.time())
+    return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat,
+                    CompletionService(generation, settings), feedback, admission, indexing, retrieval, embeddings,
+                    lanes, time.time())
 
 
 def create_app(settings: Settings, backend_factory: BackendFactory = local_backend) -> FastAPI:

@@ -118,6 +118,7 @@ class NamedToolChoice(BaseModel):
 
 
 MAX_TOOLS = 128  # as OpenAI
+MAX_CHOICES = 16  # `n`: each choice is a row of the running batch
 MAX_LOGPROBS = 20  # top alternatives per token, as OpenAI
 
 
@@ -137,24 +138,28 @@ NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
 UNSUPPORTED_PARAMETER = "unsupported_parameter"  # the error code of a refused parameter (and of an unknown one)
 
 
-class ChatCompletionRequest(RequestModel):
-    """OpenAI's chat request: every parameter is honoured, accepted as having no effect on the answer (the
-    fields described "accepted and ignored"), or refused by name (`NOT_YET_SUPPORTED`, and any field not
-    known at all)."""
+def refuse_unless_off(value: Any, name: str, table: dict[str, tuple[Any, ...]]) -> Any:
+    """`value` if it is the parameter's "off" value in `table`, else a refusal naming it."""
+    if any(value == off and type(value) is type(off) for off in table[name]):
+        return value
+    raise PydanticCustomError(UNSUPPORTED_PARAMETER, "'{name}' is not supported by this server yet; leave it "
+                              "unset (see the README's supported parameters)", {"name": name})
+
+
+class SamplingRequest(RequestModel):
+    """The generation parameters chat, completions and responses share, with the same meaning and limits."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=128)
-    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="any 64-bit seed")
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="independent samples, decoded in one batch")
     user: str | None = Field(None, max_length=256, description="end-user id; also the session key for "
                              "session affinity unless the x-switchyard-session header names one")
     ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens whatever the model "
@@ -165,6 +170,34 @@ class ChatCompletionRequest(RequestModel):
                                                 "string) -> a bias from -100 to 100 added to its logit")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension; 1 is off")
     min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end-of-sequence before this many tokens")
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("keys are token ids (digits) and values biases from -100 to 100")
+        return value
+
+    def token_biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items() if bias)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """OpenAI's chat request: every parameter is honoured, accepted as having no effect on the answer (the
+    fields described "accepted and ignored"), or refused by name (`NOT_YET_SUPPORTED`, and any field not
+    known at all)."""
+
+    messages: list[ChatMessage] = Field(max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
@@ -189,10 +222,7 @@ class ChatCompletionRequest(RequestModel):
     @field_validator(*NOT_YET_SUPPORTED, mode="after")
     @classmethod
     def _not_yet_supported(cls, value: Any, info: ValidationInfo) -> Any:
-        if any(value == off and type(value) is type(off) for off in NOT_YET_SUPPORTED[info.field_name]):
-            return value
-        raise PydanticCustomError(UNSUPPORTED_PARAMETER, "'{name}' is not supported by this server yet; leave it "
-                                  "unset (see the README's supported parameters)", {"name": info.field_name})
+        return refuse_unless_off(value, info.field_name, NOT_YET_SUPPORTED)
 
     @field_validator("top_logprobs")
     @classmethod
@@ -219,21 +249,67 @@ class ChatCompletionRequest(RequestModel):
             raise ValueError(f"tool_choice names {value.function.name!r}, which is not in tools")
         return value
 
-    @field_validator("logit_bias")
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+# -- completions (the legacy text API, which evaluation harnesses drive) ----------------------------------
+
+MAX_PROMPTS = 16  # a list prompt: each is routed and answered in turn
+COMPLETIONS_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {"suffix": (None, ""), "best_of": (None, 1)}
+
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's completions request: a raw prompt (no chat template), routed on its text or pinned."""
+
+    prompt: str | list[str] = Field(description="text, or a list of texts (token ids are not supported)")
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    echo: bool = Field(False, description="return the prompt before the completion (with its logprobs)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="alternatives per token; 0: the "
+                                 "sampled token's only")
+    suffix: Any = None
+    best_of: Any = None
+
+    @field_validator(*COMPLETIONS_NOT_SUPPORTED, mode="after")
     @classmethod
-    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for token, bias in (value or {}).items():
-            if not token.isdigit() or not -100 <= bias <= 100:
-                raise ValueError("keys are token ids (digits) and values biases from -100 to 100")
+    def _not_supported(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_unless_off(value, info.field_name, COMPLETIONS_NOT_SUPPORTED)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, value: str | list[str]) -> str | list[str]:
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts or len(prompts) > MAX_PROMPTS or not all(p.strip() for p in prompts):
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, each with text")
         return value
 
-    def token_biases(self) -> tuple[tuple[int, float], ...]:
-        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items() if bias)
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    switchyard: RoutingInfo | None = Field(None, description="a list prompt: this prompt's own decision")
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    switchyard: RoutingInfo | None = None
 
 
 class ScoredExpertOut(BaseModel):

@@ -9,6 +9,7 @@ from experts.encoders.query import QueryEncoder
 from experts.manifest import Manifest
 from experts.registry import ExpertRegistry
 from routers.batching import MicroBatcher
+from server.chat.completions import CompletionService
 from server.chat.service import ChatService
 from server.console.sessions import ConsoleSessions
 from server.metrics import Metrics
@@ -33,6 +34,7 @@ class AppState:
     manifest: Manifest
     routing: RoutingService
     chat: ChatService
+    completions: CompletionService
     feedback: FeedbackService
     admission: Admission
     indexing: IndexingService

@@ -29,7 +29,7 @@ from experts.backends.base import SamplingParams
 from experts.backends.prefix_cache import PrefixCache
 from experts.backends.sampling import PromptScores, SampledToken, apply_penalties, sample_next_token, scores_of
 from experts.backends.stacked_lora import StackedLora
-from experts.backends.structured import TokenMask, closing_reserve
+from experts.backends.structured import TokenMask
 
 FINISHED = None  # sentinel pushed after the last token of a row
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a per-sample adapter_names list
@@ -217,7 +217,7 @@ class BatchScheduler:
             logits = apply_penalties(logits, params, row.prompt_ids, row.generated, row.eos_ids)
         if row.grammar is not None:
             logits = logits if params.penalised else logits.float().clone()
-            row.grammar.apply(logits, closing=params.max_tokens - row.emitted <= closing_reserve(params.max_tokens))
+            row.grammar.apply(logits, params.max_tokens - row.emitted, params.max_tokens)
         token = sample_next_token(logits, params, row.generator)
         if row.grammar is not None:
             row.grammar.accept(token)

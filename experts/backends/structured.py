@@ -20,6 +20,7 @@ cached).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import torch
@@ -52,12 +53,15 @@ class GrammarCompiler:
             raise ConstraintRejected(f"the JSON schema cannot be enforced: {exc}") from exc
 
 
+_CLOSE_STRING = re.compile(r'"[\]}]*')
+_CLOSE_CONTAINERS = re.compile(r"[\]}]+")
 CLOSING_BONUS = 100.0  # added to the logits of closing tokens in the reserve: they win wherever allowed
 
 
-def closing_reserve(max_tokens: int) -> int:
-    """How many of the last tokens of the budget close the value: a quarter, at least 8 and at most 64."""
-    return max(8, min(64, max_tokens // 4))
+def closing_reserve(max_tokens: int, depth: int) -> int:
+    """How many of the last tokens of the budget close the value: a quarter, at least 8 and at most 64, and
+    one more for each container still open."""
+    return max(8, min(64, max_tokens // 4)) + depth
 
 
 class ClosingTokens:
@@ -69,8 +73,10 @@ class ClosingTokens:
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         self.token_text = [token or "" for token in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))]
-        self.quote_first = torch.tensor([t[:1] == '"' for t in self.token_text])
-        self.bracket_first = torch.tensor([t[:1] in ("}", "]") for t in self.token_text])
+        # Only tokens that close and open nothing new: `"` (perhaps with brackets after it), and runs of
+        # brackets. `", "` closes a string too, but opens the next key.
+        self.quote_first = torch.tensor([bool(_CLOSE_STRING.fullmatch(t)) for t in self.token_text])
+        self.bracket_first = torch.tensor([bool(_CLOSE_CONTAINERS.fullmatch(t)) for t in self.token_text])
 
     def text(self, token: int) -> str:
         return self.token_text[token] if 0 <= token < len(self.token_text) else ""
@@ -86,6 +92,7 @@ class JsonStringState:
     def __init__(self) -> None:
         self.in_string = False
         self._escaped = False
+        self.depth = 0  # objects and arrays open
 
     def push(self, text: str) -> None:
         for char in text:
@@ -95,6 +102,10 @@ class JsonStringState:
                 self._escaped = True
             elif char == '"':
                 self.in_string = not self.in_string
+            elif not self.in_string and char in "{[":
+                self.depth += 1
+            elif not self.in_string and char in "}]":
+                self.depth -= 1
 
     @property
     def closing_string(self) -> bool:
@@ -111,12 +122,13 @@ class TokenMask:
         self._closers = compiler.closers
         self._json = JsonStringState()
 
-    def apply(self, logits: torch.Tensor, closing: bool = False) -> None:
-        """Set every token the grammar forbids to -inf, in place (`logits` is 1-D, float32); when `closing`,
-        favour the allowed tokens that close the innermost open value."""
+    def apply(self, logits: torch.Tensor, remaining: int, max_tokens: int) -> None:
+        """Set every token the grammar forbids to -inf, in place (`logits` is 1-D, float32); with `remaining`
+        tokens of the budget in the closing reserve, favour the allowed tokens that close the innermost
+        open value."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device, non_blocking=True))
-        if closing:
+        if remaining <= closing_reserve(max_tokens, self._json.depth):
             logits[self._closers.closing(self._json).to(logits.device)] += CLOSING_BONUS
 
     def accept(self, token: int) -> None:

@@ -59,6 +59,6 @@ class ClosingReserve(LogitsProcessor):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, row in self._rows.items():
-            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens):
+            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens, row.json.depth):
                 logits[index, self._masks[row.json.closing_string]] += CLOSING_BONUS
         return logits

@@ -1,5 +1,5 @@
-"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/models`, `/v1/embeddings`), and Switchyard's
-own `/v1/route` and `/v1/retrieve`."""
+"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/v1/embeddings`),
+and Switchyard's own `/v1/route` and `/v1/retrieve`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from starlette.background import BackgroundTask
 
 from server.api.deps import AdminAccess, InferenceAccess, State
 from server.chat.conversation import session_key, turns_of
-from server.chat.service import routing_headers
+from server.chat.generation import routing_headers
 from server.protocol import (
     ChatCompletionRequest,
+    CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
     FeedbackOut,
@@ -43,6 +44,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                                  background=BackgroundTask(run.close))
     completion = await state.chat.complete(run)
     return JSONResponse(completion.model_dump(), headers=run.headers)
+
+
+@api.post("/completions", response_model=None, dependencies=inference)
+async def completions(body: CompletionRequest, request: Request, state: State) -> JSONResponse | StreamingResponse:
+    """A raw prompt (or a list), routed on its text or pinned by `model`; the first prompt's decision is in
+    the headers and the body, each prompt's on its own choices."""
+    session = session_key(request.headers, body.user) if state.routing.sessions is not None else None
+    first = await state.completions.open(body, body.prompts()[0], session)
+    if body.stream:
+        return StreamingResponse(state.completions.stream(body, first, session), media_type="text/event-stream",
+                                 headers=first.headers, background=BackgroundTask(first.close))
+    completion = await state.completions.complete(body, first, session)
+    return JSONResponse(completion.model_dump(exclude_none=True), headers=first.headers)
 
 
 @api.get("/models", dependencies=inference)

@@ -43,6 +43,11 @@ class Grounding:
         system = {"role": "system", "content": INSTRUCTIONS.format(example=example) + context}
         return [system, *messages]
 
+    def raw_prompt(self, prompt: str) -> str:
+        """A raw completion prompt grounded the same way: the instructions and passages, then the prompt."""
+        (system, *_) = self.prompt([])
+        return f"{system['content']}\n\n{prompt}"
+
     def sources_suffix(self, answer: str) -> str:
         """What to append so the answer cites its sources: nothing if it already cites one."""
         if not self.retrieval.passages or any(p.id in answer for p in self.retrieval.passages):

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import ray
 from ray import serve
 
 from experts.adapters import check_adapter_files
-from experts.backends.base import GenerationRequest, SamplingParams
+from experts.backends.base import GenerationChunk, GenerationRequest
 from experts.backends.transformers_peft import TransformersBackend
 from experts.errors import AdapterRejected, ExpertError, ExpertGone
 from experts.models import resolve_base_model
@@ -122,8 +123,9 @@ class ExpertReplica:
         shutil.rmtree(directory, ignore_errors=True)
         return None
 
-    async def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream one chat generation. The first item says where it ran; the rest are text chunks."""
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any] | GenerationChunk]:
+        """Stream one generation. The first item (a dict) says where it ran; the rest are the backend's
+        chunks, or a dict naming the error that stopped it."""
         model_id = serve.get_multiplexed_model_id()
         expert: LoadedExpert | None = None
         cache_hit = None
@@ -134,13 +136,10 @@ class ExpertReplica:
         try:
             yield {"replica": self._replica, "model_id": model_id or None, "adapter_cache_hit": cache_hit,
                    "adapter_load_ms": None if cache_hit in (None, True) else expert.load_ms}
-            sampling = SamplingParams(**request["sampling"])
-            generation = GenerationRequest(request["messages"], expert.key if expert else None, sampling,
-                                           request.get("max_prompt_tokens"))
+            generation = replace(request, adapter_key=expert.key if expert else None)  # this replica's key
             try:
                 async for chunk in self._backend.generate(generation):
-                    yield {"text": chunk.text, "finish_reason": chunk.finish_reason,
-                           "prompt_tokens": chunk.prompt_tokens, "completion_tokens": chunk.completion_tokens}
+                    yield chunk
             except ExpertError as exc:
                 yield {"error": str(exc), "error_type": type(exc).__name__}
         finally:

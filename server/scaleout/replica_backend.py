@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 from ray.exceptions import RayError, RayTaskError
@@ -76,11 +76,8 @@ class ReplicaBackend:
         return {}
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        payload = {"messages": [dict(m) for m in request.messages],
-                   "sampling": {**asdict(request.sampling), "stop": list(request.sampling.stop)},
-                   "max_prompt_tokens": request.max_prompt_tokens}
         handle = self._replicas.options(multiplexed_model_id=request.adapter_key or "", stream=True)
-        stream = handle.generate.remote(payload)
+        stream = handle.generate.remote(request)  # the dataclasses travel as they are (pickled)
         try:
             placement = await stream.__anext__()
         except BackPressureError as exc:
@@ -97,14 +94,11 @@ class ReplicaBackend:
         first, finished = True, False
         try:
             async for chunk in stream:
-                if "error" in chunk:
+                if isinstance(chunk, dict):
                     raise _replica_error(chunk)
-                finished = chunk["finish_reason"] is not None
-                yield GenerationChunk(text=chunk["text"], finish_reason=chunk["finish_reason"],
-                                      prompt_tokens=chunk["prompt_tokens"],
-                                      completion_tokens=chunk["completion_tokens"],
-                                      activation=activation if first else None,
-                                      replica=placement["replica"] if first else None)
+                finished = chunk.finish_reason is not None
+                yield replace(chunk, activation=activation if first else None,
+                              replica=placement["replica"] if first else None)
                 first = False
         finally:
             if not finished:  # the client went away, or the request timed out: stop the replica's work

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from experts.backends import GenerationChunk
 from experts.errors import AdapterUnavailable
+from server.chat.generation import ChoiceStream, Generation, GenerationService
 from server.chat.service import ChatRun, ChatService
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest, RoutingInfo
@@ -32,13 +33,16 @@ async def _events(failure: Exception) -> tuple[list[str], Metrics]:
     info = RoutingInfo(expert="sql", kind="adapter", score=0.9, runner_up=None, runner_up_score=None,
                        fallback=False, reason="test", router="knn", threshold=0.3, registry_version=1,
                        routing_ms=1.0)
-    run = ChatRun(request=ChatCompletionRequest(model="sql", stream=True, messages=[{"role": "user", "content": "hi"}]),
-                  target=Target(expert=None, info=info, lease=None), chunks=generator,
-                  first=await generator.__anext__(), completion_id="chatcmpl-test", created=0,
-                  slot=Slot(Admission(1, 0, 1)), deadline=time.monotonic() + 60, started=time.monotonic())
-    service = ChatService.__new__(ChatService)  # only the streaming half is under test
-    service._metrics, service._routing = Metrics(), _Routing()
-    return [event async for event in service.stream(run)], service._metrics
+    generation = Generation(target=Target(expert=None, info=info, lease=None),
+                            choices=[ChoiceStream(0, generator, await generator.__anext__())],
+                            completion_id="chatcmpl-test", created=0, slot=Slot(Admission(1, 0, 1)),
+                            deadline=time.monotonic() + 60, started=time.monotonic())
+    run = ChatRun(ChatCompletionRequest(model="sql", stream=True, messages=[{"role": "user", "content": "hi"}]),
+                  generation)
+    generations = GenerationService.__new__(GenerationService)  # only the streaming half is under test
+    generations._metrics, generations._routing = Metrics(), _Routing()
+    service = ChatService(generations, None)  # type: ignore[arg-type]
+    return [event async for event in service.stream(run)], generations._metrics
 
 
 def test_a_mid_stream_failure_ends_with_an_error_event_and_done() -> None:
