@@ -213,3 +213,26 @@ def test_async_client_with_logprobs_and_json(backend_server: ServerProcess) -> N
     for completion in asyncio.run(run()):
         assert isinstance(json.loads(completion.choices[0].message.content), dict)
         assert completion.choices[0].logprobs.content
+
+
+# -- agent frameworks --------------------------------------------------------------------------------
+
+
+def test_langchain_structured_output_and_bound_tools(backend_server: ServerProcess) -> None:
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str, unit: str) -> str:
+        """Current weather in a city, in celsius or fahrenheit."""
+        return f"sunny in {city}"
+
+    llm = ChatOpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", model="auto", max_retries=0,
+                     timeout=300)
+    for method in ("json_schema", "function_calling"):  # json_mode leaves the keys to the prompt
+        city = llm.with_structured_output(City, method=method).invoke("Tell me about Paris.")
+        assert isinstance(city, City), method
+    for choice in ("get_weather", "required", "any"):
+        message = llm.bind_tools([get_weather], tool_choice=choice).invoke("What's the weather in Paris?")
+        assert message.tool_calls and message.tool_calls[0]["name"] == "get_weather"
+        assert set(message.tool_calls[0]["args"]) == {"city", "unit"}
