@@ -29,6 +29,7 @@ from server.api import admin, openai, ops
 from server.api.limits import BodyLimits
 from server.chat.completions import CompletionService
 from server.chat.generation import GenerationService
+from server.chat.responses import ResponsesService
 from server.chat.service import ChatService
 from server.console import pages as console_pages
 from server.errors import install_error_handlers
@@ -131,8 +132,8 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, settings.generalist_name)
     return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat,
-                    CompletionService(generation, settings), feedback, admission, indexing, retrieval, embeddings,
-                    lanes, time.time())
+                    CompletionService(generation, settings), ResponsesService(generation, settings), feedback,
+                    admission, indexing, retrieval, embeddings, lanes, time.time())
 
 
 def create_app(settings: Settings, backend_factory: BackendFactory = local_backend) -> FastAPI:

@@ -10,6 +10,7 @@ from experts.manifest import Manifest
 from experts.registry import ExpertRegistry
 from routers.batching import MicroBatcher
 from server.chat.completions import CompletionService
+from server.chat.responses import ResponsesService
 from server.chat.service import ChatService
 from server.console.sessions import ConsoleSessions
 from server.metrics import Metrics
@@ -35,6 +36,7 @@ class AppState:
     routing: RoutingService
     chat: ChatService
     completions: CompletionService
+    responses: ResponsesService
     feedback: FeedbackService
     admission: Admission
     indexing: IndexingService

@@ -1,5 +1,5 @@
-"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/v1/embeddings`),
-and Switchyard's own `/v1/route` and `/v1/retrieve`."""
+"""OpenAI-compatible endpoints (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`, `/v1/models`,
+`/v1/embeddings`), and Switchyard's own `/v1/route` and `/v1/retrieve`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from server.protocol import (
     FeedbackRequest,
     ModelCard,
     ModelList,
+    ResponsesRequest,
     RetrieveRequest,
     RetrieveResponse,
     RouteRequest,
@@ -57,6 +58,19 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
                                  headers=first.headers, background=BackgroundTask(first.close))
     completion = await state.completions.complete(body, first, session)
     return JSONResponse(completion.model_dump(exclude_none=True), headers=first.headers)
+
+
+@api.post("/responses", response_model=None, dependencies=inference)
+async def responses(body: ResponsesRequest, request: Request, state: State) -> JSONResponse | StreamingResponse:
+    """The stateless subset of the Responses API: nothing is stored."""
+    session = session_key(request.headers, body.user) if state.routing.sessions is not None else None
+    generation = await state.responses.open(body, session)
+    if body.stream:
+        return StreamingResponse(state.responses.stream(body, generation), media_type="text/event-stream",
+                                 headers=generation.headers, background=BackgroundTask(generation.close))
+    response = await state.responses.complete(body, generation)
+    return JSONResponse(response.model_dump(mode="json", by_alias=True, exclude_none=True),
+                        headers=generation.headers)
 
 
 @api.get("/models", dependencies=inference)

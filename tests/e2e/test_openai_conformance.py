@@ -236,3 +236,76 @@ def test_langchain_structured_output_and_bound_tools(backend_server: ServerProce
         message = llm.bind_tools([get_weather], tool_choice=choice).invoke("What's the weather in Paris?")
         assert message.tool_calls and message.tool_calls[0]["name"] == "get_weather"
         assert set(message.tool_calls[0]["args"]) == {"city", "unit"}
+
+
+# -- n -----------------------------------------------------------------------------------------------
+
+
+def test_n_choices_are_sampled_independently_in_one_request(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Name a fruit."}],
+                                                n=3, max_tokens=12, temperature=1.0, seed=5)
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert len({c.message.content for c in completion.choices}) > 1  # seeds 5, 6, 7: different samples
+    assert completion.usage.completion_tokens > 3  # every choice's tokens
+    stream = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Name a fruit."}],
+                                            n=2, max_tokens=8, stream=True)
+    finished = [c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason]
+    assert sorted(finished) == [0, 1]
+
+
+# -- /v1/completions ---------------------------------------------------------------------------------
+
+
+def test_completions_echo_logprobs_score_the_prompt(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model="auto", prompt="The capital of France is", max_tokens=4,
+                                           temperature=0, logprobs=2, echo=True)
+    choice = completion.choices[0]
+    assert choice.text.startswith("The capital of France is")
+    logprobs = choice.logprobs
+    assert logprobs.token_logprobs[0] is None and all(lp <= 0 for lp in logprobs.token_logprobs[1:])
+    assert "".join(logprobs.tokens) == choice.text
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    for token, logprob, top in zip(logprobs.tokens[1:], logprobs.token_logprobs[1:], logprobs.top_logprobs[1:],
+                                   strict=True):
+        assert top[token] == pytest.approx(logprob) and 2 <= len(top) <= 3
+    assert completion.model_extra["switchyard"]["router"]
+
+
+def test_completions_list_prompts_pinned_and_streamed(client: openai.OpenAI, http: httpx.Client) -> None:
+    completion = client.completions.create(model="sql", prompt=["SELECT name FROM", "Two plus two is"], n=2,
+                                           max_tokens=6, temperature=0.8, stop=["\n"])
+    assert [c.index for c in completion.choices] == [0, 1, 2, 3]
+    assert all(c.model_extra["switchyard"]["expert"] == "sql" for c in completion.choices)
+    assert all("\n" not in c.text for c in completion.choices)
+    chunks = list(client.completions.create(model="auto", prompt="Once upon a time", max_tokens=6, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens >= 1
+    assert any(c.model_extra.get("switchyard") for c in chunks)
+    refused = http.post("/v1/completions", json={"model": "auto", "prompt": [1, 2, 3]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"].startswith("prompt")
+
+
+# -- /v1/responses -----------------------------------------------------------------------------------
+
+
+def test_responses_text_format_and_stream(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="sql", input="List all customers from Paris.", instructions="Be brief.",
+                                       max_output_tokens=24, temperature=0)
+    assert response.status in ("completed", "incomplete") and response.output_text
+    assert response.model == "sql" and response.model_extra["switchyard"]["expert"] == "sql"
+    parsed = client.responses.parse(model="auto", input="Tell me about Paris.", text_format=City)
+    assert isinstance(parsed.output_parsed, City)
+    events = list(client.responses.create(model="auto", input=[{"role": "user", "content": "Name a colour."}],
+                                          max_output_tokens=6, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert events[-1].response.output_text == text and events[-1].response.model_extra["switchyard"]
+
+
+def test_responses_refuse_stored_state_by_name(client: openai.OpenAI) -> None:
+    for extra, named in [({"previous_response_id": "resp_1"}, "previous_response_id"), ({"store": True}, "store"),
+                         ({"tools": [{"type": "web_search"}]}, "tools")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="auto", input="hi", **extra)
+        assert caught.value.code == "unsupported_parameter" and named in str(caught.value)
