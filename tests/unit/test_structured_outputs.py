@@ -1,0 +1,104 @@
+"""The pieces of structured outputs and tool calls that need no model: schema bounds, the JSON state the
+closing reserve reads, tool-call parsing, the streamed content filter and the tool prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experts.backends.structured import _CLOSE_CONTAINERS, _CLOSE_STRING, JsonStringState, closing_reserve
+from server.chat.structured import SAFE_INTEGER, bounded_integers
+from server.chat.tools import CALL_OPEN, ContentFilter, prompt_messages, tool_use_for
+from server.protocol import ChatMessage, NamedToolChoice, ToolDefinition
+
+WEATHER = ToolDefinition.model_validate({"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+TIME = ToolDefinition.model_validate({"type": "function", "function": {"name": "get_time"}})
+
+
+def test_unbounded_integers_get_the_interoperable_range_and_bounded_ones_keep_theirs() -> None:
+    schema = {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"type": "integer", "minimum": 0},
+        "c": {"type": ["integer", "null"], "exclusiveMaximum": 10},
+        "d": {"type": "array", "items": {"type": "integer"}}, "e": {"type": "number"}}}
+    bounded = bounded_integers(schema)["properties"]
+    assert bounded["a"] == {"type": "integer", "minimum": -SAFE_INTEGER, "maximum": SAFE_INTEGER}
+    assert bounded["b"] == {"type": "integer", "minimum": 0, "maximum": SAFE_INTEGER}
+    assert bounded["c"] == {"type": ["integer", "null"], "exclusiveMaximum": 10, "minimum": -SAFE_INTEGER}
+    assert bounded["d"]["items"]["maximum"] == SAFE_INTEGER
+    assert bounded["e"] == {"type": "number"}
+    assert schema["properties"]["a"] == {"type": "integer"}  # the caller's schema is not changed
+
+
+@pytest.mark.parametrize(("text", "in_string", "depth"), [
+    ('{"a": [1, {"b": "x', True, 3),
+    ('{"a": "say \\"hi\\"', True, 1),  # escaped quotes stay inside the string
+    ('{"a": "}]"', False, 1),  # brackets inside strings do not count
+    ('{"a": [1]}', False, 0),
+])
+def test_json_state_follows_strings_escapes_and_nesting(text: str, in_string: bool, depth: int) -> None:
+    state = JsonStringState()
+    for piece in (text[:5], text[5:9], text[9:]):  # token boundaries anywhere
+        state.push(piece)
+    assert (state.in_string, state.depth) == (in_string, depth)
+
+
+def test_only_tokens_that_close_and_open_nothing_count_as_closers() -> None:
+    assert [bool(_CLOSE_STRING.fullmatch(t)) for t in ['"', '"}', '"]}', '", "', '"a']] == [True] * 3 + [False] * 2
+    assert [bool(_CLOSE_CONTAINERS.fullmatch(t)) for t in ["}", "]}", "},", "}\n"]] == [True, True, False, False]
+    assert closing_reserve(256, 0) == 64 and closing_reserve(20, 3) == 11
+
+
+def test_forced_calls_parse_from_the_json_array_and_a_cut_answer_is_content() -> None:
+    use = tool_use_for([WEATHER, TIME], "required", parallel=True)
+    assert use is not None and use.forced == ("get_weather", "get_time")
+    content, calls = use.parse('[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", '
+                               '"arguments": {}}]')
+    assert content is None and [c.function.name for c in calls] == ["get_weather", "get_time"]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"} and calls[0].id != calls[1].id
+    assert use.parse('[{"name": "get_weather", "argu') == ('[{"name": "get_weather", "argu', [])
+    schema = json.loads(use.constraint().json_schema)
+    assert schema["minItems"] == 1 and "maxItems" not in schema and len(schema["items"]["anyOf"]) == 2
+    named = tool_use_for([WEATHER, TIME], NamedToolChoice.model_validate(
+        {"type": "function", "function": {"name": "get_time"}}), parallel=False)
+    schema = json.loads(named.constraint().json_schema)
+    assert schema["maxItems"] == 1 and schema["items"]["properties"]["name"] == {"const": "get_time"}
+    assert tool_use_for([WEATHER], "none", parallel=True) is None and tool_use_for(None, "auto", True) is None
+
+
+def test_auto_calls_parse_from_hermes_tags_and_unknown_or_broken_calls_stay_text() -> None:
+    use = tool_use_for([WEATHER], "auto", parallel=False)
+    assert use is not None and use.constraint() is None
+    text = f'Let me check.\n{CALL_OPEN}\n{{"name": "get_weather", "arguments": {{"city": "Oslo"}}}}\n</tool_call>' \
+           f'{CALL_OPEN}{{"name": "get_weather", "arguments": {{}}}}</tool_call>'
+    content, calls = use.parse(text)
+    assert content == "Let me check." and len(calls) == 1  # parallel_tool_calls=false: the first only
+    assert use.parse(f'{CALL_OPEN}{{"name": "launch", "arguments": {{}}}}</tool_call>')[1] == []
+    assert use.parse(f"{CALL_OPEN} not json")[1] == []
+    assert use.parse("Sunny, probably.") == ("Sunny, probably.", [])
+
+
+def test_the_content_filter_holds_back_what_may_become_a_call() -> None:
+    stream = ContentFilter()
+    assert stream.feed("Hello <to") == "Hello "  # "<to" may start "<tool_call>"
+    assert stream.feed("ol_c") == ""
+    assert stream.feed('all>{"name"') == ""
+    assert stream.calling and stream.held == '<tool_call>{"name"'
+    plain = ContentFilter()
+    assert plain.feed("a < b") + plain.feed(" and c") == "a < b and c" and not plain.calling
+
+
+def test_prompt_messages_describe_tools_and_write_calls_and_results_as_text() -> None:
+    messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Weather?"),
+                ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}),
+                ChatMessage(role="tool", tool_call_id="call_1", content="12 C")]
+    rendered = prompt_messages(messages, tool_use_for([WEATHER], "auto", parallel=True))
+    assert rendered[0]["role"] == "system" and rendered[0]["content"].startswith("Be brief.")
+    assert '"name":"get_weather"' in rendered[0]["content"] and "<tools>" in rendered[0]["content"]
+    assert rendered[2] == {"role": "assistant", "content": f'{CALL_OPEN}\n{{"name": "get_weather", "arguments": '
+                                                           f'{{"city": "Oslo"}}}}\n</tool_call>'}
+    assert rendered[3] == {"role": "user", "content": "<tool_response>\n12 C\n</tool_response>"}
+    assert prompt_messages(messages[1:2], None) == [{"role": "user", "content": "Weather?"}]
