@@ -29,6 +29,7 @@ class OutputConstraint:
     """
 
     json_schema: str
+    shortest: str = "{}"  # the JSON text of the schema's shortest instance: what closing the answer may cost
 
     @classmethod
     def any_object(cls) -> OutputConstraint:

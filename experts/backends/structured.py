@@ -55,17 +55,19 @@ class GrammarCompiler:
 
 _CLOSE_STRING = re.compile(r'"[\]}]*')
 _CLOSE_CONTAINERS = re.compile(r"[\]}]+")
+_SEPARATOR = re.compile(r',\s?"?')  # ends a value where the object still needs a key
 CLOSING_BONUS = 100.0  # added to the logits of closing tokens in the reserve: they win wherever allowed
+SEPARATOR_BONUS = 50.0  # a separator wins over more of the same value, but never over a bracket
 
 
-def closing_reserve(max_tokens: int, depth: int) -> int:
-    """How many of the last tokens of the budget close the value: a quarter, at least 8 and at most 64, and
-    one more for each container still open."""
-    return max(8, min(64, max_tokens // 4)) + depth
+def closing_reserve(max_tokens: int, depth: int, shortest: int = 0) -> int:
+    """How many of the last tokens of the budget close the value: a quarter (at least 8 and at most 64), or
+    the length of the schema's shortest instance if longer, and one more for each container still open."""
+    return max(8, min(64, max_tokens // 4), shortest) + depth
 
 
 class ClosingTokens:
-    """The tokens that begin by closing a string (a quote) or a container (`}` or `]`), as masks.
+    """The tokens that close a string (a quote) or a container (`}` or `]`), or separate values, as masks.
 
     Byte-level tokens spell the quote, the backslash and the brackets as themselves, so the token strings
     show where strings open and close without decoding.
@@ -73,17 +75,28 @@ class ClosingTokens:
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         self.token_text = [token or "" for token in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))]
+        self._bonuses: dict[tuple[bool, torch.device], torch.Tensor] = {}
         # Only tokens that close and open nothing new: `"` (perhaps with brackets after it), and runs of
         # brackets. `", "` closes a string too, but opens the next key.
         self.quote_first = torch.tensor([bool(_CLOSE_STRING.fullmatch(t)) for t in self.token_text])
         self.bracket_first = torch.tensor([bool(_CLOSE_CONTAINERS.fullmatch(t)) for t in self.token_text])
+        self.separator = torch.tensor([bool(_SEPARATOR.fullmatch(t)) for t in self.token_text])
 
     def text(self, token: int) -> str:
         return self.token_text[token] if 0 <= token < len(self.token_text) else ""
 
-    def closing(self, state: JsonStringState) -> torch.Tensor:
-        """The mask of tokens that close the innermost open value of `state`."""
-        return self.quote_first if state.closing_string else self.bracket_first
+    def bonus(self, state: JsonStringState, device: torch.device) -> torch.Tensor:
+        """What the closing reserve adds to each token's logit: inside a string, the closing quote wins;
+        outside, a bracket, or else (an object that still needs a required key) a separator, so that a
+        number or a list does not run on."""
+        key = (state.closing_string, device)
+        if key not in self._bonuses:
+            if state.closing_string:
+                bonus = self.quote_first.float() * CLOSING_BONUS
+            else:
+                bonus = self.bracket_first.float() * CLOSING_BONUS + self.separator.float() * SEPARATOR_BONUS
+            self._bonuses[key] = bonus.to(device)
+        return self._bonuses[key]
 
 
 class JsonStringState:
@@ -116,8 +129,9 @@ class JsonStringState:
 class TokenMask:
     """One row's grammar state: which tokens may come next, advanced by each sampled token."""
 
-    def __init__(self, grammar: xgr.CompiledGrammar, compiler: GrammarCompiler) -> None:
+    def __init__(self, grammar: xgr.CompiledGrammar, compiler: GrammarCompiler, shortest: int = 0) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
+        self._shortest = shortest  # tokens of the schema's shortest instance
         self._bitmask = xgr.allocate_token_bitmask(1, compiler.vocab_size)
         self._closers = compiler.closers
         self._json = JsonStringState()
@@ -128,8 +142,8 @@ class TokenMask:
         open value."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device, non_blocking=True))
-        if remaining <= closing_reserve(max_tokens, self._json.depth):
-            logits[self._closers.closing(self._json).to(logits.device)] += CLOSING_BONUS
+        if remaining <= closing_reserve(max_tokens, self._json.depth, self._shortest):
+            logits += self._closers.bonus(self._json, logits.device)
 
     def accept(self, token: int) -> None:
         if not self._matcher.accept_token(token):  # only a token the mask allowed is ever sampled

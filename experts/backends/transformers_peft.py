@@ -225,8 +225,9 @@ class TransformersBackend:
         prompt_ids = prompt_ids.to(self._device)
         grammar = None
         if request.sampling.constraint is not None:  # compiled off the model thread (cached per schema)
-            compiled = await asyncio.to_thread(self._grammars.compile, request.sampling.constraint)
-            grammar = TokenMask(compiled, self._grammars)
+            constraint = request.sampling.constraint
+            compiled = await asyncio.to_thread(self._grammars.compile, constraint)
+            grammar = TokenMask(compiled, self._grammars, len(self._tokenizer.encode(constraint.shortest)))
         key = request.adapter_key
         if key is None:
             async for chunk in self._decode(prompt_ids, request, grammar):

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from experts.backends.structured import CLOSING_BONUS, ClosingTokens, JsonStringState, closing_reserve
+from experts.backends.structured import ClosingTokens, JsonStringState, closing_reserve
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 @dataclass
 class _Row:
     max_tokens: int
+    shortest: int  # tokens of the schema's shortest instance (SamplingParams.extra_args)
     output: list[int]  # vLLM's own list of the request's output tokens, growing in place
     json: JsonStringState = field(default_factory=JsonStringState)
     scanned: int = 0
@@ -36,7 +37,7 @@ class ClosingReserve(LogitsProcessor):
         model = vllm_config.model_config
         tokenizer = AutoTokenizer.from_pretrained(model.tokenizer)
         self._tokens = ClosingTokens(tokenizer, model.get_vocab_size())
-        self._masks = {True: self._tokens.quote_first.to(device), False: self._tokens.bracket_first.to(device)}
+        self._device = device
         self._rows: dict[int, _Row] = {}
 
     def is_argmax_invariant(self) -> bool:
@@ -55,10 +56,10 @@ class ClosingReserve(LogitsProcessor):
     def _track(params: SamplingParams, _: Any, output: list[int]) -> _Row | None:
         if params.structured_outputs is None or params.max_tokens is None:
             return None
-        return _Row(params.max_tokens, output)
+        return _Row(params.max_tokens, int((params.extra_args or {}).get("closing_shortest", 0)), output)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, row in self._rows.items():
-            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens, row.json.depth):
-                logits[index, self._masks[row.json.closing_string]] += CLOSING_BONUS
+            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens, row.json.depth, row.shortest):
+                logits[index] += self._tokens.bonus(row.json, self._device)
         return logits

@@ -132,6 +132,8 @@ class VLLMBackend:
             structured_outputs=StructuredOutputsParams(json=s.constraint.json_schema, disable_any_whitespace=True)
             if s.constraint is not None else None,
             logprobs=s.logprobs, prompt_logprobs=s.prompt_logprobs,
+            extra_args={"closing_shortest": len(self._tokenizer.encode(s.constraint.shortest))}
+            if s.constraint is not None else None,
         )
         request_id = uuid.uuid4().hex
         completion_tokens = 0

@@ -4,6 +4,10 @@ One rule is added to the user's schema, and the output still satisfies that sche
 bounds are kept to the interoperable range of RFC 7493 (|n| < 2^53). A grammar alone cannot stop a small
 model that repeats a digit, and without the bound greedy decoding of SmolLM2-135M filled whole budgets
 with "1111…"; with it, the number ends after 16 digits and the object closes.
+
+The constraint also carries the schema's shortest instance (`shortest_instance`): the backends keep at
+least its length in tokens of the budget to close the answer (the closing reserve, structured.py), so
+required keys not yet written still fit.
 """
 
 from __future__ import annotations
@@ -35,7 +39,43 @@ def schema_constraint(schema: dict[str, Any], param: str) -> OutputConstraint:
     if len(text) > MAX_SCHEMA_BYTES:
         raise APIError(400, f"the schema is longer than {MAX_SCHEMA_BYTES} bytes", "invalid_request_error",
                        "schema_too_large", param)
-    return OutputConstraint(text)
+    return OutputConstraint(text, json.dumps(shortest_instance(schema, schema)))
+
+
+def shortest_instance(schema: Any, root: Any, depth: int = 0) -> Any:
+    """A short instance of `schema` (as the grammar writes it: every required key, the least of each value).
+    An estimate where the schema is beyond these rules (patterns, formats): it sizes a reserve only."""
+    if not isinstance(schema, dict) or depth > 16:
+        return None
+    if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#/"):
+        target: Any = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return shortest_instance(target, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return min(schema["enum"], key=lambda value: len(json.dumps(value)))
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            options = [shortest_instance(option, root, depth + 1) for option in schema[key]]
+            return options[0] if key == "allOf" else min(options, key=lambda value: len(json.dumps(value)))
+    kind = schema.get("type", "object" if "properties" in schema else None)
+    if isinstance(kind, list):
+        kind = "null" if "null" in kind else kind[0] if kind else None
+    if kind == "object":
+        properties = schema.get("properties", {}) if isinstance(schema.get("properties"), dict) else {}
+        return {name: shortest_instance(properties.get(name, {}), root, depth + 1)
+                for name in schema.get("required", []) if isinstance(name, str)}
+    if kind == "array":
+        return [shortest_instance(schema.get("items", {}), root, depth + 1)] * int(schema.get("minItems", 0) or 0)
+    if kind == "string":
+        return "a" * int(schema.get("minLength", 0) or 0)
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    return None
 
 
 def bounded_integers(schema: Any) -> Any:

@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from experts.backends.structured import _CLOSE_CONTAINERS, _CLOSE_STRING, JsonStringState, closing_reserve
+from experts.backends.structured import (
+    _CLOSE_CONTAINERS,
+    _CLOSE_STRING,
+    _SEPARATOR,
+    JsonStringState,
+    closing_reserve,
+)
 from server.chat.structured import SAFE_INTEGER, bounded_integers
 from server.chat.tools import CALL_OPEN, ContentFilter, prompt_messages, tool_use_for
 from server.protocol import ChatMessage, NamedToolChoice, ToolDefinition
@@ -47,6 +53,7 @@ def test_json_state_follows_strings_escapes_and_nesting(text: str, in_string: bo
 def test_only_tokens_that_close_and_open_nothing_count_as_closers() -> None:
     assert [bool(_CLOSE_STRING.fullmatch(t)) for t in ['"', '"}', '"]}', '", "', '"a']] == [True] * 3 + [False] * 2
     assert [bool(_CLOSE_CONTAINERS.fullmatch(t)) for t in ["}", "]}", "},", "}\n"]] == [True, True, False, False]
+    assert [bool(_SEPARATOR.fullmatch(t)) for t in [",", ", ", ',"', ', "', ",]", ", a"]] == [True] * 4 + [False] * 2
     assert closing_reserve(256, 0) == 64 and closing_reserve(20, 3) == 11
 
 
@@ -102,3 +109,17 @@ def test_prompt_messages_describe_tools_and_write_calls_and_results_as_text() ->
                                                            f'{{"city": "Oslo"}}}}\n</tool_call>'}
     assert rendered[3] == {"role": "user", "content": "<tool_response>\n12 C\n</tool_response>"}
     assert prompt_messages(messages[1:2], None) == [{"role": "user", "content": "Weather?"}]
+
+
+def test_the_shortest_instance_writes_every_required_key_with_its_least_value() -> None:
+    from server.chat.structured import shortest_instance
+
+    schema = {"type": "object", "required": ["name", "tags", "kind", "child", "maybe"],
+              "properties": {"name": {"type": "string", "minLength": 2}, "tags": {"type": "array", "minItems": 1,
+                                                                                  "items": {"type": "integer"}},
+                             "kind": {"enum": ["long-one", "b"]}, "child": {"$ref": "#/$defs/Child"},
+                             "maybe": {"anyOf": [{"type": "string", "minLength": 5}, {"type": "null"}]},
+                             "optional": {"type": "string"}},
+              "$defs": {"Child": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}}}
+    assert shortest_instance(schema, schema) == {"name": "aa", "tags": [0], "kind": "b", "child": {"ok": False},
+                                                 "maybe": None}
