@@ -21,6 +21,10 @@ from server.protocol import ResponseFormat
 
 SAFE_INTEGER = 2**53 - 1  # RFC 7493 (I-JSON): integers any JSON parser reads exactly
 MAX_SCHEMA_BYTES = 64 * 1024
+# Grammar size grows with repetition counts (a minLength of 100,000 took xgrammar 1.2 s to compile here),
+# and no answer within the token limit could use more: larger counts are refused.
+MAX_SCHEMA_COUNT = 4096
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 
 
 def constraint_for(response_format: ResponseFormat | None) -> OutputConstraint | None:
@@ -39,6 +43,9 @@ def schema_constraint(schema: dict[str, Any], param: str) -> OutputConstraint:
     if len(text) > MAX_SCHEMA_BYTES:
         raise APIError(400, f"the schema is longer than {MAX_SCHEMA_BYTES} bytes", "invalid_request_error",
                        "schema_too_large", param)
+    if not _largest_count(schema) <= MAX_SCHEMA_COUNT:  # NaN too
+        raise APIError(400, f"the schema's lengths and counts ({', '.join(_COUNTS)}) must be at most "
+                       f"{MAX_SCHEMA_COUNT}", "invalid_request_error", "schema_too_large", param)
     return OutputConstraint(text, json.dumps(shortest_instance(schema, schema)))
 
 
@@ -92,3 +99,12 @@ def bounded_integers(schema: Any) -> Any:
         if "maximum" not in copy and "exclusiveMaximum" not in copy:
             copy["maximum"] = SAFE_INTEGER
     return copy
+
+
+def _largest_count(schema: Any) -> float:
+    if isinstance(schema, list):
+        return max((_largest_count(item) for item in schema), default=0)
+    if not isinstance(schema, dict):
+        return 0
+    own = [v for k, v in schema.items() if k in _COUNTS and isinstance(v, int | float) and not isinstance(v, bool)]
+    return max([*own, *(_largest_count(v) for v in schema.values())], default=0)

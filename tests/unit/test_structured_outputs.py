@@ -123,3 +123,15 @@ def test_the_shortest_instance_writes_every_required_key_with_its_least_value() 
               "$defs": {"Child": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}}}
     assert shortest_instance(schema, schema) == {"name": "aa", "tags": [0], "kind": "b", "child": {"ok": False},
                                                  "maybe": None}
+
+
+def test_schemas_whose_grammar_would_explode_are_refused() -> None:
+    from server.chat.structured import MAX_SCHEMA_COUNT, schema_constraint
+    from server.errors import APIError
+
+    for schema in ({"type": "string", "minLength": 10**8}, {"type": "array", "items": {"maxItems": float("inf")}},
+                   {"type": "object", "properties": {"a": {"type": "array", "minItems": MAX_SCHEMA_COUNT + 1}}}):
+        with pytest.raises(APIError) as caught:
+            schema_constraint(schema, "response_format")
+        assert caught.value.code == "schema_too_large" and caught.value.param == "response_format"
+    assert schema_constraint({"type": "string", "maxLength": MAX_SCHEMA_COUNT}, "x").shortest == '""'
