@@ -202,17 +202,26 @@ def test_streamed_logprobs_cover_every_token(client: openai.OpenAI) -> None:
     assert len(entries) >= chunks[-1].usage.completion_tokens - 1
 
 
-def test_async_client_with_logprobs_and_json(backend_server: ServerProcess) -> None:
-    async def run() -> list[openai.types.chat.ChatCompletion]:
+def test_async_client_json_tools_completions_and_responses(backend_server: ServerProcess) -> None:
+    async def run() -> tuple:
         client = openai.AsyncOpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0,
                                     timeout=300)
-        return await asyncio.gather(*(client.chat.completions.create(
+        chats = asyncio.gather(*(client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "Give one example as JSON."}], max_tokens=40,
             response_format={"type": "json_object"}, logprobs=True) for model in ("sql", "math", "auto")))
+        call = client.chat.completions.create(model="auto", messages=ASK_WEATHER, tools=[WEATHER],
+                                              tool_choice="required", max_tokens=64)
+        text = client.completions.create(model="math", prompt="2 + 2 =", max_tokens=4, logprobs=1)
+        response = client.responses.create(model="auto", input="Name a colour.", max_output_tokens=8)
+        return await asyncio.gather(chats, call, text, response)
 
-    for completion in asyncio.run(run()):
+    chats, call, text, response = asyncio.run(run())
+    for completion in chats:
         assert isinstance(json.loads(completion.choices[0].message.content), dict)
         assert completion.choices[0].logprobs.content
+    assert call.choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert text.choices[0].logprobs.token_logprobs and text.model == "math"
+    assert response.output_text and response.model_extra["switchyard"]
 
 
 # -- agent frameworks --------------------------------------------------------------------------------
