@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache
@@ -29,7 +29,9 @@ from experts.backends.base import SamplingParams
 from experts.backends.prefix_cache import PrefixCache
 from experts.backends.sampling import PromptScores, SampledToken, apply_penalties, sample_next_token, scores_of
 from experts.backends.stacked_lora import StackedLora
-from experts.backends.structured import TokenMask
+
+if TYPE_CHECKING:
+    from experts.backends.structured import TokenMask
 
 FINISHED = None  # sentinel pushed after the last token of a row
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a per-sample adapter_names list

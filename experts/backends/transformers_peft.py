@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from peft import PeftConfig, PeftModel
@@ -32,6 +33,7 @@ from experts.adapters import AdapterFiles, check_fits_model
 from experts.backends.base import (
     GenerationChunk,
     GenerationRequest,
+    OutputConstraint,
     TokenLogprob,
     check_prompt_fits,
     check_sampling_fits,
@@ -42,8 +44,10 @@ from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import IncrementalDecoder, PromptScores, SampledToken, StreamedText, TokenScores
 from experts.backends.stacked_lora import StackedLora
-from experts.backends.structured import GrammarCompiler, TokenMask
 from experts.errors import AdapterRejected, AdapterUnavailable
+
+if TYPE_CHECKING:
+    from experts.backends.structured import GrammarCompiler, TokenMask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +96,8 @@ class TransformersBackend:
         if self._tokenizer.eos_token_id is not None:
             self._eos_ids.add(self._tokenizer.eos_token_id)
         self._vocab_size = int(self._base.get_output_embeddings().weight.shape[0])
-        self._grammars = GrammarCompiler(self._tokenizer, self._vocab_size, self._eos_ids)
+        self._grammars: GrammarCompiler | None = None  # built by the first structured-output request
+        self._grammars_lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -225,9 +230,7 @@ class TransformersBackend:
         prompt_ids = prompt_ids.to(self._device)
         grammar = None
         if request.sampling.constraint is not None:  # compiled off the model thread (cached per schema)
-            constraint = request.sampling.constraint
-            compiled = await asyncio.to_thread(self._grammars.compile, constraint)
-            grammar = TokenMask(compiled, self._grammars, len(self._tokenizer.encode(constraint.shortest)))
+            grammar = await asyncio.to_thread(self._token_mask, request.sampling.constraint)
         key = request.adapter_key
         if key is None:
             async for chunk in self._decode(prompt_ids, request, grammar):
@@ -240,6 +243,18 @@ class TransformersBackend:
                 yield chunk
         finally:
             self._executor.submit(self._release, key)  # not awaited: also runs when the client went away
+
+    def _token_mask(self, constraint: OutputConstraint) -> TokenMask:
+        """A row's grammar state for `constraint` (compiled grammars are cached per schema). The engine is
+        imported and set up for this tokenizer on first use, so a server that never sees a structured
+        output never pays for it."""
+        from experts.backends.structured import GrammarCompiler, TokenMask
+
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self._tokenizer, self._vocab_size, self._eos_ids)
+        compiled = self._grammars.compile(constraint)
+        return TokenMask(compiled, self._grammars, len(self._tokenizer.encode(constraint.shortest)))
 
     async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest,
                       grammar: TokenMask | None) -> AsyncIterator[GenerationChunk]:

@@ -66,11 +66,11 @@ def test_prompt_over_the_servers_prompt_limit_is_400(http: httpx.Client) -> None
 
 
 NOT_HONOURED = [
-    ("response_format", {"response_format": {"type": "json_object"}}),
-    ("tools", {"tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
-               "tool_choice": "required"}),
-    ("logprobs", {"logprobs": True, "top_logprobs": 2}),
     ("functions", {"functions": [{"name": "weather", "parameters": {"type": "object"}}]}),
+    ("function_call", {"function_call": "auto"}),
+    ("modalities", {"modalities": ["text", "audio"]}),
+    ("reasoning_effort", {"reasoning_effort": "high"}),
+    ("best_of", {"extra_body": {"best_of": 2}}),
 ]
 
 
