@@ -27,6 +27,7 @@ import torch
 import xgrammar as xgr
 
 from experts.backends.base import OutputConstraint
+from experts.backends.json_state import JsonStringState
 from experts.errors import ConstraintRejected
 
 GRAMMAR_CACHE_BYTES = 64 * 2**20  # compiled grammars kept for reuse (xgrammar's own LRU)
@@ -97,33 +98,6 @@ class ClosingTokens:
                 bonus = self.bracket_first.float() * CLOSING_BONUS + self.separator.float() * SEPARATOR_BONUS
             self._bonuses[key] = bonus.to(device)
         return self._bonuses[key]
-
-
-class JsonStringState:
-    """Whether the JSON written so far ends inside a string, where only the closing quote closes anything."""
-
-    def __init__(self) -> None:
-        self.in_string = False
-        self._escaped = False
-        self.depth = 0  # objects and arrays open
-
-    def push(self, text: str) -> None:
-        for char in text:
-            if self._escaped:
-                self._escaped = False
-            elif self.in_string and char == "\\":
-                self._escaped = True
-            elif char == '"':
-                self.in_string = not self.in_string
-            elif not self.in_string and char in "{[":
-                self.depth += 1
-            elif not self.in_string and char in "}]":
-                self.depth -= 1
-
-    @property
-    def closing_string(self) -> bool:
-        """A quote would close a string now (rather than a bracket a container)."""
-        return self.in_string and not self._escaped
 
 
 class TokenMask:

@@ -16,7 +16,8 @@ from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from experts.backends.structured import ClosingTokens, JsonStringState, closing_reserve
+from experts.backends.json_state import JsonStringState
+from experts.backends.structured import ClosingTokens, closing_reserve
 
 if TYPE_CHECKING:
     from vllm import SamplingParams

@@ -16,7 +16,7 @@ from server.chat.conversation import conversation_turns
 from server.chat.generation import Generation, GenerationService, logprob_entry, stream_error_event
 from server.chat.sampling import sampling_for
 from server.chat.structured import constraint_for
-from server.chat.tools import ContentFilter, ToolUse, call_deltas, prompt_messages, tool_use_for
+from server.chat.tools import CallStream, ContentFilter, ToolUse, call_deltas, prompt_messages, tool_use_for
 from server.errors import APIError
 from server.protocol import (
     AssistantMessage,
@@ -57,6 +57,7 @@ class _ChoiceText:
 
     parts: list[str] = field(default_factory=list)
     content: ContentFilter | None = None  # `auto` tool use: content until a call opens
+    calls: CallStream | None = None  # forced tool use: calls streamed as they are written
 
 
 class ChatService:
@@ -110,8 +111,10 @@ class ChatService:
         """Server-sent events in OpenAI's chunk format; the last content chunk carries the decision."""
         request, generation, tool_use = run.request, run.generation, run.tool_use
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        # A forced call is all JSON: nothing is content. An `auto` answer is content until a call opens.
+        # A forced answer is all calls, streamed as written. An `auto` answer is content until a call opens.
         texts = {c.index: _ChoiceText(content=ContentFilter() if tool_use is not None and tool_use.forced is None
+                                      else None,
+                                      calls=CallStream() if tool_use is not None and tool_use.forced is not None
                                       else None) for c in generation.choices}
         unfinished = len(texts)
         try:
@@ -124,6 +127,8 @@ class ChatService:
                     text = chunk.text
                 else:
                     text = state.content.feed(chunk.text) if state.content is not None else ""
+                for delta in state.calls.feed(chunk.text) if state.calls is not None else ():
+                    yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(tool_calls=[delta]))]))
                 if chunk.finish_reason is None:
                     if text or chunk.logprobs:
                         yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(content=text),
@@ -136,11 +141,12 @@ class ChatService:
                     text, citations = text + suffix, generation.grounding.citations(answer + suffix)
                 if tool_use is not None:
                     _, calls = tool_use.parse(answer)
-                    for deltas in call_deltas(calls):
-                        yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(tool_calls=deltas))]))
+                    streamed = state.calls.opened if state.calls is not None else 0
+                    for delta in call_deltas(calls[streamed:], start=streamed):  # `auto`: calls come whole
+                        yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(tool_calls=[delta]))]))
                     if calls:
                         finish = "tool_calls"
-                    else:  # no well-formed call: what was held back is content after all
+                    elif not streamed:  # no well-formed call: what was held back is content after all
                         text = text + state.content.held if state.content is not None else answer
                 if not unfinished:
                     self._generation.finish(ENDPOINT, generation, "".join(texts[0].parts))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experts.backends.base import OutputConstraint
+from experts.backends.json_state import JsonStringState
 from server.chat.structured import schema_constraint
 from server.protocol import (
     ChatMessage,
@@ -142,15 +143,62 @@ def prompt_messages(messages: Sequence[ChatMessage], tool_use: ToolUse | None) -
     return rendered
 
 
-def call_deltas(calls: list[ToolCall]) -> list[list[ToolCallDelta]]:
-    """Streaming, as OpenAI does: per call, a delta opening it (id, type, name, empty arguments), then its
-    arguments."""
+def call_deltas(calls: list[ToolCall], start: int = 0) -> list[ToolCallDelta]:
+    """Whole calls as OpenAI streams them: per call, a delta opening it (id, type, name, empty arguments),
+    then its arguments; indexes from `start`."""
     deltas = []
-    for index, call in enumerate(calls):
-        deltas.append([ToolCallDelta(index=index, id=call.id, type="function",
-                                     function=FunctionCallDelta(name=call.function.name, arguments=""))])
-        deltas.append([ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.function.arguments))])
+    for index, call in enumerate(calls, start):
+        deltas.append(ToolCallDelta(index=index, id=call.id, type="function",
+                                    function=FunctionCallDelta(name=call.function.name, arguments="")))
+        deltas.append(ToolCallDelta(index=index, function=FunctionCallDelta(arguments=call.function.arguments)))
     return deltas
+
+
+# The start of a call in a forced answer, up to its arguments: `[{"name": "f", "arguments": ` (or the same
+# after the previous call's `}` and a comma). The grammar writes the name first, as the schema orders it.
+_CALL_HEADER = re.compile(r'(?:\s*\})?\s*[\[,]\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+
+
+class CallStream:
+    """Streams a forced answer's calls while they are written, as OpenAI does: a delta opening each call
+    (id, type, name) as soon as its name is complete, then its arguments piece by piece.
+
+    The grammar guarantees the shape, so the text can be read as it comes; `finish` reconciles with the
+    parsed answer (a call cut off by `max_tokens` ends with partial arguments, as on OpenAI).
+    """
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._at = 0  # where reading continues
+        self._arguments: JsonStringState | None = None  # inside a call's arguments
+        self.opened = 0  # calls opened so far
+
+    def feed(self, delta: str) -> list[ToolCallDelta]:
+        self._text += delta
+        deltas: list[ToolCallDelta] = []
+        while True:
+            if self._arguments is None:
+                header = _CALL_HEADER.match(self._text, self._at)
+                if header is None:
+                    return deltas
+                deltas.append(ToolCallDelta(index=self.opened, id=new_call_id(), type="function",
+                                            function=FunctionCallDelta(name=json.loads(f'"{header.group(1)}"'),
+                                                                       arguments="")))
+                self.opened += 1
+                self._at, self._arguments = header.end(), JsonStringState()
+            start, end = self._at, None
+            for at in range(start, len(self._text)):
+                self._arguments.push(self._text[at])
+                if self._arguments.depth == 0 and not self._arguments.in_string:
+                    end = at + 1
+                    break
+            piece = self._text[start:end if end is not None else len(self._text)]
+            if piece:
+                deltas.append(ToolCallDelta(index=self.opened - 1, function=FunctionCallDelta(arguments=piece)))
+            if end is None:
+                self._at = len(self._text)
+                return deltas
+            self._at, self._arguments = end, None
 
 
 class ContentFilter:

@@ -129,8 +129,9 @@ def test_tool_call_deltas_stream_as_openai_sends_them(client: openai.OpenAI) -> 
     deltas = [c.choices[0] for c in stream if c.choices]
     opening = next(d.delta.tool_calls[0] for d in deltas if d.delta.tool_calls)
     assert opening.id.startswith("call_") and opening.function.name == "get_weather"
-    arguments = "".join(d.delta.tool_calls[0].function.arguments or "" for d in deltas if d.delta.tool_calls)
-    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+    pieces = [d.delta.tool_calls[0].function.arguments for d in deltas if d.delta.tool_calls]
+    jsonschema.validate(json.loads("".join(pieces)), WEATHER["function"]["parameters"])
+    assert len([p for p in pieces if p]) > 2  # the arguments stream as they are written
     assert deltas[-1].finish_reason == "tool_calls"
     assert not "".join(d.delta.content or "" for d in deltas)
 

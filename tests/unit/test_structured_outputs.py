@@ -7,13 +7,8 @@ import json
 
 import pytest
 
-from experts.backends.structured import (
-    _CLOSE_CONTAINERS,
-    _CLOSE_STRING,
-    _SEPARATOR,
-    JsonStringState,
-    closing_reserve,
-)
+from experts.backends.json_state import JsonStringState
+from experts.backends.structured import _CLOSE_CONTAINERS, _CLOSE_STRING, _SEPARATOR, closing_reserve
 from server.chat.structured import SAFE_INTEGER, bounded_integers
 from server.chat.tools import CALL_OPEN, ContentFilter, prompt_messages, tool_use_for
 from server.protocol import ChatMessage, NamedToolChoice, ToolDefinition
@@ -135,3 +130,19 @@ def test_schemas_whose_grammar_would_explode_are_refused() -> None:
             schema_constraint(schema, "response_format")
         assert caught.value.code == "schema_too_large" and caught.value.param == "response_format"
     assert schema_constraint({"type": "string", "maxLength": MAX_SCHEMA_COUNT}, "x").shortest == '""'
+
+
+def test_forced_calls_stream_name_first_then_arguments_piece_by_piece() -> None:
+    from server.chat.tools import CallStream
+
+    answer = '[{"name": "get_weather", "arguments": {"city": "Pa\\"ris", "n": [1, {"x": 2}]}}, ' \
+             '{"name":"get_time", "arguments":{}}]'
+    stream, deltas = CallStream(), []
+    for at in range(0, len(answer), 3):  # arbitrary token boundaries
+        deltas += stream.feed(answer[at:at + 3])
+    opened = [d for d in deltas if d.id is not None]
+    assert [(d.index, d.function.name, d.function.arguments) for d in opened] == [(0, "get_weather", ""),
+                                                                                 (1, "get_time", "")]
+    arguments = {i: "".join(d.function.arguments for d in deltas if d.index == i and d.id is None) for i in (0, 1)}
+    assert json.loads(arguments[0]) == {"city": 'Pa"ris', "n": [1, {"x": 2}]} and arguments[1] == "{}"
+    assert sum(d.id is None for d in deltas if d.index == 0) > 3  # in pieces, as they were written
