@@ -171,6 +171,7 @@ class CallStream:
         self._text = ""
         self._at = 0  # where reading continues
         self._arguments: JsonStringState | None = None  # inside a call's arguments
+        self._started = False  # the arguments' first character has come
         self.opened = 0  # calls opened so far
 
     def feed(self, delta: str) -> list[ToolCallDelta]:
@@ -185,9 +186,12 @@ class CallStream:
                                             function=FunctionCallDelta(name=json.loads(f'"{header.group(1)}"'),
                                                                        arguments="")))
                 self.opened += 1
-                self._at, self._arguments = header.end(), JsonStringState()
+                self._at, self._arguments, self._started = header.end(), JsonStringState(), False
+            while self._at < len(self._text) and not self._started and self._text[self._at].isspace():
+                self._at += 1  # the space after `"arguments":` may come in the next token
             start, end = self._at, None
             for at in range(start, len(self._text)):
+                self._started = True
                 self._arguments.push(self._text[at])
                 if self._arguments.depth == 0 and not self._arguments.in_string:
                     end = at + 1

@@ -138,7 +138,7 @@ def test_forced_calls_stream_name_first_then_arguments_piece_by_piece() -> None:
     answer = '[{"name": "get_weather", "arguments": {"city": "Pa\\"ris", "n": [1, {"x": 2}]}}, ' \
              '{"name":"get_time", "arguments":{}}]'
     stream, deltas = CallStream(), []
-    for at in range(0, len(answer), 3):  # arbitrary token boundaries
+    for at in range(0, len(answer), 3):  # arbitrary token boundaries (one falls after `"arguments":`)
         deltas += stream.feed(answer[at:at + 3])
     opened = [d for d in deltas if d.id is not None]
     assert [(d.index, d.function.name, d.function.arguments) for d in opened] == [(0, "get_weather", ""),
@@ -146,3 +146,6 @@ def test_forced_calls_stream_name_first_then_arguments_piece_by_piece() -> None:
     arguments = {i: "".join(d.function.arguments for d in deltas if d.index == i and d.id is None) for i in (0, 1)}
     assert json.loads(arguments[0]) == {"city": 'Pa"ris', "n": [1, {"x": 2}]} and arguments[1] == "{}"
     assert sum(d.id is None for d in deltas if d.index == 0) > 3  # in pieces, as they were written
+    split = CallStream()
+    pieces = [split.feed('[{"name": "f", "arguments":'), split.feed(' {"a"'), split.feed(': 1}}]')]
+    assert "".join(d.function.arguments for batch in pieces for d in batch) == '{"a": 1}'
