@@ -11,7 +11,6 @@ from starlette.background import BackgroundTask
 
 from server.api.deps import AdminAccess, InferenceAccess, State
 from server.chat.conversation import session_key, turns_of
-from server.chat.generation import routing_headers
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -28,6 +27,7 @@ from server.protocol import (
     RouteResponse,
     ScoredExpertOut,
 )
+from server.routing.record import routing_headers
 from server.routing.service import AUTO_MODEL
 
 api = APIRouter(prefix="/v1", tags=["openai"])

@@ -20,35 +20,14 @@ from experts.errors import AdapterUnavailable, ExpertError
 from routers.conversation import Turn
 from server.errors import APIError, error_body, to_api_error
 from server.metrics import Metrics
-from server.protocol import RoutingInfo, TokenLogprobOut, TopLogprob, Usage, new_id
+from server.protocol import TokenLogprobOut, TopLogprob, Usage, new_id
 from server.retrieval.grounding import Grounding, GroundingService
+from server.routing.record import routing_headers
 from server.routing.service import AUTO_MODEL, RoutingService, Target
 from server.runtime.admission import Admission, Slot
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def routing_headers(info: RoutingInfo) -> dict[str, str]:
-    """The decision as response headers, for clients that cannot read the body's extension field."""
-    headers = {
-        "x-switchyard-expert": info.expert,
-        "x-switchyard-fallback": str(info.fallback).lower(),
-        "x-switchyard-router": info.router,
-        "x-switchyard-registry-version": str(info.registry_version),
-    }
-    if info.score is not None:
-        headers["x-switchyard-score"] = f"{info.score:.4f}"
-    if info.runner_up is not None:
-        headers["x-switchyard-runner-up"] = info.runner_up
-    if info.adapter_tier is not None:
-        headers["x-switchyard-adapter-tier"] = info.adapter_tier
-    if info.context is not None:
-        headers["x-switchyard-context"] = info.context
-        headers["x-switchyard-turns"] = str(info.turns)
-    if info.previous_expert is not None:
-        headers["x-switchyard-previous-expert"] = info.previous_expert
-    return headers
 
 
 @dataclass

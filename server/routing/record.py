@@ -53,3 +53,25 @@ def _evidence_fields(evidence: Evidence | None) -> dict[str, Any]:
         return {}
     return {"matched": evidence.source, "matched_text": evidence.text,
             "matched_similarity": round(evidence.similarity, 4)}
+
+
+def routing_headers(info: RoutingInfo) -> dict[str, str]:
+    """The decision as response headers, for clients that cannot read the body's extension field."""
+    headers = {
+        "x-switchyard-expert": info.expert,
+        "x-switchyard-fallback": str(info.fallback).lower(),
+        "x-switchyard-router": info.router,
+        "x-switchyard-registry-version": str(info.registry_version),
+    }
+    if info.score is not None:
+        headers["x-switchyard-score"] = f"{info.score:.4f}"
+    if info.runner_up is not None:
+        headers["x-switchyard-runner-up"] = info.runner_up
+    if info.adapter_tier is not None:
+        headers["x-switchyard-adapter-tier"] = info.adapter_tier
+    if info.context is not None:
+        headers["x-switchyard-context"] = info.context
+        headers["x-switchyard-turns"] = str(info.turns)
+    if info.previous_expert is not None:
+        headers["x-switchyard-previous-expert"] = info.previous_expert
+    return headers
