@@ -771,15 +771,18 @@ class ResponseInputMessage(BaseModel):
     id: str | None = None
     status: str | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        for part in [] if isinstance(value, str) else value:
+            if part.get("type") not in ("input_text", "output_text", "text") or not isinstance(part.get("text"), str):
+                raise ValueError(f"content parts of type {part.get('type')!r} are not supported; send text parts")
+        return value
+
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") not in ("input_text", "output_text", "text"):
-                raise ValueError(f"content parts of type {part.get('type')!r} are not supported; send text")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
+        return "".join(part["text"] for part in self.content)
 
 
 class ResponseFormatText(BaseModel):
