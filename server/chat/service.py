@@ -47,6 +47,13 @@ class ChatRun:
     def headers(self) -> dict[str, str]:
         return self.generation.headers
 
+    @property
+    def sources_line(self) -> bool:
+        """A grounded free-text answer gets a `Sources:` line when it cites nothing; an answer shaped by a
+        grammar (JSON, tool calls) never does, so it still parses (the `citations` field has them)."""
+        shaped = self.request.response_format is not None and self.request.response_format.type != "text"
+        return self.generation.grounding is not None and self.tool_use is None and not shaped
+
     async def close(self) -> None:
         await self.generation.close()
 
@@ -89,7 +96,7 @@ class ChatService:
         for index, output in enumerate(finished):
             answer = output.text
             if generation.grounding is not None:
-                answer += generation.grounding.sources_suffix(answer)
+                answer += generation.grounding.sources_suffix(answer) if run.sources_line else ""
                 citations = citations or generation.grounding.citations(answer)
             answers.append(answer)
             content, calls = run.tool_use.parse(answer) if run.tool_use is not None else (answer, [])
@@ -137,7 +144,7 @@ class ChatService:
                 unfinished -= 1
                 answer, citations, finish = "".join(state.parts), None, chunk.finish_reason
                 if generation.grounding is not None:
-                    suffix = generation.grounding.sources_suffix(answer)
+                    suffix = generation.grounding.sources_suffix(answer) if run.sources_line else ""
                     text, citations = text + suffix, generation.grounding.citations(answer + suffix)
                 if tool_use is not None:
                     _, calls = tool_use.parse(answer)
