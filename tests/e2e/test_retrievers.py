@@ -153,6 +153,17 @@ def test_grounded_chat_cites_passages(retrievers: list[str], client: openai.Open
     assert any(c["cited"] for c in citations)
 
 
+def test_grounded_structured_output_still_parses(retrievers: list[str], client: openai.OpenAI) -> None:
+    """A grammar-shaped answer gets no `Sources:` line (it would break the JSON); citations keep their field."""
+    schema = {"type": "object", "properties": {"advice": {"type": "string"}}, "required": ["advice"],
+              "additionalProperties": False}
+    completion = client.chat.completions.create(
+        model="garden", messages=[{"role": "user", "content": "How should I water tomatoes?"}], max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "advice", "schema": schema}})
+    assert set(json.loads(completion.choices[0].message.content)) == {"advice"}
+    assert completion.model_extra["citations"][0]["document_id"] == "tomatoes"
+
+
 def test_grounded_chat_streams_through_the_paired_generator(retrievers: list[str], client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "How many moons does Jupiter have?"}],
