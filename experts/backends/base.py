@@ -7,6 +7,7 @@ replaced expert never shares weights or cache with its predecessor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -151,6 +152,18 @@ def check_sampling_fits(sampling: SamplingParams, vocab_size: int) -> None:
     if unknown:
         raise SamplingRejected(f"logit_bias names token ids this model does not have (its vocabulary has "
                                f"{vocab_size}): {unknown[:5]}")
+
+
+def constrained_finish(finish: FinishReason, text: str, constraint: OutputConstraint | None) -> FinishReason:
+    """A constrained answer whose value closed on the budget's last token is complete, not cut: the grammar
+    allowed only end-of-sequence next, and there was no room left to sample it. Such an answer parses."""
+    if finish == "length" and constraint is not None:
+        try:
+            json.loads(text)
+        except ValueError:
+            return finish
+        return "stop"
+    return finish
 
 
 def check_prompt_fits(prompt_tokens: int, request: GenerationRequest, max_context: int) -> None:

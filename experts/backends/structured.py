@@ -63,8 +63,15 @@ SEPARATOR_BONUS = 50.0  # a separator wins over more of the same value, but neve
 
 def closing_reserve(max_tokens: int, depth: int, shortest: int = 0) -> int:
     """How many of the last tokens of the budget close the value: a quarter (at least 8 and at most 64), or
-    the length of the schema's shortest instance if longer, and one more for each container still open."""
+    `shortest_reserve` if more, and one more for each container still open."""
     return max(8, min(64, max_tokens // 4), shortest) + depth
+
+
+def shortest_reserve(constraint: OutputConstraint) -> int:
+    """Tokens enough to write the schema's shortest instance whatever the tokens: its length in characters.
+    Counting its tokens is not enough: where the grammar forces a key, a sampling model may spell it in
+    pieces ("qu", "an", "t", "it", "y"), and answers then ran out one token short."""
+    return len(constraint.shortest)
 
 
 class ClosingTokens:

@@ -37,6 +37,7 @@ from experts.backends.base import (
     TokenLogprob,
     check_prompt_fits,
     check_sampling_fits,
+    constrained_finish,
 )
 from experts.backends.continuous_batching import BASE_ADAPTER, FINISHED, BatchScheduler, Row
 from experts.backends.model_probe import ModelProbe
@@ -248,13 +249,13 @@ class TransformersBackend:
         """A row's grammar state for `constraint` (compiled grammars are cached per schema). The engine is
         imported and set up for this tokenizer on first use, so a server that never sees a structured
         output never pays for it."""
-        from experts.backends.structured import GrammarCompiler, TokenMask
+        from experts.backends.structured import GrammarCompiler, TokenMask, shortest_reserve
 
         with self._grammars_lock:
             if self._grammars is None:
                 self._grammars = GrammarCompiler(self._tokenizer, self._vocab_size, self._eos_ids)
         compiled = self._grammars.compile(constraint)
-        return TokenMask(compiled, self._grammars, len(self._tokenizer.encode(constraint.shortest)))
+        return TokenMask(compiled, self._grammars, shortest_reserve(constraint))
 
     async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest,
                       grammar: TokenMask | None) -> AsyncIterator[GenerationChunk]:
@@ -303,7 +304,7 @@ class TransformersBackend:
         generated.finish()
         yield GenerationChunk(
             text=text.flush(generated.text),
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=constrained_finish(finish, generated.text, params.constraint),  # type: ignore[arg-type]
             prompt_tokens=prompt_tokens,
             completion_tokens=len(generated),
             logprobs=tuple(scores),

@@ -29,6 +29,7 @@ from experts.backends.base import (
     TokenLogprob,
     check_prompt_fits,
     check_sampling_fits,
+    constrained_finish,
 )
 from experts.errors import AdapterRejected, ConstraintRejected
 
@@ -132,13 +133,14 @@ class VLLMBackend:
             structured_outputs=StructuredOutputsParams(json=s.constraint.json_schema, disable_any_whitespace=True)
             if s.constraint is not None else None,
             logprobs=s.logprobs, prompt_logprobs=s.prompt_logprobs,
-            extra_args={"closing_shortest": len(self._tokenizer.encode(s.constraint.shortest))}
+            extra_args={"closing_shortest": len(s.constraint.shortest)}  # shortest_reserve, without the import
             if s.constraint is not None else None,
         )
         request_id = uuid.uuid4().hex
         completion_tokens = 0
         finished = False
         prompt_scores = None
+        text = ""  # the answer so far (a constrained answer's finish depends on it)
         try:
             try:
                 outputs = self._engine.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id,
@@ -159,9 +161,13 @@ class VLLMBackend:
                 finished = output.finished
                 scores = tuple(_logprob(token, entry, s.logprobs or 0)
                                for token, entry in zip(piece.token_ids, piece.logprobs or [], strict=False))
+                text += piece.text
+                reason = ("length" if finish == "length" else "stop") if finish is not None else None
+                if reason is not None:
+                    reason = constrained_finish(reason, text, s.constraint)
                 if piece.text or finish is not None or scores:
                     yield GenerationChunk(
-                        text=piece.text, finish_reason="length" if finish == "length" else "stop" if finish else None,
+                        text=piece.text, finish_reason=reason,
                         prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens, logprobs=scores,
                         prompt_logprobs=prompt_scores,
                     )

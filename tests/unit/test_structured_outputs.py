@@ -149,3 +149,13 @@ def test_forced_calls_stream_name_first_then_arguments_piece_by_piece() -> None:
     split = CallStream()
     pieces = [split.feed('[{"name": "f", "arguments":'), split.feed(' {"a"'), split.feed(': 1}}]')]
     assert "".join(d.function.arguments for batch in pieces for d in batch) == '{"a": 1}'
+
+
+def test_a_value_closed_on_the_last_token_of_the_budget_is_a_complete_answer() -> None:
+    from experts.backends.base import OutputConstraint, constrained_finish
+
+    constraint = OutputConstraint.any_object()
+    assert constrained_finish("length", '{"item": "pizza", "quantity": 3}', constraint) == "stop"
+    assert constrained_finish("length", '{"item": "pizza", "quan', constraint) == "length"
+    assert constrained_finish("length", '{"a": 1}', None) == "length"  # free text: cut is cut
+    assert constrained_finish("stop", "", constraint) == "stop"
