@@ -802,6 +802,12 @@ class ResponseFormatText(BaseModel):
             raise ValueError("'schema' is required with type 'json_schema', and only with it")
         return self
 
+    def as_response_format(self) -> ResponseFormat:
+        """The same request in chat's shape (the Responses API flattens `json_schema` into `format`)."""
+        schema = {"name": self.name or "response", "schema": self.schema_, "strict": self.strict}
+        return ResponseFormat(type=self.type, json_schema=JsonSchemaFormat.model_validate(schema)
+                              if self.type == "json_schema" else None)
+
 
 class ResponseTextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -9,11 +9,11 @@ prompt token but the first: how a harness scores a continuation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from experts.backends.base import TokenLogprob
 from routers.conversation import Turn
-from server.chat.generation import Finished, Generation, GenerationService, stream_error_event
+from server.chat.generation import Generation, GenerationService, stream_error_event
 from server.chat.sampling import sampling_for
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
 from server.settings import Settings
@@ -55,7 +55,8 @@ class CompletionService:
             for j, output in enumerate(outputs):
                 choices.append(CompletionChoice(
                     index=number * request.n + j, text=(prompt if request.echo else "") + output.text,
-                    logprobs=_logprobs(request, prompt, output), finish_reason=output.last.finish_reason,
+                    logprobs=_logprobs(request, prompt, output.logprobs, output.prompt_logprobs),
+                    finish_reason=output.last.finish_reason,
                     switchyard=generation.target.info if len(prompts) > 1 else None))
         return Completion(id=first.completion_id, created=first.created, model=first.target.info.expert,
                           choices=choices, switchyard=first.target.info,
@@ -83,8 +84,7 @@ class CompletionService:
                             echoed.add(choice.index)
                             text = prompt + text
                         answers[choice.index].append(chunk.text)
-                        logprobs = _logprobs(request, prompt, Finished(chunk.text, chunk, list(chunk.logprobs),
-                                                                       chunk.prompt_logprobs))
+                        logprobs = _logprobs(request, prompt, chunk.logprobs, chunk.prompt_logprobs)
                         if chunk.finish_reason is not None:
                             unfinished -= 1
                         if text or logprobs is not None or chunk.finish_reason is not None:
@@ -114,7 +114,8 @@ class CompletionService:
             await first.close()
 
 
-def _logprobs(request: CompletionRequest, prompt: str, output: Finished) -> CompletionLogprobs | None:
+def _logprobs(request: CompletionRequest, prompt: str, scores: Sequence[TokenLogprob],
+              prompt_scores: Sequence[TokenLogprob | None] | None) -> CompletionLogprobs | None:
     """OpenAI's legacy shape: tokens with their log-probabilities, the top alternatives as {token: logprob}
     (with the chosen token, as vLLM), and each token's character offset in the returned text. Echoed, the
     prompt's tokens come first; the first has no log-probability (nothing precedes it)."""
@@ -122,12 +123,12 @@ def _logprobs(request: CompletionRequest, prompt: str, output: Finished) -> Comp
         return None
     entries: list[TokenLogprob | None] = []
     tokens: list[str] = []
-    if request.echo and output.prompt_logprobs is not None:
-        rest = [e.token for e in output.prompt_logprobs if e is not None]
-        entries.extend(output.prompt_logprobs)
+    if request.echo and prompt_scores is not None:
+        rest = [e.token for e in prompt_scores if e is not None]
+        entries.extend(prompt_scores)
         tokens.extend([prompt[:max(0, len(prompt) - len("".join(rest)))], *rest])
-    entries.extend(output.logprobs)
-    tokens.extend(e.token for e in output.logprobs)
+    entries.extend(scores)
+    tokens.extend(e.token for e in scores)
     offsets, at = [], 0
     for token in tokens:
         offsets.append(at)

@@ -20,7 +20,7 @@ from experts.backends.base import OutputConstraint
 from server.chat.conversation import conversation_turns
 from server.chat.generation import Generation, GenerationService, stream_error_event
 from server.chat.sampling import sampling_for
-from server.chat.structured import schema_constraint
+from server.chat.structured import constraint_for
 from server.chat.tools import prompt_messages
 from server.protocol import (
     OutputMessage,
@@ -130,10 +130,5 @@ def _as_sampling(request: ResponsesRequest) -> SamplingRequest:
 
 
 def _constraint(request: ResponsesRequest) -> OutputConstraint | None:
-    form = request.text.format if request.text is not None else None
-    if form is None or form.type == "text":
-        return None
-    if form.type == "json_object":
-        return OutputConstraint.any_object()
-    assert form.schema_ is not None
-    return schema_constraint(form.schema_, "text.format")
+    return constraint_for(request.text.format.as_response_format() if request.text is not None else None,
+                          "text.format")

@@ -27,14 +27,14 @@ MAX_SCHEMA_COUNT = 4096
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 
 
-def constraint_for(response_format: ResponseFormat | None) -> OutputConstraint | None:
-    """The constraint `response_format` asks for; None for free text."""
+def constraint_for(response_format: ResponseFormat | None, param: str = "response_format") -> OutputConstraint | None:
+    """The constraint `response_format` asks for; None for free text. `param` names it in a refusal."""
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
         return OutputConstraint.any_object()
     assert response_format.json_schema is not None
-    return schema_constraint(response_format.json_schema.schema_, "response_format")
+    return schema_constraint(response_format.json_schema.schema_, param)
 
 
 def schema_constraint(schema: dict[str, Any], param: str) -> OutputConstraint:
