@@ -18,9 +18,11 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from experts.errors import AdapterRejected
+
+T = TypeVar("T")
 
 # Keys whose value is read and checked below.
 _CHECKED = {"peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "rank_pattern",
@@ -44,6 +46,9 @@ class TargetRule:
     exclude_modules: str | tuple[str, ...] = ()
     layers: frozenset[int] | None = None
     rank_pattern: tuple[tuple[str, int], ...] = ()
+    alpha: float = 8.0
+    alpha_pattern: tuple[tuple[str, float], ...] = ()
+    rslora: bool = False
 
     def selects(self, module: str) -> bool:
         """Whether PEFT would put a LoRA layer on the base module named `module`."""
@@ -59,10 +64,13 @@ class TargetRule:
         return chosen
 
     def rank_of(self, module: str) -> int:
-        for pattern, rank in self.rank_pattern:
-            if re.fullmatch(rf"(.*\.)?({pattern})", module):
-                return rank
-        return self.rank
+        return _by_pattern(self.rank_pattern, module, self.rank)
+
+    def scaling_of(self, module: str) -> float:
+        """The factor PEFT multiplies the module's B·A by: alpha / r (alpha / √r with rsLoRA)."""
+        rank = self.rank_of(module)
+        alpha = _by_pattern(self.alpha_pattern, module, self.alpha)
+        return alpha / (math.sqrt(rank) if self.rslora else rank)
 
     def unknown_targets(self, modules: Iterable[str]) -> list[str]:
         """Listed target names that match none of `modules` (PEFT would skip them without a word)."""
@@ -73,6 +81,14 @@ class TargetRule:
 
     def largest_rank(self) -> int:
         return max([self.rank, *(rank for _, rank in self.rank_pattern)])
+
+
+def _by_pattern(patterns: tuple[tuple[str, T], ...], module: str, default: T) -> T:
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key matching the module name's end."""
+    for pattern, value in patterns:
+        if re.fullmatch(rf"(.*\.)?({pattern})", module):
+            return value
+    return default
 
 
 def _matches(targets: str | tuple[str, ...], module: str) -> bool:
@@ -101,19 +117,19 @@ def check_config(config: Any, max_rank: int) -> TargetRule:
     if not isinstance(config.get("use_rslora", False), bool):
         raise AdapterRejected("use_rslora must be true or false")
     rank = _rank(config.get("r"), "r", max_rank)
-    _number(config.get("lora_alpha", 8), "lora_alpha")
+    alpha = _number(config.get("lora_alpha", 8), "lora_alpha")
     dropout = _number(config.get("lora_dropout", 0.0), "lora_dropout")
     if not 0.0 <= dropout < 1.0:
         raise AdapterRejected(f"lora_dropout={dropout} must be in [0, 1)")
     pattern = _mapping(config.get("rank_pattern"), "rank_pattern")
     ranks = tuple((_regex(key, "rank_pattern"), _rank(value, f"rank_pattern[{key!r}]", max_rank))
                   for key, value in pattern.items())
-    for key, value in _mapping(config.get("alpha_pattern"), "alpha_pattern").items():
-        _regex(key, "alpha_pattern")
-        _number(value, f"alpha_pattern[{key!r}]")
+    alphas = tuple((_regex(key, "alpha_pattern"), _number(value, f"alpha_pattern[{key!r}]"))
+                   for key, value in _mapping(config.get("alpha_pattern"), "alpha_pattern").items())
     return TargetRule(rank=rank, target_modules=_targets(config.get("target_modules"), "target_modules", True),
                       exclude_modules=_targets(config.get("exclude_modules"), "exclude_modules", False),
-                      layers=_layers(config.get("layers_to_transform")), rank_pattern=ranks)
+                      layers=_layers(config.get("layers_to_transform")), rank_pattern=ranks, alpha=alpha,
+                      alpha_pattern=alphas, rslora=bool(config.get("use_rslora", False)))
 
 
 def _is_off(value: Any) -> bool:

@@ -56,3 +56,8 @@ class SamplingRejected(ExpertError):
 
 class ConstraintRejected(ExpertError):
     """A structured-output constraint the grammar engine cannot compile (an unsupported or invalid schema)."""
+
+
+class MixtureRejected(ExpertError):
+    """A mixture of experts that cannot be served: a component that is not an adapter, too many components,
+    bad weights, or a combined rank over the engine's limit."""

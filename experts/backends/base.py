@@ -71,15 +71,46 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class AdapterMix:
+    """Several adapters answering one request together: every LoRA layer adds Σ wᵢ·Bᵢ·Aᵢ·x, the weighted
+    sum of the components' deltas (LoraRetriever's mixture). The weights need not sum to one: a generalist
+    share is simply missing weight, which scales every delta down. Frozen and hashable, so a mixture can key
+    caches (prefix KV, vLLM's derived adapters) exactly as a single adapter's name does."""
+
+    components: tuple[tuple[str, float], ...]  # (adapter key, weight), in the caller's order
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.components)
+
+    def renamed(self, rename: dict[str, str]) -> AdapterMix:
+        """The same mixture over other keys for the same adapters (a Ray replica's own load keys)."""
+        return AdapterMix(tuple((rename[key], weight) for key, weight in self.components))
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation: a chat conversation (rendered with the model's chat template) or, for
-    `/v1/completions`, a raw `prompt`; and the adapter to run it with (None: the generalist)."""
+    `/v1/completions`, a raw `prompt`; and what runs it: one adapter (`adapter_key`), a weighted mixture of
+    adapters (`mixture`), or, when both are None, the generalist."""
 
     messages: Sequence[dict[str, str]]
     adapter_key: str | None
     sampling: SamplingParams
     max_prompt_tokens: int | None = None
     prompt: str | None = None  # raw text, used instead of `messages` when set
+    mixture: AdapterMix | None = None
+
+    def __post_init__(self) -> None:
+        if self.mixture is not None and self.adapter_key is not None:
+            raise ValueError("a request runs one adapter or a mixture, not both")
+
+    @property
+    def adapter_keys(self) -> tuple[str, ...]:
+        """Every adapter this request needs on the device while it runs."""
+        if self.mixture is not None:
+            return self.mixture.keys
+        return (self.adapter_key,) if self.adapter_key is not None else ()
 
 
 @dataclass(frozen=True)

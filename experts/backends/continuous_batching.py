@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
-from experts.backends.base import SamplingParams
+from experts.backends.base import AdapterMix, SamplingParams
 from experts.backends.prefix_cache import PrefixCache
 from experts.backends.sampling import PromptScores, SampledToken, apply_penalties, sample_next_token, scores_of
-from experts.backends.stacked_lora import StackedLora
+from experts.backends.stacked_lora import BASE_ADAPTER, StackedLora
+from experts.errors import AdapterRejected
 
 if TYPE_CHECKING:
     from experts.backends.structured import TokenMask
 
 FINISHED = None  # sentinel pushed after the last token of a row
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a per-sample adapter_names list
 
 
 @dataclass(eq=False)
@@ -42,7 +42,7 @@ class Row:
     """One request inside the batch."""
 
     prompt_ids: torch.Tensor  # [1, prompt_len]
-    adapter: str  # PEFT adapter name, or "__base__"
+    adapter: str | AdapterMix  # PEFT adapter name, "__base__", or a mixture of adapter names (stacked only)
     sampling: SamplingParams
     generator: torch.Generator | None
     eos_ids: set[int]
@@ -95,7 +95,7 @@ class BatchScheduler:
 
     # -- model thread ---------------------------------------------------------------------------------
 
-    def forward(self, adapters_of_rows: list[str], **kwargs: Any) -> Any:
+    def forward(self, adapters_of_rows: list[str | AdapterMix], **kwargs: Any) -> Any:
         """One forward pass for `rows`. With stacked LoRA (the default) every batch, mixed or not, is one
         pass of gathered matmuls (`stacked_lora.py`). Without it, PEFT's per-sample routing costs time in
         every LoRA layer, so a batch whose rows all use one adapter runs through PEFT's single-adapter path.
@@ -109,6 +109,9 @@ class BatchScheduler:
             if self._stacked is not None and self._stacked.ready(model):
                 with self._stacked.rows(adapters_of_rows, kwargs["input_ids"].device):
                     return model(use_cache=True, **kwargs)
+            if any(isinstance(a, AdapterMix) for a in adapters):
+                raise AdapterRejected("adapter mixtures need stacked LoRA (the `stacked_lora` setting, and no "
+                                      "DoRA or LoRA-bias adapter loaded)")
             if len(adapters) == 1 and BASE_ADAPTER not in adapters:
                 (only,) = adapters
                 if model.active_adapter != only:
