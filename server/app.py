@@ -112,7 +112,7 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
     sessions = (SessionStore(settings.session_max_entries, settings.session_ttl_seconds)
                 if settings.session_affinity else None)
     routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name, lanes,
-                             context=settings.conversation_context(),
+                             context=settings.conversation_context(), mixture=settings.mixture_params(),
                              cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions)
     restore_rule(manifest, routing)
     admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)

@@ -139,6 +139,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.mixture_components = Counter(
+            "switchyard_mixture_components_total",
+            "Requests answered by a mixture, by component expert (the generalist's share included).",
+            ["expert"],
+            registry=self.registry,
+        )
+        self.mixture_weight = Counter(
+            "switchyard_mixture_weight_total",
+            "Sum of each component expert's weight over the mixtures it took part in.",
+            ["expert"],
+            registry=self.registry,
+        )
+
         self.activity = RecentActivity()  # the console's live view (server/admin/activity.py)
 
     def decided(self, expert: str, fallback: bool, score: float | None) -> None:
@@ -147,6 +160,12 @@ class Metrics:
         if score is not None:
             self.routing_score.labels(expert).observe(score)
         self.activity.decided(expert, fallback)
+
+    def mixed(self, components: list[tuple[str, float]]) -> None:
+        """A request leased a mixture: count it for every component, with the share each had."""
+        for name, weight in components:
+            self.mixture_components.labels(name).inc()
+            self.mixture_weight.labels(name).inc(weight)
 
     def embedding_cache(self, entries: int, hits: int, misses: int) -> None:
         if hits:

@@ -6,6 +6,7 @@ Switchyard's explanation of each answer travels in the extension field `switchya
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from experts.spec import ExpertSpec
 from experts.unicode_text import reject_lone_surrogates
+from routers.mixture import MAX_MIXTURE
 
 MAX_MESSAGES = 256
 MAX_LOGIT_BIAS = 300  # as OpenAI
@@ -119,6 +121,20 @@ class NamedToolChoice(BaseModel):
 
 MAX_TOOLS = 128  # as OpenAI
 MAX_CHOICES = 16  # `n`: each choice is a row of the running batch
+MIXTURE_DESCRIPTION = ("a weighted mixture of experts answering together, {name: weight} (weights are "
+                       "normalised to sum to one; the generalist's name is a share with no adapter, which scales "
+                       "the others down); `model` must then be 'auto' or the same names joined with '+'")
+
+
+def mixture_weights(value: dict[str, float] | None) -> dict[str, float] | None:
+    """`experts`: 1 to MAX_MIXTURE names with finite, non-negative weights, not all zero."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_MIXTURE:
+        raise ValueError(f"a mixture has 1 to {MAX_MIXTURE} experts")
+    if any(not math.isfinite(w) or w < 0 for w in value.values()) or sum(value.values()) <= 0:
+        raise ValueError("weights are finite, non-negative numbers, and not all zero")
+    return value
 MAX_LOGPROBS = 20  # top alternatives per token, as OpenAI
 
 
@@ -171,6 +187,9 @@ class SamplingRequest(RequestModel):
                                                 "string) -> a bias from -100 to 100 added to its logit")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension; 1 is off")
     min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end-of-sequence before this many tokens")
+    experts: dict[str, float] | None = Field(None, description=MIXTURE_DESCRIPTION)
+
+    _mixture = field_validator("experts")(mixture_weights)
 
     @field_validator("logit_bias")
     @classmethod
@@ -318,11 +337,18 @@ class ScoredExpertOut(BaseModel):
     score: float
 
 
+class MixtureComponentOut(BaseModel):
+    name: str
+    weight: float
+
+
 class RoutingInfo(BaseModel):
     """The decision record: which expert served the request, with what score and why."""
 
     expert: str = Field(description="the expert that answered, or the generalist's name")
-    kind: Literal["adapter", "retriever", "generalist"]
+    kind: Literal["adapter", "retriever", "generalist", "mixture"]
+    experts: list[MixtureComponentOut] | None = Field(
+        None, description="a mixture: every expert that answered, with its weight (weights sum to one)")
     score: float | None
     runner_up: str | None
     runner_up_score: float | None
@@ -850,6 +876,9 @@ class ResponsesRequest(RequestModel):
     prompt: Any = None
     top_logprobs: Any = None
     max_tool_calls: Any = None
+    experts: dict[str, float] | None = Field(None, description=MIXTURE_DESCRIPTION)
+
+    _mixture = field_validator("experts")(mixture_weights)
 
     @field_validator(*RESPONSES_NOT_SUPPORTED, mode="after")
     @classmethod

@@ -18,6 +18,7 @@ from experts.encoders.pool import EncoderConfig
 from experts.encoders.query import EMBEDDED_ENCODER
 from experts.models import EMBEDDED_BASE
 from routers.conversation import ContextParams
+from routers.mixture import MAX_MIXTURE, MixtureParams
 
 
 class Settings(BaseSettings):
@@ -47,6 +48,12 @@ class Settings(BaseSettings):
         default_factory=dict, description="conversation routing (routers/conversation.py ContextParams): "
         "temperature, switch_probability, decay, neutral_similarity, max_turns; calibrating on conversations "
         "refits temperature and switch_probability")
+    mixture_max_experts: int = Field(1, ge=1, le=MAX_MIXTURE, description="routed mixtures: the most experts "
+                                     "`auto` mixes when their scores are close (1: off, the default)")
+    mixture_margin: float = Field(0.05, ge=0.0, description="routed mixtures: experts scoring within this of the "
+                                  "best take part")
+    mixture_temperature: float = Field(0.05, gt=0.0, description="routed mixtures: weights are "
+                                       "softmax(score / temperature)")
     embedding_cache_size: int = Field(10_000, ge=0, description="query embeddings cached by exact text "
                                       "(earlier conversation turns, repeated queries)")
     session_affinity: bool = Field(True, description="remember each session's expert (OpenAI's `user` field "
@@ -175,6 +182,9 @@ class Settings(BaseSettings):
     def conversation_context(self) -> ContextParams:
         return ContextParams(**self.context_params)
 
+    def mixture_params(self) -> MixtureParams:
+        return MixtureParams(self.mixture_max_experts, self.mixture_margin, self.mixture_temperature)
+
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(self.encoder_model, self.encoder_runtime, self.encoder_int8,
                              self.model_cache_dir / "encoders")
@@ -197,8 +207,9 @@ class Settings(BaseSettings):
             problems.append(f"chunk_overlap ({self.chunk_overlap}) must be below chunk_words ({self.chunk_words})")
         if self.default_top_k > self.max_top_k:
             problems.append(f"default_top_k ({self.default_top_k}) exceeds max_top_k ({self.max_top_k})")
-        if self.generalist_name == "auto" or not self.generalist_name.strip():
-            problems.append(f"generalist_name {self.generalist_name!r} must be a name other than 'auto'")
+        if self.generalist_name == "auto" or not self.generalist_name.strip() or "+" in self.generalist_name:
+            problems.append(f"generalist_name {self.generalist_name!r} must be a name other than 'auto', without "
+                            "'+' (it joins a mixture's names)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

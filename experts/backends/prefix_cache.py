@@ -14,10 +14,12 @@ least recently used entry goes past `max_entries` (an entry is ~1 MB for SmolLM2
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
+
+from experts.backends.base import AdapterMix
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [1, kv_heads, prefix_len, head_dim]
 
@@ -43,7 +45,7 @@ class PrefixCache:
     def __init__(self, prefix_ids: Sequence[int], max_entries: int = 32) -> None:
         self.prefix_ids = list(prefix_ids)
         self._prefix = torch.tensor(self.prefix_ids, dtype=torch.long)
-        self._entries: OrderedDict[str, list[LayerKV]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, list[LayerKV]] = OrderedDict()
         self._max_entries = max_entries
         self.hits = 0
         self.misses = 0
@@ -56,7 +58,7 @@ class PrefixCache:
         n = len(self.prefix_ids)
         return n > 0 and prompt_ids.shape[1] > n and torch.equal(prompt_ids[0, :n].cpu(), self._prefix)
 
-    def get(self, adapter: str) -> list[LayerKV] | None:
+    def get(self, adapter: Hashable) -> list[LayerKV] | None:
         entry = self._entries.get(adapter)
         if entry is None:
             self.misses += 1
@@ -65,16 +67,18 @@ class PrefixCache:
         self.hits += 1
         return entry
 
-    def put(self, adapter: str, layers: list[LayerKV]) -> None:
+    def put(self, adapter: Hashable, layers: list[LayerKV]) -> None:
         self._entries[adapter] = layers
         self._entries.move_to_end(adapter)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
     def forget(self, adapter: str) -> None:
-        self._entries.pop(adapter, None)
+        """Drop an unloaded adapter's entry, and those of the mixtures it was part of."""
+        for key in [k for k in self._entries if k == adapter or (isinstance(k, AdapterMix) and adapter in k.keys)]:
+            del self._entries[key]
 
-    def batch(self, adapters: Sequence[str]) -> list[LayerKV]:
+    def batch(self, adapters: Sequence[Hashable]) -> list[LayerKV]:
         """The cached prefixes of `adapters` (all present), stacked row by row, per layer."""
         entries = [self._entries[a] for a in adapters]
         return [(torch.cat([e[i][0] for e in entries]), torch.cat([e[i][1] for e in entries]))

@@ -45,13 +45,14 @@ from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import IncrementalDecoder, PromptScores, SampledToken, StreamedText, TokenScores
 from experts.backends.stacked_lora import StackedLora
-from experts.errors import AdapterRejected, AdapterUnavailable
+from experts.errors import AdapterRejected, AdapterUnavailable, MixtureRejected
 
 if TYPE_CHECKING:
     from experts.backends.structured import GrammarCompiler, TokenMask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_TIER_COST = {Tier.DEVICE: 0, Tier.HOST: 1, Tier.DISK: 2}
 HEALTH_PROBE_SECONDS = 5.0
 
 
@@ -153,6 +154,23 @@ class TransformersBackend:
     def tier_counts(self) -> dict[str, int]:
         return {tier.value: count for tier, count in self._plan.counts().items()}
 
+    def _activate_all(self, keys: tuple[str, ...], mixture: bool) -> Activation:
+        """Bring every adapter of a request to the device and pin them all (a mixture row needs all its
+        components there at once); one activation for the record: the slowest tier, the summed time."""
+        activations: list[Activation] = []
+        try:
+            for key in keys:
+                activations.append(self._activate(key))
+            if mixture and not (self._stacked is not None and self._peft is not None
+                                and self._stacked.ready(self._peft)):
+                raise MixtureRejected("adapter mixtures need stacked LoRA (the `stacked_lora` setting)")
+        except BaseException:
+            for key in keys[:len(activations)]:
+                self._release(key)
+            raise
+        slowest = max(activations, key=lambda a: _TIER_COST[a.tier])
+        return Activation(tier=slowest.tier, load_ms=sum(a.load_ms for a in activations))
+
     def _activate(self, key: str) -> Activation:
         """Bring `key` to the device (from host memory or disk) and pin it for one request."""
         tier = self._plan.tier(key)
@@ -232,18 +250,19 @@ class TransformersBackend:
         grammar = None
         if request.sampling.constraint is not None:  # compiled off the model thread (cached per schema)
             grammar = await asyncio.to_thread(self._token_mask, request.sampling.constraint)
-        key = request.adapter_key
-        if key is None:
+        keys = request.adapter_keys
+        if not keys:
             async for chunk in self._decode(prompt_ids, request, grammar):
                 yield chunk
             return
-        activation = await self._on_model_thread(self._activate, key)
+        activation = await self._on_model_thread(self._activate_all, keys, request.mixture is not None)
         try:
             yield GenerationChunk(text="", activation=activation)
             async for chunk in self._decode(prompt_ids, request, grammar):
                 yield chunk
         finally:
-            self._executor.submit(self._release, key)  # not awaited: also runs when the client went away
+            for key in keys:  # not awaited: also runs when the client went away
+                self._executor.submit(self._release, key)
 
     def _token_mask(self, constraint: OutputConstraint) -> TokenMask:
         """A row's grammar state for `constraint` (compiled grammars are cached per schema). The engine is
@@ -263,7 +282,7 @@ class TransformersBackend:
         params = request.sampling
         prompt_tokens = int(prompt_ids.shape[1])
         row = Row(
-            prompt_ids=prompt_ids, adapter=request.adapter_key or BASE_ADAPTER, sampling=params,
+            prompt_ids=prompt_ids, adapter=request.mixture or request.adapter_key or BASE_ADAPTER, sampling=params,
             generator=torch.Generator().manual_seed(params.seed) if params.seed is not None else None,
             eos_ids=self._eos_ids, loop=asyncio.get_running_loop(), queue=asyncio.Queue(), grammar=grammar,
         )

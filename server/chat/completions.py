@@ -33,7 +33,7 @@ class CompletionService:
                                 else None)
         return await self._generation.open(endpoint=ENDPOINT, model=request.model, turns=[Turn(prompt)],
                                            session=session, sampling=sampling, prompt=prompt, n=request.n,
-                                           id_prefix="cmpl")
+                                           id_prefix="cmpl", experts=request.experts)
 
     async def complete(self, request: CompletionRequest, first: Generation, session: str | None) -> Completion:
         """Every prompt's choices (non-streaming); `first` is the first prompt's opened generation."""

@@ -168,17 +168,18 @@ class GenerationService:
 
     async def open(self, *, endpoint: str, model: str, turns: list[Turn], session: str | None,
                    sampling: SamplingParams, messages: Sequence[dict[str, str]] = (), prompt: str | None = None,
-                   n: int = 1, id_prefix: str = "chatcmpl") -> Generation:
+                   n: int = 1, id_prefix: str = "chatcmpl", experts: dict[str, float] | None = None) -> Generation:
         """Admit, route, lease and start `n` independent samples of the conversation `messages` (or the
-        raw `prompt`). Routing reads `turns`; `session` is the session-affinity key."""
+        raw `prompt`). Routing reads `turns`; `session` is the session-affinity key; `experts` pins a
+        weighted mixture."""
         started = time.monotonic()
         slot = await self._admission.acquire()  # one slot per request, whatever its `n`
         deadline = started + self._settings.request_timeout_seconds
         try:
             for attempt in range(2):
                 try:
-                    return await self._open_on_target(endpoint, model, turns, session, sampling, messages, prompt,
-                                                      n, id_prefix, slot, started, deadline)
+                    return await self._open_on_target(endpoint, model, experts, turns, session, sampling,
+                                                      messages, prompt, n, id_prefix, slot, started, deadline)
                 except AdapterUnavailable as exc:
                     # Its files were damaged or deleted after registration: the expert leaves routing, and
                     # an `auto` request is routed again (to another expert or the generalist).
@@ -192,13 +193,15 @@ class GenerationService:
             slot.release()
             raise
 
-    async def _open_on_target(self, endpoint: str, model: str, turns: list[Turn], session: str | None,
+    async def _open_on_target(self, endpoint: str, model: str, experts: dict[str, float] | None,
+                              turns: list[Turn], session: str | None,
                               sampling: SamplingParams, messages: Sequence[dict[str, str]], prompt: str | None,
                               n: int, id_prefix: str, slot: Slot, started: float, deadline: float) -> Generation:
-        target = await self._routing.resolve(model, turns, session)
+        target = await self._routing.resolve(model, turns, session, experts)
         messages = list(messages)
         grounding = None
         adapter_key = target.expert.backend_key if target.expert is not None else None
+        mixture = target.adapter_mix
         streams: list[AsyncIterator[GenerationChunk]] = []
         try:
             if target.is_retriever and target.expert is not None:
@@ -215,7 +218,7 @@ class GenerationService:
                 seeded = replace(sampling, seed=sampling.seed + index) if sampling.seed is not None and index else \
                     sampling
                 streams.append(self._backend.generate(GenerationRequest(
-                    messages, adapter_key, seeded, self._settings.max_prompt_tokens, prompt=prompt)))
+                    messages, adapter_key, seeded, self._settings.max_prompt_tokens, prompt=prompt, mixture=mixture)))
                 first = await anext(streams[-1])
                 choices.append(ChoiceStream(index, streams[-1], first, (first.prompt_tokens, first.completion_tokens)))
         except BaseException:

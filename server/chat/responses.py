@@ -47,7 +47,8 @@ class ResponsesService:
         sampling = sampling_for(_as_sampling(request), self._settings, constraint=_constraint(request))
         return await self._generation.open(endpoint=ENDPOINT, model=request.model,
                                            turns=conversation_turns(messages), session=session, sampling=sampling,
-                                           messages=prompt_messages(messages, None), id_prefix="resp")
+                                           messages=prompt_messages(messages, None), id_prefix="resp",
+                                           experts=request.experts)
 
     async def complete(self, request: ResponsesRequest, generation: Generation) -> ResponseObject:
         try:

@@ -82,7 +82,7 @@ class ChatService:
         sampling = chat_sampling(request, self._settings, tool_use)
         generation = await self._generation.open(
             endpoint=ENDPOINT, model=request.model, turns=turns, session=session, sampling=sampling,
-            messages=prompt_messages(request.messages, tool_use), n=request.n)
+            messages=prompt_messages(request.messages, tool_use), n=request.n, experts=request.experts)
         return ChatRun(request, generation, tool_use)
 
     async def complete(self, run: ChatRun) -> ChatCompletion:

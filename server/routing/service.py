@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from experts.backends.base import AdapterMix
 from experts.encoders.query import QueryEncoder
-from experts.errors import ExpertGone
+from experts.errors import ExpertGone, MixtureRejected
 from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from routers.base import Decision, Router, nearest_evidence
 from routers.batching import MicroBatcher
@@ -36,9 +37,10 @@ from routers.conversation import (
     window,
 )
 from routers.embedding_cache import EmbeddingCache
+from routers.mixture import MAX_MIXTURE, MixtureParams, routed_mixture
 from server.errors import APIError
 from server.metrics import Metrics
-from server.protocol import RoutingInfo
+from server.protocol import MixtureComponentOut, RoutingInfo
 from server.routing.record import decision_record, unrouted_record
 from server.routing.sessions import SessionStore
 from server.runtime.lanes import Lanes
@@ -46,24 +48,35 @@ from server.runtime.lanes import Lanes
 log = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
+MIXTURE_JOIN = "+"  # model="sql+math": a mixture of those experts, equal weights
 _MAX_REROUTES = 3
 
 
 @dataclass
 class Target:
-    """Where one request runs. `expert` None means the generalist; `lease` must be released."""
+    """Where one request runs: one `expert`, a `mixture` of adapter experts with their weights (the
+    generalist's share, if any, is the weight missing from the sum), or, when both are empty, the
+    generalist. Every expert is leased; `release` gives the leases back (idempotent)."""
 
     expert: Expert | None
     info: RoutingInfo
-    lease: Lease | None
+    leases: tuple[Lease, ...] = ()
+    mixture: tuple[tuple[Expert, float], ...] = ()
 
     def release(self) -> None:
-        if self.lease is not None:
-            self.lease.release()
+        for lease in self.leases:
+            lease.release()
 
     @property
     def is_retriever(self) -> bool:
         return self.expert is not None and self.expert.resource.index is not None
+
+    @property
+    def adapter_mix(self) -> AdapterMix | None:
+        """The backend's view of the mixture: adapter keys of these exact versions, with weights."""
+        if not self.mixture:
+            return None
+        return AdapterMix(tuple((expert.backend_key, weight) for expert, weight in self.mixture))
 
 
 class RoutingService:
@@ -79,6 +92,7 @@ class RoutingService:
         context: ContextParams | None = None,
         cache: EmbeddingCache | None = None,
         sessions: SessionStore | None = None,
+        mixture: MixtureParams | None = None,
     ) -> None:
         self._encoder = encoder
         self._lanes = lanes  # routing's own threads, never shared with bulk work
@@ -92,6 +106,7 @@ class RoutingService:
         self.rule_fit: dict[str, object] = {}  # what calibration fitted `rule` on (fitted_on, accuracy, ...)
         self.default_context = context or ContextParams()
         self.context: ContextParams = self.default_context  # likewise
+        self.mixture = mixture or MixtureParams()  # routed mixtures (off unless max_experts > 1)
         self.cache = cache or EmbeddingCache(capacity=10_000)
         self.sessions = sessions
         self._neutral = encoder.encode(list(NEUTRAL_PHRASES))
@@ -161,26 +176,91 @@ class RoutingService:
         if decision.context is not None:
             self._metrics.context_outcomes.labels(decision.context.outcome).inc()
 
-    async def resolve(self, model: str, turns: Sequence[Turn], session: str | None = None) -> Target:
-        """Pick and lease the target for `model`; raises a 404 `APIError` for an unknown model name."""
+    async def resolve(self, model: str, turns: Sequence[Turn], session: str | None = None,
+                      experts: dict[str, float] | None = None) -> Target:
+        """Pick and lease the target for `model` (and the mixture weights `experts`, when given); raises a
+        404 `APIError` for an unknown model name."""
+        if experts is not None:
+            return self._pinned_mixture(model, experts)
+        if MIXTURE_JOIN in model:
+            names = model.split(MIXTURE_JOIN)
+            if len(set(names)) != len(names):
+                raise MixtureRejected(f"model {model!r} names an expert twice")
+            return self._pinned_mixture(model, dict.fromkeys(names, 1.0))
         if model == self.generalist_name:
             return self._generalist(reason="the generalist was requested by name", fallback=False)
         if model != AUTO_MODEL:
             return self._pinned(model)
         for _ in range(_MAX_REROUTES):
-            decision, snapshot, routing_ms = await self.rank(turns, session=session)
-            expert = snapshot.experts.get(decision.expert) if decision.expert else None
-            lease = None
-            if expert is not None:
-                try:
-                    lease = self._registry.lease(expert)
-                except ExpertGone:
-                    continue  # removed between ranking and leasing: rank again on the new snapshot
+            decision, snapshot, routing_ms = await self.rank(turns, top_n=max(2, self.mixture.max_experts),
+                                                             session=session)
             info = self.routing_info(decision, snapshot.version, routing_ms)
-            self._metrics.decided(info.expert, decision.fallback, decision.score)
+            try:
+                target = self._routed_target(decision, snapshot, info)
+            except ExpertGone:
+                continue  # removed between ranking and leasing: rank again on the new snapshot
+            self._metrics.decided(target.info.expert, decision.fallback, decision.score)
             self.remember(session, decision)
-            return Target(expert=expert, info=info, lease=lease)
+            return target
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
+
+    def _routed_target(self, decision: Decision, snapshot: Snapshot, info: RoutingInfo) -> Target:
+        """Lease what `decision` chose: a routed mixture when its best experts are close (and mixtures are
+        on), else its one expert (or the generalist). `ExpertGone` when one was removed since the snapshot."""
+        mixed = routed_mixture(decision, self.mixture,
+                               lambda name: name in snapshot.experts and snapshot.experts[name].kind == "adapter")
+        if mixed is not None:
+            components = [(snapshot.experts[name], weight) for name, weight in mixed.components]
+            return self._lease_mixture(components, info.model_copy(update={"reason": f"{info.reason}; {mixed.reason}"}))
+        expert = snapshot.experts.get(decision.expert) if decision.expert else None
+        leases = (self._registry.lease(expert),) if expert is not None else ()
+        return Target(expert=expert, info=info, leases=leases)
+
+    def _pinned_mixture(self, model: str, weights: dict[str, float]) -> Target:
+        """A mixture the client named: `model` "a+b" (equal weights) or `experts` {name: weight}."""
+        names = list(weights)
+        if model != AUTO_MODEL and sorted(model.split(MIXTURE_JOIN)) != sorted(names):
+            raise MixtureRejected(f"model {model!r} does not name the experts of `experts` ({', '.join(names)}); "
+                                  "use 'auto' or the same names joined with '+'")
+        if len(names) > MAX_MIXTURE:
+            raise MixtureRejected(f"a mixture has at most {MAX_MIXTURE} experts, got {len(names)}")
+        snapshot = self._registry.snapshot
+        total = sum(weights.values())
+        if total <= 0:
+            raise MixtureRejected("a mixture's weights must not all be zero")
+        components: list[tuple[Expert | None, float]] = []
+        for name in names:
+            expert = None if name == self.generalist_name else snapshot.experts.get(name)
+            if expert is None and name != self.generalist_name:
+                raise APIError(404, f"expert {name!r} of the mixture does not exist; see GET /v1/models",
+                               "not_found_error", "model_not_found", "model")
+            if expert is not None and expert.kind != "adapter":
+                raise MixtureRejected(f"expert {name!r} is a {expert.kind}; only adapter experts (and the "
+                                      "generalist) can be mixed")
+            components.append((expert, round(weights[name] / total, 3)))
+        info = unrouted_record(MIXTURE_JOIN.join(names), "mixture", "the mixture was pinned by the request; "
+                               "routing skipped", False, snapshot.version)
+        return self._lease_mixture(components, info)
+
+    def _lease_mixture(self, components: Sequence[tuple[Expert | None, float]], info: RoutingInfo) -> Target:
+        """Lease every component (all or none) and describe the mixture in the record."""
+        leases: list[Lease] = []
+        try:
+            for expert, _ in components:
+                if expert is not None:
+                    leases.append(self._registry.lease(expert))
+        except ExpertGone:
+            for lease in leases:
+                lease.release()
+            raise
+        names = [expert.name if expert is not None else self.generalist_name for expert, _ in components]
+        info = info.model_copy(update={
+            "expert": MIXTURE_JOIN.join(names), "kind": "mixture",
+            "experts": [MixtureComponentOut(name=name, weight=weight)
+                        for name, (_, weight) in zip(names, components, strict=True)]})
+        self._metrics.mixed([(name, weight) for name, (_, weight) in zip(names, components, strict=True)])
+        return Target(expert=None, info=info, leases=tuple(leases),
+                      mixture=tuple((expert, weight) for expert, weight in components if expert is not None))
 
     async def expert_failed(self, key: str, reason: str) -> None:
         """An adapter could not be activated: take its expert out of routing (reported as failed)."""
@@ -263,12 +343,12 @@ class RoutingService:
         lease = self._registry.lease(expert)  # ExpertGone -> 404 through the error handlers
         info = unrouted_record(name, expert.spec.kind, "the expert was pinned by name; routing skipped", False,
                                   snapshot.version)
-        return Target(expert=expert, info=info, lease=lease)
+        return Target(expert=expert, info=info, leases=(lease,))
 
     def _generalist(self, reason: str, fallback: bool) -> Target:
         info = unrouted_record(self.generalist_name, "generalist", reason, fallback,
                                   self._registry.snapshot.version)
-        return Target(expert=None, info=info, lease=None)
+        return Target(expert=None, info=info)
 
 
 def _with_evidence(decision: Decision, snapshot: Snapshot, user_vectors: torch.Tensor) -> Decision:

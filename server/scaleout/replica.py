@@ -126,25 +126,28 @@ class ExpertReplica:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any] | GenerationChunk]:
         """Stream one generation. The first item (a dict) says where it ran; the rest are the backend's
         chunks, or a dict naming the error that stopped it."""
-        model_id = serve.get_multiplexed_model_id()
-        expert: LoadedExpert | None = None
-        cache_hit = None
-        if model_id:
-            cache_hit = model_id in self._held
-            expert = await self.expert(model_id)
-            expert.acquire()
+        model_id = serve.get_multiplexed_model_id()  # the adapter, or a mixture's first component
+        held: dict[str, LoadedExpert] = {}  # gateway key -> this replica's loaded copy, each acquired
+        cache_hit = model_id in self._held if model_id else None
         try:
+            for key in request.adapter_keys:  # a mixture needs every component in this replica's model
+                if key not in held:
+                    held[key] = await self.expert(key)
+                    held[key].acquire()
+            load_ms = sum(loaded.load_ms for loaded in held.values())
             yield {"replica": self._replica, "model_id": model_id or None, "adapter_cache_hit": cache_hit,
-                   "adapter_load_ms": None if cache_hit in (None, True) else expert.load_ms}
-            generation = replace(request, adapter_key=expert.key if expert else None)  # this replica's key
+                   "adapter_load_ms": None if cache_hit in (None, True) else load_ms}
+            local = {key: loaded.key for key, loaded in held.items()}  # this replica's keys
+            generation = replace(request, adapter_key=local.get(request.adapter_key or ""),
+                                 mixture=request.mixture.renamed(local) if request.mixture else None)
             try:
                 async for chunk in self._backend.generate(generation):
                     yield chunk
             except ExpertError as exc:
                 yield {"error": str(exc), "error_type": type(exc).__name__}
         finally:
-            if expert is not None:
-                expert.release()
+            for loaded in held.values():
+                loaded.release()
 
     async def base_checksum(self) -> str | None:
         return await self._backend.base_checksum()

@@ -76,7 +76,8 @@ class ReplicaBackend:
         return {}
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        handle = self._replicas.options(multiplexed_model_id=request.adapter_key or "", stream=True)
+        keys = request.adapter_keys  # a mixture goes where its first component is (the replica loads the rest)
+        handle = self._replicas.options(multiplexed_model_id=keys[0] if keys else "", stream=True)
         stream = handle.generate.remote(request)  # the dataclasses travel as they are (pickled)
         try:
             placement = await stream.__anext__()
@@ -88,7 +89,7 @@ class ReplicaBackend:
                 raise exc.cause from exc
             raise
         activation = None
-        if request.adapter_key is not None:
+        if keys:
             tier = Tier.DEVICE if placement["adapter_cache_hit"] else Tier.DISK
             activation = Activation(tier, placement["adapter_load_ms"] or 0.0)
         first, finished = True, False

@@ -33,7 +33,7 @@ async def _events(failure: Exception) -> tuple[list[str], Metrics]:
     info = RoutingInfo(expert="sql", kind="adapter", score=0.9, runner_up=None, runner_up_score=None,
                        fallback=False, reason="test", router="knn", threshold=0.3, registry_version=1,
                        routing_ms=1.0)
-    generation = Generation(target=Target(expert=None, info=info, lease=None),
+    generation = Generation(target=Target(expert=None, info=info),
                             choices=[ChoiceStream(0, generator, await generator.__anext__())],
                             completion_id="chatcmpl-test", created=0, slot=Slot(Admission(1, 0, 1)),
                             deadline=time.monotonic() + 60, started=time.monotonic())
