@@ -86,9 +86,11 @@ def adapter_root(server: ServerProcess) -> Path:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server of the module's own on each backend in turn (for tests that hold for every backend)."""
+    """A server of the module's own on each backend in turn (for tests that hold for every backend), with the
+    module's `BACKEND_SETTINGS` (a dict of settings) when it has them."""
     directory = tmp_path_factory.mktemp(f"backend-{request.param}")
-    config = write_config(directory, backend=request.param, max_batch_size=8)
+    settings = {"max_batch_size": 8, **getattr(request.module, "BACKEND_SETTINGS", {})}
+    config = write_config(directory, backend=request.param, **settings)
     proc = ServerProcess(config, directory / "server.log").start(timeout=600)
     proc.directory = directory  # type: ignore[attr-defined]
     try:
