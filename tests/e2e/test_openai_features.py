@@ -1,7 +1,8 @@
 """The OpenAI features of issue 18 through the session server, so that the contract run on Ray
 (`pytest --server-mode ray -m contract`) shows they travel the one request path: structured outputs,
-forced tool calls, logprobs, `n`, completions with echo, and responses. The full conformance suite, on
-both backends, is `test_openai_conformance.py`."""
+forced tool calls, logprobs, `n`, completions with echo, and responses; and issue 21's pinned mixtures
+(on Ray, one replica loads every component). The full suites, on both backends, are
+`test_openai_conformance.py` and `test_mixtures.py`."""
 
 from __future__ import annotations
 
@@ -48,3 +49,16 @@ def test_completions_echo_and_responses(client: openai.OpenAI) -> None:
     assert completion.choices[0].logprobs.token_logprobs[0] is None
     response = client.responses.create(model="auto", input="Name a colour.", max_output_tokens=8)
     assert response.output_text and response.model_extra["switchyard"]["expert"]
+
+
+def test_pinned_mixture_streams_with_its_components(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Write the SQL for the average monthly growth rate."}]
+    single = client.chat.completions.create(model="sql", messages=messages, max_tokens=16, temperature=0)
+    mixed = client.chat.completions.create(model="auto", messages=messages, max_tokens=16, temperature=0,
+                                           extra_body={"experts": {"sql": 1.0, "math": 0.0}})
+    assert mixed.choices[0].message.content == single.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="sql+math", messages=messages, max_tokens=8, stream=True))
+    record = chunks[-1].model_extra["switchyard"]
+    assert record["kind"] == "mixture" and record["experts"] == [{"name": "sql", "weight": 0.5},
+                                                                  {"name": "math", "weight": 0.5}]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
