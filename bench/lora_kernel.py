@@ -13,6 +13,10 @@ table takes prefill out as well: the time of one decode step (batch of 8 rows, a
 stacked versus PEFT on the same loaded model, for the same four cases (one at a time = 8 steps of batch
 1). Prints both tables and writes JSON.
 
+Mixture rows (issue 21), stacked only (PEFT's path cannot mix): 8 concurrent requests each on a mixture
+of k = 2 or 3 of the adapters (equal weights), in both tables. Their cost is stated as the mixed batch's
+time per token over the same batch of single-adapter rows ("8 adapters x8"), in the same run.
+
 Run: python bench/lora_kernel.py [--max-tokens 32] [--repeats 2] [--ignore-eos] [--legs stacked]
 """
 
@@ -33,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from experts.adapters import check_adapter_files  # noqa: E402
-from experts.backends.base import GenerationRequest, SamplingParams  # noqa: E402
+from experts.backends.base import AdapterMix, GenerationRequest, SamplingParams  # noqa: E402
 from experts.backends.transformers_peft import TransformersBackend  # noqa: E402
 from experts.models import EMBEDDED_BASE, resolve_base_model  # noqa: E402
 
@@ -44,18 +48,28 @@ PROMPTS = ["List all customers from Paris.", "What is 12 times 11?", "My order n
 
 
 IGNORE_EOS = False  # set from --ignore-eos
+MIXTURE_SIZES = (2, 3)
 
 
-async def _one(backend: TransformersBackend, key: str | None, prompt: str, max_tokens: int) -> int:
+Target = str | AdapterMix | None  # one adapter, a mixture, or the generalist
+
+
+def _mixtures(keys: list[str], k: int) -> list[AdapterMix]:
+    """Row i mixes adapter i with the next k - 1 (equal weights): every row a different mixture."""
+    return [AdapterMix(tuple((keys[(i + j) % len(keys)], 1.0 / k) for j in range(k))) for i in range(len(keys))]
+
+
+async def _one(backend: TransformersBackend, key: Target, prompt: str, max_tokens: int) -> int:
     sampling = SamplingParams(max_tokens, 0.0, 1.0, ignore_eos=IGNORE_EOS)
-    request = GenerationRequest([{"role": "user", "content": prompt}], key, sampling)
+    request = GenerationRequest([{"role": "user", "content": prompt}], key if isinstance(key, str) else None,
+                                sampling, mixture=key if isinstance(key, AdapterMix) else None)
     tokens = 0
     async for chunk in backend.generate(request):
         tokens = chunk.completion_tokens
     return tokens
 
 
-async def _scenario(backend: TransformersBackend, keys: list[str | None], concurrent: bool, max_tokens: int) -> float:
+async def _scenario(backend: TransformersBackend, keys: list[Target], concurrent: bool, max_tokens: int) -> float:
     started = time.perf_counter()
     if concurrent:
         counts = await asyncio.gather(*(_one(backend, k, p, max_tokens) for k, p in zip(keys, PROMPTS, strict=True)))
@@ -64,7 +78,7 @@ async def _scenario(backend: TransformersBackend, keys: list[str | None], concur
     return sum(counts) / (time.perf_counter() - started)
 
 
-def _step_ms(backend: TransformersBackend, rows: list[str], stacked: bool, steps: int = 12) -> float:
+def _step_ms(backend: TransformersBackend, rows: list[str | AdapterMix], stacked: bool, steps: int = 12) -> float:
     """Median time of one decode step for `rows`, through the stacked path or PEFT's (as the scheduler picks)."""
     model = backend._peft  # noqa: SLF001 - a benchmark of the backend's own kernels
     kwargs: dict = {}
@@ -89,11 +103,16 @@ def _step_ms(backend: TransformersBackend, rows: list[str], stacked: bool, steps
 
 def _steps(backend: TransformersBackend, keys: list[str]) -> dict[str, dict[str, float]]:
     assert backend._stacked.ready(backend._peft)  # noqa: SLF001
-    cases = {"one adapter x8": keys[:1] * 8, "8 adapters x8": keys, "generalist x8": ["__base__"] * 8}
+    cases: dict[str, list] = {"one adapter x8": keys[:1] * 8, "8 adapters x8": keys, "generalist x8": ["__base__"] * 8}
     table = {}
     for kind in ("stacked", "peft"):
         table[kind] = {name: _step_ms(backend, rows, kind == "stacked") for name, rows in cases.items()}
         table[kind]["8 adapters one at a time"] = sum(_step_ms(backend, [k], kind == "stacked") for k in keys)
+    for k in MIXTURE_SIZES:
+        rows: list[str | AdapterMix] = list(_mixtures(keys, k))
+        table["stacked"][f"mixtures k={k} x8"] = _step_ms(backend, rows, True)
+        table["stacked"][f"half mixtures k={k} x8"] = _step_ms(backend, rows[:4] + keys[4:], True)
+        table["peft"][f"mixtures k={k} x8"] = table["peft"][f"half mixtures k={k} x8"] = float("nan")
     return table
 
 
@@ -106,6 +125,9 @@ async def _leg(stacked: bool, max_tokens: int, repeats: int) -> dict[str, float]
         await backend.load_adapter(key, check_adapter_files(REPO / "demo" / "adapters" / key.split("-")[0], 64))
     scenarios = {"one adapter x8": (keys[:1] * 8, True), "8 adapters x8": (keys, True),
                  "8 adapters one at a time": (keys, False), "generalist x8": ([None] * 8, True)}
+    if stacked:
+        for k in MIXTURE_SIZES:
+            scenarios[f"mixtures k={k} x8"] = (list(_mixtures(keys, k)), True)
     await _scenario(backend, keys, True, 4)  # warm-up
     result = {name: statistics.median([await _scenario(backend, k, c, max_tokens) for _ in range(repeats)])
               for name, (k, c) in scenarios.items()}
@@ -117,10 +139,16 @@ async def _leg(stacked: bool, max_tokens: int, repeats: int) -> dict[str, float]
 
 
 def _ratios(rates: dict[str, float]) -> dict[str, float]:
-    """The throughput goals' ratios from tokens/s per scenario."""
-    return {"mixed / one at a time": rates["8 adapters x8"] / rates["8 adapters one at a time"],
-            "mixed / one adapter": rates["8 adapters x8"] / rates["one adapter x8"],
-            "one adapter / generalist (LoRA tax)": rates["one adapter x8"] / rates["generalist x8"]}
+    """The throughput goals' ratios from tokens/s per scenario; a mixture row's cost is the time per token
+    of a batch of mixture rows over the same batch of single-adapter rows (higher: costlier)."""
+    ratios = {"mixed / one at a time": rates["8 adapters x8"] / rates["8 adapters one at a time"],
+              "mixed / one adapter": rates["8 adapters x8"] / rates["one adapter x8"],
+              "one adapter / generalist (LoRA tax)": rates["one adapter x8"] / rates["generalist x8"]}
+    for k in MIXTURE_SIZES:
+        for name in (f"mixtures k={k} x8", f"half mixtures k={k} x8"):
+            if name in rates:
+                ratios[f"cost of {name} / 8 adapters x8"] = rates["8 adapters x8"] / rates[name]
+    return ratios
 
 
 def main() -> None:
@@ -134,8 +162,8 @@ def main() -> None:
     global IGNORE_EOS
     IGNORE_EOS = args.ignore_eos
     legs = {"stacked": asyncio.run(_leg(True, args.max_tokens, args.repeats))}
-    legs["peft"] = asyncio.run(_leg(False, args.max_tokens, args.repeats)) if args.legs == "both" else {
-        name: float("nan") for name in legs["stacked"] if name != "steps_ms"}
+    legs["peft"] = asyncio.run(_leg(False, args.max_tokens, args.repeats)) if args.legs == "both" else {}
+    legs["peft"] = {name: legs["peft"].get(name, float("nan")) for name in legs["stacked"] if name != "steps_ms"}
     steps = legs["stacked"].pop("steps_ms")
     print(f"{'end to end':<26} {'stacked tok/s':>14} {'PEFT tok/s':>11}")
     for name in legs["stacked"]:

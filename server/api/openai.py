@@ -95,7 +95,7 @@ async def route(body: RouteRequest, request: Request, state: State) -> JSONRespo
     turns = turns_of(body)
     session = session_key(request.headers, body.user)
     decision, snapshot, routing_ms = await state.routing.rank(turns, body.top_n, session)
-    info = state.routing.routing_info(decision, snapshot.version, routing_ms)
+    info, _ = state.routing.planned_record(decision, snapshot, routing_ms)
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]
     response = RouteResponse(query=turns[-1].text, decision=info, ranking=ranking)
     return JSONResponse(response.model_dump(), headers=routing_headers(info))

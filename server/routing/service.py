@@ -37,7 +37,7 @@ from routers.conversation import (
     window,
 )
 from routers.embedding_cache import EmbeddingCache
-from routers.mixture import MAX_MIXTURE, MixtureParams, routed_mixture
+from routers.mixture import MAX_MIXTURE, MixtureParams, RoutedMixture, routed_mixture
 from server.errors import APIError
 from server.metrics import Metrics
 from server.protocol import MixtureComponentOut, RoutingInfo
@@ -194,9 +194,9 @@ class RoutingService:
         for _ in range(_MAX_REROUTES):
             decision, snapshot, routing_ms = await self.rank(turns, top_n=max(2, self.mixture.max_experts),
                                                              session=session)
-            info = self.routing_info(decision, snapshot.version, routing_ms)
+            info, mixed = self.planned_record(decision, snapshot, routing_ms)
             try:
-                target = self._routed_target(decision, snapshot, info)
+                target = self._routed_target(decision, snapshot, info, mixed)
             except ExpertGone:
                 continue  # removed between ranking and leasing: rank again on the new snapshot
             self._metrics.decided(target.info.expert, decision.fallback, decision.score)
@@ -204,14 +204,31 @@ class RoutingService:
             return target
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 
-    def _routed_target(self, decision: Decision, snapshot: Snapshot, info: RoutingInfo) -> Target:
-        """Lease what `decision` chose: a routed mixture when its best experts are close (and mixtures are
-        on), else its one expert (or the generalist). `ExpertGone` when one was removed since the snapshot."""
+    def planned_record(self, decision: Decision, snapshot: Snapshot, routing_ms: float
+                       ) -> tuple[RoutingInfo, RoutedMixture | None]:
+        """The record of where `decision` sends a request, a routed mixture included (when its best experts
+        are close and mixtures are on); what `/v1/route` shows and `auto` serves."""
+        info = self.routing_info(decision, snapshot.version, routing_ms)
         mixed = routed_mixture(decision, self.mixture,
                                lambda name: name in snapshot.experts and snapshot.experts[name].kind == "adapter")
+        if mixed is None:
+            return info, None
+        info = info.model_copy(update={"reason": f"{info.reason}; {mixed.reason}"})
+        return self._mixture_record(info, list(mixed.components)), mixed
+
+    def _mixture_record(self, info: RoutingInfo, components: list[tuple[str, float]]) -> RoutingInfo:
+        """`info` as the record of a mixture: its joined name, and every component with its weight."""
+        return info.model_copy(update={
+            "expert": MIXTURE_JOIN.join(name for name, _ in components), "kind": "mixture",
+            "experts": [MixtureComponentOut(name=name, weight=weight) for name, weight in components]})
+
+    def _routed_target(self, decision: Decision, snapshot: Snapshot, info: RoutingInfo,
+                       mixed: RoutedMixture | None) -> Target:
+        """Lease what was planned: the routed mixture, else the decision's one expert (or the generalist).
+        `ExpertGone` when one was removed since the snapshot."""
         if mixed is not None:
-            components = [(snapshot.experts[name], weight) for name, weight in mixed.components]
-            return self._lease_mixture(components, info.model_copy(update={"reason": f"{info.reason}; {mixed.reason}"}))
+            return self._lease_mixture([(snapshot.experts[name], weight) for name, weight in mixed.components],
+                                       info)
         expert = snapshot.experts.get(decision.expert) if decision.expert else None
         leases = (self._registry.lease(expert),) if expert is not None else ()
         return Target(expert=expert, info=info, leases=leases)
@@ -240,10 +257,11 @@ class RoutingService:
             components.append((expert, round(weights[name] / total, 3)))
         info = unrouted_record(MIXTURE_JOIN.join(names), "mixture", "the mixture was pinned by the request; "
                                "routing skipped", False, snapshot.version)
-        return self._lease_mixture(components, info)
+        return self._lease_mixture(components, self._mixture_record(info, [
+            (name, weight) for name, (_, weight) in zip(names, components, strict=True)]))
 
     def _lease_mixture(self, components: Sequence[tuple[Expert | None, float]], info: RoutingInfo) -> Target:
-        """Lease every component (all or none) and describe the mixture in the record."""
+        """Lease every component (all or none) for the mixture `info` records."""
         leases: list[Lease] = []
         try:
             for expert, _ in components:
@@ -253,12 +271,7 @@ class RoutingService:
             for lease in leases:
                 lease.release()
             raise
-        names = [expert.name if expert is not None else self.generalist_name for expert, _ in components]
-        info = info.model_copy(update={
-            "expert": MIXTURE_JOIN.join(names), "kind": "mixture",
-            "experts": [MixtureComponentOut(name=name, weight=weight)
-                        for name, (_, weight) in zip(names, components, strict=True)]})
-        self._metrics.mixed([(name, weight) for name, (_, weight) in zip(names, components, strict=True)])
+        self._metrics.mixed([(c.name, c.weight) for c in info.experts or []])
         return Target(expert=None, info=info, leases=tuple(leases),
                       mixture=tuple((expert, weight) for expert, weight in components if expert is not None))
 
