@@ -19,8 +19,11 @@ Two sets, made here from a fixed seed; none of their prompts is in the adapters'
   support reply that works the refund out step by step and ends with `#### <n>`; a ```sql block followed
   by the arithmetic; a support reply that contains the query.
 
-Each set is split in two by example index: the margin and temperature are chosen on the dev half (lowest
-NLL over both sets), the tables report the test half. Prints the tables and writes JSON.
+Each set is split in two by example index. The margin and temperature are chosen on the dev half by the
+issue's goals: the lowest cross-domain NLL among the settings whose in-domain NLL stays within 2% of the
+routed single adapter's. The tables report the test half, at that setting and at "always mix the top two"
+(margin 1.0, its temperature chosen on dev), and the JSON keeps the whole dev grid. Prints the tables and
+writes JSON.
 
 Run: python bench/mixture_quality.py [--per-domain 24] [--per-pair 30]
 """
@@ -56,6 +59,7 @@ ADAPTERS = ("sql", "math", "support")
 GENERALIST = "base"
 MARGINS = (0.02, 0.05, 0.1, 0.2, 1.0)
 TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 1e9)  # 1e9: equal weights
+IN_DOMAIN_TOLERANCE = 1.02  # the issue's goal: within 2% of the routed single adapter on single-domain prompts
 UNSEEN_TABLES = {
     "patients": {"entity": "patient", "text": ["name", "ward"], "num": ["age", "weight"], "group": "ward"},
     "flights": {"entity": "flight", "text": ["origin", "carrier"], "num": ["delay", "seats"], "group": "carrier"},
@@ -201,7 +205,9 @@ def mixture_weights(example: Example, margin: float, temperature: float) -> dict
 
 
 async def score_all(examples: list[Example], scorer: Scorer, client: httpx.AsyncClient) -> None:
-    for example in examples:
+    for i, example in enumerate(examples):
+        if i % 20 == 0:
+            print(f"scoring example {i} of {len(examples)}", file=sys.stderr, flush=True)
         routed = (await client.post("/v1/route", json={"query": example.question})).json()
         example.ranking = [(r["name"], r["score"]) for r in routed["ranking"]]
         example.routed = None if routed["decision"]["fallback"] else routed["decision"]["expert"]
@@ -231,6 +237,14 @@ def table(examples: list[Example], setting: str) -> dict[str, dict[str, float]]:
                       / len(chosen)}
         rows[name]["mixture / routed"] = rows[name]["mixture"] / rows[name]["routed"]
     return rows
+
+
+def _grid(examples: list[Example], settings: list[str]) -> dict[str, dict[str, float]]:
+    """Mean NLL per setting and set, with the routed single adapter's for reference."""
+    sets = {name: [e for e in examples if e.set == name] for name in ("in-domain", "cross-domain")}
+    grid = {"routed": {name: mean(chosen, "routed") for name, chosen in sets.items()}}
+    grid.update({s: {name: mean(chosen, s) for name, chosen in sets.items()} for s in settings})
+    return grid
 
 
 def _is_mixture(weights: dict[str, float] | None) -> bool:
@@ -265,18 +279,24 @@ async def run(args: argparse.Namespace) -> dict:
     dev = [e for i, e in enumerate(examples) if i % 2 == 0]
     test = [e for i, e in enumerate(examples) if i % 2 == 1]
     settings = [f"mix m={m} t={t:g}" for t in TEMPERATURES for m in MARGINS]
-    best = min(settings, key=lambda s: mean(dev, s))
-    always = min((f"mix m=1.0 t={t:g}" for t in TEMPERATURES), key=lambda s: mean(dev, s))
-    result = {"machine": platform.machine(), "chosen_on_dev": best, "always_top2_chosen_on_dev": always,
+    dev_in = [e for e in dev if e.set == "in-domain"]
+    dev_cross = [e for e in dev if e.set == "cross-domain"]
+    allowed = [s for s in settings if mean(dev_in, s) <= IN_DOMAIN_TOLERANCE * mean(dev_in, "routed")]
+    best = min(allowed or settings, key=lambda s: mean(dev_cross, s))
+    always = min((f"mix m=1.0 t={t:g}" for t in TEMPERATURES), key=lambda s: mean(dev_cross, s))
+    result = {"machine": platform.machine(), "chosen_on_dev": best,
+              "settings_within_tolerance_on_dev": allowed, "always_top2_chosen_on_dev": always,
               "test": table(test, best), "test_always_top2": table(test, always), "dev": table(dev, best),
-              "dev_grid": {s: {"in-domain": mean([e for e in dev if e.set == "in-domain"], s),
-                               "cross-domain": mean([e for e in dev if e.set == "cross-domain"], s)}
-                           for s in settings},
+              "dev_grid": _grid(dev, settings),
+              "test_grid_reported_not_used": _grid(test, settings),
+              "examples": [{"set": e.set, "domain": e.domain, "question": e.question, "routed": e.routed,
+                            "ranking": e.ranking, "nll": e.nll} for e in examples],
               "by_pair_test": {pair: {c: mean([e for e in test if e.domain == pair], c)
                                       for c in ("generalist", "routed", best, always, "oracle")}
                                for pair in (*ADAPTERS, *CROSS)}}
     _print(f"test half, per-token NLL; routed mixture at the dev-chosen setting ({best})", result["test"])
     _print(f"test half; always mix the top two, temperature chosen on dev ({always})", result["test_always_top2"])
+    print(f"\nsettings within {IN_DOMAIN_TOLERANCE:.2f}x of routed on in-domain dev: {', '.join(allowed) or 'none'}")
     print("\nper domain (test): " + json.dumps({k: {c: round(v, 3) for c, v in r.items()}
                                                  for k, r in result["by_pair_test"].items()}))
     return result

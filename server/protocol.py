@@ -493,6 +493,8 @@ class ModelCard(BaseModel):
     kind: Literal["router", "generalist", "adapter", "retriever"]
     description: str = ""
     capabilities: list[str] = Field(default_factory=list, description="what the expert says it handles")
+    mixable: bool = Field(False, description="may be a component of a mixture: model 'a+b' (equal weights) or "
+                          "extra_body {'experts': {'a': 0.7, 'b': 0.3}}")
 
 
 class ModelList(BaseModel):

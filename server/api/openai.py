@@ -28,7 +28,7 @@ from server.protocol import (
     ScoredExpertOut,
 )
 from server.routing.record import routing_headers
-from server.routing.service import AUTO_MODEL
+from server.routing.service import AUTO_MODEL, MIXTURE_JOIN
 
 api = APIRouter(prefix="/v1", tags=["openai"])
 inference = [InferenceAccess]  # every endpoint but feedback, which changes routing and needs the admin token
@@ -77,14 +77,18 @@ async def responses(body: ResponsesRequest, request: Request, state: State) -> J
 async def list_models(state: State) -> ModelList:
     created = int(state.started_at)
     cards = [
-        ModelCard(id=AUTO_MODEL, created=created, kind="router",
-                  description="routes each request to the best expert, or the generalist"),
-        ModelCard(id=state.settings.generalist_name, created=created, kind="generalist",
+        ModelCard(id=AUTO_MODEL, created=created, kind="router", description=(
+            "routes each request to the best expert, or the generalist. Mixtures of mixable experts: model "
+            f"'a{MIXTURE_JOIN}b' (equal weights) or extra_body {{'experts': {{'a': 0.7, 'b': 0.3}}}}"
+            + (f"; auto mixes up to {state.routing.mixture.max_experts} experts scoring within "
+               f"{state.routing.mixture.margin} of the best" if state.routing.mixture.enabled else ""))),
+        ModelCard(id=state.settings.generalist_name, created=created, kind="generalist", mixable=True,
                   description=f"the base model alone ({state.backend.model_id})"),
     ]
     for expert in sorted(state.registry.snapshot.experts.values(), key=lambda e: e.name):
         cards.append(ModelCard(id=expert.name, created=int(expert.registered_at), kind=expert.spec.kind,
-                               description=expert.spec.description, capabilities=list(expert.spec.capabilities)))
+                               description=expert.spec.description, capabilities=list(expert.spec.capabilities),
+                               mixable=expert.spec.kind == "adapter"))
     return ModelList(data=cards)
 
 

@@ -147,6 +147,16 @@ def test_register_try_watch_evaluate_remove(page: object, admin: httpx.Client, d
     expect(page.locator("#try-answer")).to_have_attribute("data-expert", EXPERT)
     shot(page, "try")
 
+    # A mixture typed in: the answer says which experts answered, with their weights.
+    page.get_by_label("Mixture").fill("sql=3, math=1")
+    page.get_by_role("button", name="Route and answer").click()
+    expect(page.locator("#try-weights")).to_contain_text("Answered by a mixture: sql 0.75 · math 0.25",
+                                                          timeout=120_000)
+    expect(page.locator("#try-answer")).to_have_attribute("data-expert", "sql+math")
+    expect(page.locator("#try-decision")).to_contain_text("Pinned to a mixture")
+    shot(page, "try-mixture")
+    page.get_by_label("Mixture").fill("")
+
     # Live routing: the chat's decision shows up in the chart, from the JSON statistics endpoint.
     page.get_by_role("link", name="Live routing").click()
     expect(page.locator(f"#live-chart rect[data-expert='{EXPERT}']").first).to_be_visible(timeout=10_000)

@@ -143,3 +143,9 @@ def test_bad_mixtures_are_refused_by_name(client: openai.OpenAI) -> None:
         assert caught.value.status_code == status and caught.value.body["code"] == code, caught.value.body
     # the refusals changed nothing: the mixture still serves
     assert greedy(client, "sql+math", "Hello", 4).choices[0].message.content is not None
+
+
+def test_models_document_the_mixture_syntax(client: openai.OpenAI) -> None:
+    cards = {card.id: card.model_extra for card in client.models.list().data}
+    assert "'a+b'" in cards["auto"]["description"] and "auto mixes up to 2 experts" in cards["auto"]["description"]
+    assert cards["sql"]["mixable"] and cards["base"]["mixable"]

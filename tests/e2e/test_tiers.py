@@ -6,6 +6,7 @@ in the decision record, and answers exactly as a server that never evicted it (g
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +66,22 @@ def test_every_tier_serves_and_answers_match_an_unconstrained_server(
     metrics = httpx.get(f"{small_server.base_url}/metrics").text
     assert 'switchyard_adapters{tier="device"} 1.0' in metrics
     assert 'switchyard_adapters{tier="host"} 1.0' in metrics
+
+
+def test_a_mixture_brings_every_component_to_the_device(small_server: ServerProcess, client: openai.OpenAI) -> None:
+    """One adapter fits on the device, yet a mixture of all three needs them all there while it runs: they
+    are all pinned (the tier overflows for the request), and the answer is the unconstrained server's."""
+    small = openai.OpenAI(base_url=f"{small_server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    mixture = {"experts": {"sql": 0.5, "math": 0.3, "support": 0.2}}
+    messages = [{"role": "user", "content": QUESTIONS["support"]}]
+    reference = client.chat.completions.create(model="auto", messages=messages, temperature=0, max_tokens=24,
+                                                extra_body=mixture)
+    mixed = small.chat.completions.create(model="auto", messages=messages, temperature=0, max_tokens=24,
+                                          extra_body=mixture)
+    assert mixed.choices[0].message.content == reference.choices[0].message.content
+    info = mixed.model_extra["switchyard"]
+    assert info["kind"] == "mixture" and info["adapter_tier"] in ("host", "disk")  # the slowest component's
+    deadline = time.monotonic() + 10  # released after the response: the device tier is trimmed to one again
+    while Counter(tiers(small_server.base_url).values())["device"] != 1:
+        assert time.monotonic() < deadline, tiers(small_server.base_url)
+        time.sleep(0.1)

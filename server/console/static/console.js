@@ -253,28 +253,51 @@ async function tryQuery(event) {
   const messages = $("try-query").value.split("\n").map((line) => line.trim()).filter(Boolean)
     .map((content) => ({role: "user", content}));
   if (!messages.length) return;
-  for (const id of ["try-error", "try-decision", "try-answer"]) $(id).textContent = "";
+  for (const id of ["try-error", "try-decision", "try-answer", "try-weights"]) $(id).textContent = "";
   $("try-passages").replaceChildren();
   $("try-submit").disabled = true;
   try {
+    const experts = parseMixture($("try-mixture").value);
     const route = await api("/v1/route", {method: "POST", json: {messages}});
     drawRanking(route.ranking, route.decision);
-    const model = $("try-model").value;
+    const model = experts ? "auto" : $("try-model").value;
     const d = route.decision;
-    $("try-decision").textContent = model !== "auto" ? `Pinned to ${model}. Routing would say: ${d.reason}.`
+    $("try-decision").textContent = experts ? `Pinned to a mixture. Routing would say: ${d.reason}.`
+      : model !== "auto" ? `Pinned to ${model}. Routing would say: ${d.reason}.`
       : d.fallback ? `Fallback to the generalist (${d.expert}): ${d.reason}.`
         : `Routed to ${d.expert} (score ${fmt(d.score)}, runner-up ${d.runner_up || "–"} ` +
           `${fmt(d.runner_up_score)}): ${d.reason}.`;
     if (d.context && d.context !== "single") $("try-decision").textContent += ` Conversation: ${d.context_reason}.`;
     if (d.matched) $("try-decision").textContent += ` Nearest ${d.matched}: “${d.matched_text}”.`;
     const target = model === "auto" ? d.expert : model;
-    if ((model === "auto" ? d.kind : kindOf(target)) === "retriever") await showPassages(messages, model);
-    await streamAnswer(messages, model);
+    if (!experts && (model === "auto" ? d.kind : kindOf(target)) === "retriever") await showPassages(messages, model);
+    await streamAnswer(messages, model, experts);
   } catch (error) {
     $("try-error").textContent = error.message;
   } finally {
     $("try-submit").disabled = false;
   }
+}
+
+// "sql=0.7, math=0.3" (or "sql, math": equal weights) -> {sql: 0.7, math: 0.3}; empty -> null.
+function parseMixture(text) {
+  const parts = text.split(",").map((part) => part.trim()).filter(Boolean);
+  if (!parts.length) return null;
+  const experts = {};
+  for (const part of parts) {
+    const [name, weight] = part.split("=").map((s) => s.trim());
+    const value = weight === undefined ? 1 : Number(weight);
+    if (!name || !Number.isFinite(value)) throw new ApiError(`cannot read the mixture part “${part}”: use name=weight`);
+    experts[name] = value;
+  }
+  return experts;
+}
+
+function showWeights(record) {
+  if (!record.experts) return;
+  $("try-weights").textContent = "Answered by a mixture: " +
+    record.experts.map((c) => `${c.name} ${fmt(c.weight, 2)}`).join(" · ");
+  $("try-weights").dataset.experts = record.experts.map((c) => `${c.name}=${c.weight}`).join(",");
 }
 
 function kindOf(name) {
@@ -320,10 +343,11 @@ async function showPassages(messages, model) {
   }
 }
 
-async function streamAnswer(messages, model) {
+async function streamAnswer(messages, model, experts) {
   const maxTokens = Number($("try-max-tokens").value) || 64;
-  const response = await api("/v1/chat/completions", {method: "POST", raw: true, json: {
-    model, stream: true, max_tokens: maxTokens, messages}});
+  const body = {model, stream: true, max_tokens: maxTokens, messages};
+  if (experts) body.experts = experts;
+  const response = await api("/v1/chat/completions", {method: "POST", raw: true, json: body});
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -342,7 +366,10 @@ async function streamAnswer(messages, model) {
       if (chunk.error) throw new ApiError(chunk.error.message);
       const delta = chunk.choices && chunk.choices[0] ? chunk.choices[0].delta.content : null;
       if (delta) $("try-answer").textContent += delta;
-      if (chunk.switchyard) $("try-answer").dataset.expert = chunk.switchyard.expert;
+      if (chunk.switchyard) {
+        $("try-answer").dataset.expert = chunk.switchyard.expert;
+        showWeights(chunk.switchyard);
+      }
     }
   }
 }
