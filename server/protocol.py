@@ -121,20 +121,27 @@ class NamedToolChoice(BaseModel):
 
 MAX_TOOLS = 128  # as OpenAI
 MAX_CHOICES = 16  # `n`: each choice is a row of the running batch
-MIXTURE_DESCRIPTION = ("a weighted mixture of experts answering together, {name: weight} (weights are "
-                       "normalised to sum to one; the generalist's name is a share with no adapter, which scales "
-                       "the others down); `model` must then be 'auto' or the same names joined with '+'")
 
 
-def mixture_weights(value: dict[str, float] | None) -> dict[str, float] | None:
-    """`experts`: 1 to MAX_MIXTURE names with finite, non-negative weights, not all zero."""
-    if value is None:
-        return None
-    if not 1 <= len(value) <= MAX_MIXTURE:
-        raise ValueError(f"a mixture has 1 to {MAX_MIXTURE} experts")
-    if any(not math.isfinite(w) or w < 0 for w in value.values()) or sum(value.values()) <= 0:
-        raise ValueError("weights are finite, non-negative numbers, and not all zero")
-    return value
+class MixtureRequest(RequestModel):
+    """`experts`, Switchyard's extension that every text endpoint takes: a pinned mixture of experts."""
+
+    experts: dict[str, float] | None = Field(None, description=(
+        "a weighted mixture of experts answering together, {name: weight} (weights are normalised to sum to "
+        "one; the generalist's name is a share with no adapter, which scales the others down); `model` must "
+        "then be 'auto' or the same names joined with '+'"))
+
+    @field_validator("experts")
+    @classmethod
+    def _mixture_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """1 to MAX_MIXTURE names with finite, non-negative weights, not all zero."""
+        if value is None:
+            return None
+        if not 1 <= len(value) <= MAX_MIXTURE:
+            raise ValueError(f"a mixture has 1 to {MAX_MIXTURE} experts")
+        if any(not math.isfinite(w) or w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("weights are finite, non-negative numbers, and not all zero")
+        return value
 MAX_LOGPROBS = 20  # top alternatives per token, as OpenAI
 
 
@@ -163,7 +170,7 @@ def refuse_unless_off(value: Any, name: str, table: dict[str, tuple[Any, ...]], 
                                                                                  "why": why or " yet"})
 
 
-class SamplingRequest(RequestModel):
+class SamplingRequest(MixtureRequest):
     """The generation parameters chat, completions and responses share, with the same meaning and limits."""
 
     model_config = ConfigDict(extra="forbid")
@@ -187,9 +194,6 @@ class SamplingRequest(RequestModel):
                                                 "string) -> a bias from -100 to 100 added to its logit")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension; 1 is off")
     min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end-of-sequence before this many tokens")
-    experts: dict[str, float] | None = Field(None, description=MIXTURE_DESCRIPTION)
-
-    _mixture = field_validator("experts")(mixture_weights)
 
     @field_validator("logit_bias")
     @classmethod
@@ -844,7 +848,7 @@ class ResponseTextConfig(BaseModel):
     verbosity: Any = Field(None, description="accepted and ignored")
 
 
-class ResponsesRequest(RequestModel):
+class ResponsesRequest(MixtureRequest):
     """OpenAI's Responses request, stateless: nothing is stored, so `previous_response_id` and `store: true`
     are refused by name, as is every other parameter this server cannot honour."""
 
@@ -878,9 +882,6 @@ class ResponsesRequest(RequestModel):
     prompt: Any = None
     top_logprobs: Any = None
     max_tool_calls: Any = None
-    experts: dict[str, float] | None = Field(None, description=MIXTURE_DESCRIPTION)
-
-    _mixture = field_validator("experts")(mixture_weights)
 
     @field_validator(*RESPONSES_NOT_SUPPORTED, mode="after")
     @classmethod

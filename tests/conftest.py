@@ -97,3 +97,17 @@ def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def backend_client(backend_server: ServerProcess) -> openai.OpenAI:
+    """The official client on `backend_server` (generous timeout: vLLM's CPU build is slow to first token)."""
+    return openai.OpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def backend_admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
+    """An HTTP client on `backend_server` with the admin token."""
+    with httpx.Client(base_url=backend_server.base_url, timeout=300,
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+        yield c

@@ -29,7 +29,7 @@ from experts.backends.base import AdapterMix, SamplingParams
 from experts.backends.prefix_cache import PrefixCache
 from experts.backends.sampling import PromptScores, SampledToken, apply_penalties, sample_next_token, scores_of
 from experts.backends.stacked_lora import BASE_ADAPTER, StackedLora
-from experts.errors import AdapterRejected
+from experts.errors import MixtureRejected
 
 if TYPE_CHECKING:
     from experts.backends.structured import TokenMask
@@ -110,7 +110,7 @@ class BatchScheduler:
                 with self._stacked.rows(adapters_of_rows, kwargs["input_ids"].device):
                     return model(use_cache=True, **kwargs)
             if any(isinstance(a, AdapterMix) for a in adapters):
-                raise AdapterRejected("adapter mixtures need stacked LoRA (the `stacked_lora` setting, and no "
+                raise MixtureRejected("adapter mixtures need stacked LoRA (the `stacked_lora` setting, and no "
                                       "DoRA or LoRA-bias adapter loaded)")
             if len(adapters) == 1 and BASE_ADAPTER not in adapters:
                 (only,) = adapters

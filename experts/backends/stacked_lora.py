@@ -4,7 +4,7 @@ PEFT's per-sample path (`adapter_names`) loops over the distinct adapters of a b
 index the rows, run A and B, scatter the result back. With 8 adapters that is 8 times the small kernels and
 Python work per layer and step, and it is why a batch of 8 different experts ran at about half the speed of
 8 requests on one. This module does what BGMV/Punica kernels do on GPUs, with plain batched matmuls: each
-LoRA layer keeps `A` stacked as [slots, r, in] and `B * scaling` as [slots, out, r] (slot 0 is all zeros:
+LoRA layer keeps `A` stacked as [slots, r, in] and `(B * scaling)ᵀ` as [slots, r, out] (slot 0 is all zeros:
 the generalist; ranks are zero-padded to the largest), and a forward gathers each row's slot and runs two
 `bmm`s. The cost no longer grows with the number of distinct adapters in the batch. When every row
 uses the same adapter (one expert's traffic, or one request) there is nothing to gather: two plain
@@ -14,8 +14,8 @@ A mixture row (`AdapterMix`: k adapters with weights) gathers k slots. Its A sli
 one [k·r, in] matrix and its B slices one [out, k·r] matrix, so the same two `bmm`s over k·r columns, with
 the hidden activations scaled by each component's weight, compute Σ wᵢ·Bᵢ·Aᵢ·x exactly: the derived LoRA
 of rank Σr that vLLM is given (`derived_lora.py`). In a batch with any mixture row every row gathers k
-slots; a single-adapter row pads with the generalist's zero slot at weight 0. B is also kept transposed
-([slots, r, out]) so that the gather for k slots is one contiguous reshape.
+slots; a single-adapter row pads with the generalist's zero slot at weight 0. B is kept transposed so
+that the gather for k slots is one contiguous reshape.
 
 PEFT still owns loading, validation and residency; the stacks are rebuilt (a few ms) on the model thread
 after any adapter enters or leaves the model. Adapters with a LoRA variant (DoRA, ...) or a LoRA bias are
@@ -119,13 +119,13 @@ def _stack_layer(layer: LoraLinear, slot_of: dict[str, int], rank: int) -> None:
     some = next(iter(layer.lora_A.values())).weight
     out_features = next(iter(layer.lora_B.values())).weight.shape[0]
     a = torch.zeros(len(slot_of) + 1, rank, some.shape[1], dtype=some.dtype, device=some.device)
-    b = torch.zeros(len(slot_of) + 1, out_features, rank, dtype=some.dtype, device=some.device)
+    b_t = torch.zeros(len(slot_of) + 1, rank, out_features, dtype=some.dtype, device=some.device)
     with torch.no_grad():
         for name, lora_a in layer.lora_A.items():
             r = lora_a.weight.shape[0]
             a[slot_of[name], :r] = lora_a.weight
-            b[slot_of[name], :, :r] = layer.lora_B[name].weight * layer.scaling[name]
-    layer.__dict__[_STACK] = (a, b, b.transpose(1, 2).contiguous())
+            b_t[slot_of[name], :r] = (layer.lora_B[name].weight * layer.scaling[name]).T
+    layer.__dict__[_STACK] = (a, b_t)
 
 
 def _stacked_forward(layer: LoraLinear, peft_forward: Callable[..., Any], bank: StackedLora) -> Callable[..., Any]:
@@ -139,16 +139,15 @@ def _stacked_forward(layer: LoraLinear, peft_forward: Callable[..., Any], bank: 
         stack = layer.__dict__.get(_STACK)
         if bank.lora_off or stack is None:
             return result
-        a, b, b_t = stack
+        a, b_t = stack
         if bank.weights is not None:
             return result + _mixture_delta(x, a, b_t, slots, bank.weights).view_as(result).to(result.dtype)
         if bank.only_slot is not None:  # one adapter for the whole batch: two plain matmuls, no gather
-            delta = torch.nn.functional.linear(torch.nn.functional.linear(x.to(a.dtype), a[bank.only_slot]),
-                                               b[bank.only_slot])
+            delta = torch.matmul(torch.nn.functional.linear(x.to(a.dtype), a[bank.only_slot]), b_t[bank.only_slot])
             return result + delta.to(result.dtype)
         rows = x if x.dim() == 3 else x.unsqueeze(1)  # [batch, seq, in]
         hidden = torch.bmm(rows.to(a.dtype), a[slots].transpose(1, 2))  # [batch, seq, r]
-        delta = torch.bmm(hidden, b[slots].transpose(1, 2))  # [batch, seq, out]
+        delta = torch.bmm(hidden, b_t[slots])  # [batch, seq, out]
         return result + delta.view_as(result).to(result.dtype)
 
     return forward

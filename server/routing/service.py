@@ -242,23 +242,25 @@ class RoutingService:
         if len(names) > MAX_MIXTURE:
             raise MixtureRejected(f"a mixture has at most {MAX_MIXTURE} experts, got {len(names)}")
         snapshot = self._registry.snapshot
-        total = sum(weights.values())
-        if total <= 0:
-            raise MixtureRejected("a mixture's weights must not all be zero")
-        components: list[tuple[Expert | None, float]] = []
-        for name in names:
-            expert = None if name == self.generalist_name else snapshot.experts.get(name)
-            if expert is None and name != self.generalist_name:
-                raise APIError(404, f"expert {name!r} of the mixture does not exist; see GET /v1/models",
-                               "not_found_error", "model_not_found", "model")
-            if expert is not None and expert.kind != "adapter":
-                raise MixtureRejected(f"expert {name!r} is a {expert.kind}; only adapter experts (and the "
-                                      "generalist) can be mixed")
-            components.append((expert, round(weights[name] / total, 3)))
+        total = sum(weights.values())  # > 0: the request's `experts` were validated, "a+b" weighs 1 each
+        weighted = [(name, round(weight / total, 3)) for name, weight in weights.items()]
+        components = [(self._mixable(snapshot, name), weight) for name, weight in weighted]
         info = unrouted_record(MIXTURE_JOIN.join(names), "mixture", "the mixture was pinned by the request; "
                                "routing skipped", False, snapshot.version)
-        return self._lease_mixture(components, self._mixture_record(info, [
-            (name, weight) for name, (_, weight) in zip(names, components, strict=True)]))
+        return self._lease_mixture(components, self._mixture_record(info, weighted))
+
+    def _mixable(self, snapshot: Snapshot, name: str) -> Expert | None:
+        """A pinned mixture's component: an adapter expert, or None for the generalist's share."""
+        if name == self.generalist_name:
+            return None
+        expert = snapshot.experts.get(name)
+        if expert is None:
+            raise APIError(404, f"expert {name!r} of the mixture does not exist; see GET /v1/models",
+                           "not_found_error", "model_not_found", "model")
+        if expert.kind != "adapter":
+            raise MixtureRejected(f"expert {name!r} is a {expert.kind}; only adapter experts (and the "
+                                  "generalist) can be mixed")
+        return expert
 
     def _lease_mixture(self, components: Sequence[tuple[Expert | None, float]], info: RoutingInfo) -> Target:
         """Lease every component (all or none) for the mixture `info` records."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import openai
 import pytest
 
 from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
-from tests.serverproc import ADMIN_TOKEN, ServerProcess
+from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
 MIXED = [
@@ -31,15 +30,13 @@ MIXED = [
 
 
 @pytest.fixture(scope="module")
-def client(backend_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+def client(backend_client: openai.OpenAI) -> openai.OpenAI:
+    return backend_client
 
 
 @pytest.fixture(scope="module")
-def admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=backend_server.base_url, timeout=300,
-                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-        yield c
+def admin(backend_admin: httpx.Client) -> httpx.Client:
+    return backend_admin
 
 
 def greedy(client: openai.OpenAI, model: str, text: str, max_tokens: int = 24, **extra: object) -> str:

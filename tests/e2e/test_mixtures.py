@@ -8,7 +8,6 @@ that a query between two adapters is mixed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,7 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
-from tests.serverproc import ADMIN_TOKEN, ServerProcess
+from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BACKEND_SETTINGS = {"mixture_max_experts": 2, "mixture_margin": 0.5, "mixture_temperature": 0.05}
@@ -27,15 +26,13 @@ PROMPT_SCORES: dict[str, dict[str, list[float]]] = {}
 
 
 @pytest.fixture(scope="module")
-def client(backend_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+def client(backend_client: openai.OpenAI) -> openai.OpenAI:
+    return backend_client
 
 
 @pytest.fixture(scope="module")
-def admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=backend_server.base_url, timeout=300,
-                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-        yield c
+def admin(backend_admin: httpx.Client) -> httpx.Client:
+    return backend_admin
 
 
 def greedy(client: openai.OpenAI, model: str, text: str, max_tokens: int = 32, **extra: object

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterator
 
 import httpx
 import jsonschema
@@ -19,7 +18,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.serverproc import ADMIN_TOKEN, ServerProcess
+from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -41,15 +40,13 @@ class City(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def client(backend_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+def client(backend_client: openai.OpenAI) -> openai.OpenAI:
+    return backend_client
 
 
 @pytest.fixture(scope="module")
-def http(backend_server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=backend_server.base_url, timeout=300,
-                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
-        yield c
+def http(backend_admin: httpx.Client) -> httpx.Client:
+    return backend_admin
 
 
 # -- structured outputs ------------------------------------------------------------------------------
