@@ -13,8 +13,13 @@ grammar engines side by side. In-process, on the transformers backend (no HTTP, 
    the ratio of constrained rows to the free rows of the same run. Repeated `--repeats` times.
 3. Engines. xgrammar (chosen) and llguidance on this tokenizer: compile time of each schema and the
    median time to fill one token mask along a valid answer.
+4. Small budgets (`--only small-budget` runs it alone). Forced tool calls (`tool_choice: "required"`,
+   one `get_weather(city)` tool, `SMALL_BUDGET_QUERIES`) and `json_schema` (`ticket`, `--prompts` CLINC
+   requests) at 48, 64 and 96 tokens, greedy. Schema-valid: the answer parses and is valid against the
+   schema; filled: valid, and every string the schema requires is non-empty (a tool call that says
+   `{"city": ""}` is valid but useless).
 
-Run: python bench/structured.py [--prompts 100] [--max-tokens 96] [--repeats 3]
+Run: python bench/structured.py [--prompts 100] [--max-tokens 96] [--repeats 3] [--only small-budget]
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from experts.backends.base import GenerationRequest, OutputConstraint, SamplingP
 from experts.backends.transformers_peft import TransformersBackend  # noqa: E402
 from experts.models import EMBEDDED_BASE, resolve_base_model  # noqa: E402
 from server.chat.structured import schema_constraint  # noqa: E402
+from server.chat.tools import prompt_messages, tool_use_for  # noqa: E402
+from server.protocol import ChatMessage, ToolDefinition  # noqa: E402
 
 CLINC = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 DEMO = ["sql", "math", "support"]
@@ -57,6 +64,16 @@ SAMPLES = {  # a valid answer per schema, to walk the engines' masks along
     "entities": {"entities": ["Paris", "Monday", "two tickets"], "count": 3},
     "reply": {"answer": "Your card arrives in five days.", "confidence": 0.82, "language": "en"},
 }
+
+
+SMALL_BUDGETS = (48, 64, 96)
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "description": "the city's name"}}}}}
+SMALL_BUDGET_QUERIES = [f"What's the weather in {city}?" for city in (
+    "Paris", "Rome", "Tokyo", "Berlin", "Madrid", "Lisbon", "Cairo", "Lima", "Oslo", "Seoul", "Nairobi", "Denver",
+    "Toronto", "Sydney", "Mumbai", "Dublin")]
 
 
 def _prompts(count: int) -> list[str]:
@@ -193,19 +210,68 @@ def _engines(tokenizer: Any, vocab_size: int) -> dict[str, dict[str, float]]:
     return table
 
 
+def _filled(value: Any, schema: dict[str, Any]) -> bool:
+    """Every string the schema requires (at any depth of required keys) is non-empty."""
+    if isinstance(value, list):
+        return bool(value) and all(_filled(item, schema.get("items", {})) for item in value)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return all(_filled(value.get(key), properties.get(key, {})) for key in schema.get("required", []))
+    if schema.get("type") == "string":
+        return isinstance(value, str) and bool(value.strip())
+    return True
+
+
+async def _small_budget(backend: TransformersBackend, prompts: list[str]) -> dict[str, dict[str, float]]:
+    """Schema-valid and filled rates of forced tool calls and `json_schema` answers at small budgets."""
+    tool_use = tool_use_for([ToolDefinition.model_validate(WEATHER_TOOL)], "required", False)
+    assert tool_use is not None
+    call_schema = {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+        "type": "object", "required": ["name", "arguments"],
+        "properties": {"name": {"const": "get_weather"}, "arguments": WEATHER_TOOL["function"]["parameters"]}}}
+    cases = {
+        "tool call": (tool_use.constraint(), call_schema,
+                      [prompt_messages([ChatMessage(role="user", content=q)], tool_use) for q in SMALL_BUDGET_QUERIES]),
+        "json_schema": (schema_constraint(SCHEMAS["ticket"], "bench"), SCHEMAS["ticket"],
+                        [_ask(p, "ticket") for p in prompts]),
+    }
+    table: dict[str, dict[str, float]] = {}
+    for name, (constraint, schema, conversations) in cases.items():
+        for budget in SMALL_BUDGETS:
+            sampling = SamplingParams(budget, 0.0, 1.0, constraint=constraint)
+            texts = []
+            for start in range(0, len(conversations), 16):
+                texts += [text for text, _ in await asyncio.gather(
+                    *(_generate(backend, None, c, sampling) for c in conversations[start:start + 16]))]
+            values = [_parses(t, False) for t in texts]
+            valid = [_valid(v, schema) for v in values]
+            row = {"answers": len(texts), "schema_valid": sum(valid) / len(texts),
+                   "filled": sum(ok and _filled(v, schema) for ok, v in zip(valid, values, strict=True)) / len(texts)}
+            table[f"{name} @ {budget}"] = row
+            print(f"  {name:<12} {budget:>3} tokens  schema-valid {row['schema_valid']:.2f}  "
+                  f"filled {row['filled']:.2f}", flush=True)
+    return table
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = resolve_base_model(EMBEDDED_BASE, Path.home() / ".cache" / "switchyard" / "models")
     backend = TransformersBackend(Path(model_dir), "cpu", 2048, max_loras=8, max_cpu_loras=0, max_batch=16)
     for name in DEMO:
         await backend.load_adapter(name, check_adapter_files(REPO / "demo" / "adapters" / name, 64))
     prompts = _prompts(args.prompts)
+    print("small budgets (greedy):", flush=True)
+    small = await _small_budget(backend, prompts)
+    if args.only == "small-budget":
+        await backend.close()
+        return {"small_budget": small}
     print("validity (greedy):", flush=True)
     validity = await _validity(backend, prompts, args.max_tokens)
     mixed_runs = [await _mixed(backend, prompts, args.max_tokens) for _ in range(args.repeats)]
     mixed = {name: statistics.median(run[name] for run in mixed_runs) for name in mixed_runs[0]}
     engines = _engines(backend._tokenizer, backend._vocab_size)  # noqa: SLF001 - the backend's own tokenizer
     await backend.close()
-    return {"validity": validity, "mixed_batch_tokens_per_s": mixed, "mixed_runs": mixed_runs, "engines": engines}
+    return {"small_budget": small, "validity": validity, "mixed_batch_tokens_per_s": mixed, "mixed_runs": mixed_runs,
+            "engines": engines}
 
 
 def main() -> None:
@@ -213,9 +279,19 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "structured.json")
+    parser.add_argument("--only", choices=["small-budget"], help="run one section alone")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: bench/results/structured.json (structured_small_budget.json with --only)")
     args = parser.parse_args()
+    out = args.out or REPO / "bench" / "results" / ("structured_small_budget.json" if args.only else "structured.json")
     result = asyncio.run(_run(args))
+    print(f"\n{'small budget':<26} {'schema-valid':>12} {'filled':>8}")
+    for name, row in result["small_budget"].items():
+        print(f"{name:<26} {row['schema_valid']:>12.2f} {row['filled']:>8.2f}")
+    if args.only:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": platform.machine(), "prompts": args.prompts, **result}, indent=2))
+        return
     print(f"\n{'schema / mode':<26} {'valid JSON':>10} {'lenient':>8} {'schema-valid':>12} {'lenient':>8}")
     for name, row in result["validity"].items():
         print(f"{name:<26} {row['valid_json']:>10.2f} {row['valid_json_lenient']:>8.2f} {row['schema_valid']:>12.2f} "
@@ -233,8 +309,8 @@ def main() -> None:
         for engine in ("xgrammar", "llguidance"):
             print(f"{engine:<10} " + " ".join(f"{row[f'{engine}_{metric}']:>19.1f} {metric.split('_')[1]:>2}"
                                               for row in result["engines"].values()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.machine(), "prompts": args.prompts,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.machine(), "prompts": args.prompts,
                                     "max_tokens": args.max_tokens, "repeats": args.repeats, **result,
                                     "ratios": ratios}, indent=2))
 

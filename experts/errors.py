@@ -61,3 +61,13 @@ class ConstraintRejected(ExpertError):
 class MixtureRejected(ExpertError):
     """A mixture of experts that cannot be served: a component that is not an adapter, too many components,
     bad weights, or a combined rank over the engine's limit."""
+
+
+class RowFailed(ExpertError):
+    """One request's row of the batch failed (its grammar, sampling or decoding raised): that request gets
+    this error, its slot is freed, and every other row of the batch goes on."""
+
+
+class EngineUnavailable(ExpertError):
+    """The generation engine cannot serve (its model thread or engine process failed or stalled); `/health`
+    reports the same problem."""

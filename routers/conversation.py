@@ -230,6 +230,15 @@ class Turn(NamedTuple):
 
 
 ASSISTANT_CHARS = 300  # an assistant turn's opening names its topic; the rest would only cost encoder time
+# What routing reads of any one text. Query encoders read at most a few hundred tokens (MiniLM: 256 word
+# pieces, about 1,000 characters of English), so nothing past this changes a decision; a text cut here
+# before it is cached, hashed or scored keeps a 1 MB message from costing 1 MB in the embedding cache.
+ROUTING_TEXT_CHARS = 4000
+
+
+def routing_text(text: str) -> str:
+    """The part of `text` routing reads."""
+    return text[:ROUTING_TEXT_CHARS]
 
 
 def window(turns: Sequence[Turn], max_turns: int) -> list[Turn]:

@@ -20,6 +20,7 @@ from experts.errors import (
     ConstraintRejected,
     DocumentsRejected,
     EncoderRejected,
+    EngineUnavailable,
     ExpertError,
     ExpertExists,
     ExpertGone,
@@ -27,6 +28,7 @@ from experts.errors import (
     ManifestError,
     MixtureRejected,
     PromptTooLong,
+    RowFailed,
     SamplingRejected,
     UploadExists,
 )
@@ -70,6 +72,8 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     ManifestError: (503, "server_error", "storage_unavailable"),
     AdapterUnavailable: (503, "server_error", "expert_failed"),
     UploadExists: (409, "conflict_error", "upload_exists"),
+    RowFailed: (500, "server_error", "generation_failed"),
+    EngineUnavailable: (503, "server_error", "engine_unavailable"),
 }
 
 

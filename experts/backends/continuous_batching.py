@@ -11,11 +11,20 @@ it would be alone.
 Everything here runs on the backend's model thread: steps and admissions are queued jobs on the same
 single-thread executor as adapter loads, so the model is never mutated mid-step. Results go back to
 each request's asyncio queue through `call_soon_threadsafe`.
+
+A row's failure is that row's alone. Whatever raises while one row is masked, sampled, accepted or scored
+(`_advance`) fails that row with `RowFailed` and leaves the batch; a forward pass that raises fails the
+rows of that pass. Anything else that escapes a job (`_guarded`) fails every row, running or waiting, and
+resets the batch, rather than vanish in the executor's Future and leave rows waiting forever: a job's
+exception used to do exactly that, so one poisoned row hung every later request. `busy_for` tells
+`/health` when one job has held the model thread too long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -29,11 +38,12 @@ from experts.backends.base import AdapterMix, SamplingParams
 from experts.backends.prefix_cache import PrefixCache
 from experts.backends.sampling import PromptScores, SampledToken, apply_penalties, sample_next_token, scores_of
 from experts.backends.stacked_lora import BASE_ADAPTER, StackedLora
-from experts.errors import MixtureRejected
+from experts.errors import MixtureRejected, RowFailed
 
 if TYPE_CHECKING:
     from experts.backends.structured import TokenMask
 
+log = logging.getLogger(__name__)
 FINISHED = None  # sentinel pushed after the last token of a row
 
 
@@ -82,18 +92,60 @@ class BatchScheduler:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, cache_len]
         self._waiting: list[Row] = []
+        self._joining: list[Row] = []  # taken from `_waiting`, being prefilled: in no other list until merged
         self._incoming: deque[Row] = deque()  # submitted from the event loop, not yet seen by the model thread
         self._step_queued = False
         self.steps = 0
         self.largest_batch = 0
+        self.failed_rows = 0  # rows failed alone (`_advance`)
+        self.batch_failures = 0  # jobs that failed every row (`_guarded`)
+        self._busy_since: float | None = None  # when the running job started (monotonic); None: idle
 
     # -- called from the event loop -----------------------------------------------------------------
 
     def submit(self, row: Row) -> None:
         self._incoming.append(row)
-        self._executor.submit(self._admit_incoming)
+        self._executor.submit(self._guarded, self._admit_incoming)
+
+    def busy_for(self) -> float:
+        """Seconds the job on the model thread has been running (0 when idle)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     # -- model thread ---------------------------------------------------------------------------------
+
+    def _guarded(self, job: Callable[[], None]) -> None:
+        """Run one scheduler job; an exception that escapes it fails every row and resets the batch."""
+        self._busy_since = time.monotonic()
+        try:
+            job()
+        except Exception as exc:
+            log.exception("a batch job failed; failing every row it held")
+            self.batch_failures += 1
+            self._step_queued = False
+            rows = [*self._rows, *self._joining, *self._waiting, *self._incoming]
+            self._rows, self._joining, self._cache, self._mask, self._waiting = [], [], None, None, []
+            self._incoming.clear()
+            for row in rows:
+                if not row.done:
+                    row.done = True
+                    row.emit(RowFailed(f"generation failed in the batch: {type(exc).__name__}: {exc}"))
+        finally:
+            self._busy_since = None
+
+    def _advance(self, row: Row, logits: torch.Tensor, prompt_logits: torch.Tensor | None = None) -> None:
+        """Score (with `prompt_logits`) and sample the row's next token; if anything raises, the row alone
+        fails and leaves the batch at the next drop."""
+        try:
+            if prompt_logits is not None:  # position p's logits score the token at p + 1
+                row.emit(PromptScores(tuple(scores_of(prompt_logits[j], int(token), row.sampling.prompt_logprobs)
+                                            for j, token in enumerate(row.prompt_ids[0, 1:].tolist()))))
+            self._accept(row, logits)
+        except Exception as exc:
+            log.warning("one row of the batch failed: %s: %s", type(exc).__name__, exc)
+            self.failed_rows += 1
+            row.done = True
+            row.emit(RowFailed(f"generation failed for this request: {exc}"))
 
     def forward(self, adapters_of_rows: list[str | AdapterMix], **kwargs: Any) -> Any:
         """One forward pass for `rows`. With stacked LoRA (the default) every batch, mixed or not, is one
@@ -134,6 +186,7 @@ class BatchScheduler:
         if room <= 0 or not self._waiting:
             return
         joining, self._waiting = self._waiting[:room], self._waiting[room:]
+        self._joining = joining
         prefixes = self.prefixes
         # Prompt log-probabilities need every prompt position computed, so those rows skip the cache.
         with_prefix = [r for r in joining if prefixes is not None and prefixes.covers(r.prompt_ids)
@@ -141,6 +194,7 @@ class BatchScheduler:
         for group in (with_prefix, [r for r in joining if r not in with_prefix]):
             if group:
                 self._prefill(group, len(prefixes) if group is with_prefix and prefixes is not None else 0)
+        self._joining = []
         self._drop_finished()
         self._queue_step()
 
@@ -175,11 +229,8 @@ class BatchScheduler:
         self._merge(rows, cache, mask)
         for i, row in enumerate(rows):
             row.position = cached + lengths[i]
-            if row.sampling.prompt_logprobs is not None:  # position p's logits score the token at p + 1
-                logits = out.logits[i, longest - lengths[i]:longest - 1]
-                row.emit(PromptScores(tuple(scores_of(logits[j], int(token), row.sampling.prompt_logprobs)
-                                            for j, token in enumerate(row.prompt_ids[0, 1:].tolist()))))
-            self._accept(row, out.logits[i, -1])
+            scored = row.sampling.prompt_logprobs is not None
+            self._advance(row, out.logits[i, -1], out.logits[i, longest - lengths[i]:longest - 1] if scored else None)
 
     def _cached_prefixes(self, rows: list[Row], device: torch.device) -> DynamicCache:
         """The rows' cached openings as one batch cache, computing (in one pass) those not cached yet."""
@@ -239,7 +290,7 @@ class BatchScheduler:
     def _queue_step(self) -> None:
         if self._rows and not self._step_queued:
             self._step_queued = True
-            self._executor.submit(self._step)
+            self._executor.submit(self._guarded, self._step)
 
     def _step(self) -> None:
         self._step_queued = False
@@ -267,7 +318,7 @@ class BatchScheduler:
         self.steps += 1
         for i, row in enumerate(rows):
             row.position += 1
-            self._accept(row, out.logits[i, -1])
+            self._advance(row, out.logits[i, -1])
         self._drop_finished()
         self._queue_step()
 

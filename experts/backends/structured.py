@@ -45,13 +45,19 @@ class GrammarCompiler:
         self.closers = ClosingTokens(tokenizer, vocab_size)
 
     def compile(self, constraint: OutputConstraint) -> xgr.CompiledGrammar:
-        """The grammar of `constraint`; `ConstraintRejected` (a 400) for a schema it cannot follow."""
+        """The grammar of `constraint`; `ConstraintRejected` (a 400) for a schema it cannot follow, or whose
+        grammar allows no first token (a row on it could never sample anything)."""
         try:
             json.loads(constraint.json_schema)
-            return self._compiler.compile_json_schema(constraint.json_schema, any_whitespace=False,
-                                                      strict_mode=True)
+            grammar = self._compiler.compile_json_schema(constraint.json_schema, any_whitespace=False,
+                                                         strict_mode=True)
+            bitmask = xgr.allocate_token_bitmask(1, self.vocab_size)
+            xgr.GrammarMatcher(grammar).fill_next_token_bitmask(bitmask)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ConstraintRejected(f"the JSON schema cannot be enforced: {exc}") from exc
+        if not bool((bitmask != 0).any()):
+            raise ConstraintRejected("the JSON schema cannot be enforced: its grammar allows no token")
+        return grammar
 
 
 _CLOSE_STRING = re.compile(r'"[\]}]*')
@@ -61,17 +67,13 @@ CLOSING_BONUS = 100.0  # added to the logits of closing tokens in the reserve: t
 SEPARATOR_BONUS = 50.0  # a separator wins over more of the same value, but never over a bracket
 
 
-def closing_reserve(max_tokens: int, depth: int, shortest: int = 0) -> int:
-    """How many of the last tokens of the budget close the value: a quarter (at least 8 and at most 64), or
-    `shortest_reserve` if more, and one more for each container still open."""
-    return max(8, min(64, max_tokens // 4), shortest) + depth
-
-
-def shortest_reserve(constraint: OutputConstraint) -> int:
-    """Tokens enough to write the schema's shortest instance whatever the tokens: its length in characters.
-    Counting its tokens is not enough: where the grammar forces a key, a sampling model may spell it in
-    pieces ("qu", "an", "t", "it", "y"), and answers then ran out one token short."""
-    return len(constraint.shortest)
+def closing_reserve(max_tokens: int, depth: int, remaining: int = 0) -> int:
+    """How many of the last tokens of the budget close the value: a quarter (at least 8 and at most 64) and
+    one more for each container still open, or `remaining` if more: the characters of the shortest
+    instance not written yet (`JsonStringState.remaining`), from where the output stands. Characters, not
+    tokens: where the grammar forces a key, a sampling model may spell it in pieces ("qu", "an", "t"), and
+    answers reserved in tokens ran out one token short."""
+    return max(max(8, min(64, max_tokens // 4)) + depth, remaining)
 
 
 class ClosingTokens:
@@ -110,12 +112,11 @@ class ClosingTokens:
 class TokenMask:
     """One row's grammar state: which tokens may come next, advanced by each sampled token."""
 
-    def __init__(self, grammar: xgr.CompiledGrammar, compiler: GrammarCompiler, shortest: int = 0) -> None:
+    def __init__(self, grammar: xgr.CompiledGrammar, compiler: GrammarCompiler, shortest: str = "") -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
-        self._shortest = shortest  # tokens of the schema's shortest instance
         self._bitmask = xgr.allocate_token_bitmask(1, compiler.vocab_size)
         self._closers = compiler.closers
-        self._json = JsonStringState()
+        self._json = JsonStringState(shortest)  # shortest: the schema's shortest instance, as JSON text
 
     def apply(self, logits: torch.Tensor, remaining: int, max_tokens: int) -> None:
         """Set every token the grammar forbids to -inf, in place (`logits` is 1-D, float32); with `remaining`
@@ -123,7 +124,7 @@ class TokenMask:
         open value."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device, non_blocking=True))
-        if remaining <= closing_reserve(max_tokens, self._json.depth, self._shortest):
+        if remaining <= closing_reserve(max_tokens, self._json.depth, self._json.remaining):
             logits += self._closers.bonus(self._json, logits.device)
 
     def accept(self, token: int) -> None:

@@ -45,7 +45,7 @@ from experts.backends.prefix_cache import PrefixCache, template_prefix
 from experts.backends.residency import Activation, ResidencyPlan, Tier
 from experts.backends.sampling import IncrementalDecoder, PromptScores, SampledToken, StreamedText, TokenScores
 from experts.backends.stacked_lora import StackedLora
-from experts.errors import AdapterRejected, AdapterUnavailable, MixtureRejected
+from experts.errors import AdapterRejected, AdapterUnavailable, EngineUnavailable, MixtureRejected
 
 if TYPE_CHECKING:
     from experts.backends.structured import GrammarCompiler, TokenMask
@@ -53,7 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _TIER_COST = {Tier.DEVICE: 0, Tier.HOST: 1, Tier.DISK: 2}
-HEALTH_PROBE_SECONDS = 5.0
+HEALTH_PROBE_SECONDS = 5.0  # the base-model probe is re-run at most this often
+# One job (a step, a prefill, an adapter load) holding the model thread this long means it is stuck: /health
+# reports it, and a request whose rows get nothing for as long is failed rather than left waiting.
+STALL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class TransformersBackend:
         )
         self._probe = ModelProbe(self._tokenizer, self._scheduler.forward, lambda: self._base)
         self._health: tuple[float, list[str]] = (time.monotonic(), [])
+        self._probing: asyncio.Task[None] | None = None
+        self._probe_started = 0.0
         eos = self._base.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if self._tokenizer.eos_token_id is not None:
@@ -244,7 +249,10 @@ class TransformersBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         check_sampling_fits(request.sampling, self._vocab_size)
-        prompt_ids = self._render_prompt(request)
+        stalled = self._stall()
+        if stalled is not None:
+            raise EngineUnavailable(stalled)
+        prompt_ids = await asyncio.to_thread(self._render_prompt, request)  # a long prompt never holds the loop
         check_prompt_fits(int(prompt_ids.shape[1]), request, self._max_context)
         prompt_ids = prompt_ids.to(self._device)
         grammar = None
@@ -268,13 +276,13 @@ class TransformersBackend:
         """A row's grammar state for `constraint` (compiled grammars are cached per schema). The engine is
         imported and set up for this tokenizer on first use, so a server that never sees a structured
         output never pays for it."""
-        from experts.backends.structured import GrammarCompiler, TokenMask, shortest_reserve
+        from experts.backends.structured import GrammarCompiler, TokenMask
 
         with self._grammars_lock:
             if self._grammars is None:
                 self._grammars = GrammarCompiler(self._tokenizer, self._vocab_size, self._eos_ids)
         compiled = self._grammars.compile(constraint)
-        return TokenMask(compiled, self._grammars, shortest_reserve(constraint))
+        return TokenMask(compiled, self._grammars, constraint.shortest)
 
     async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest,
                       grammar: TokenMask | None) -> AsyncIterator[GenerationChunk]:
@@ -294,7 +302,7 @@ class TransformersBackend:
         prompt_scores: tuple[TokenLogprob | None, ...] | None = None
         try:
             while True:
-                item = await row.queue.get()
+                item = await self._next_item(row)
                 if item is FINISHED:
                     break
                 if isinstance(item, Exception):
@@ -330,6 +338,24 @@ class TransformersBackend:
             prompt_logprobs=prompt_scores,
         )
 
+    async def _next_item(self, row: Row) -> Any:
+        """The row's next item from the model thread; `EngineUnavailable` if the thread is stuck instead."""
+        while True:
+            try:
+                return await asyncio.wait_for(row.queue.get(), timeout=STALL_SECONDS / 4)
+            except TimeoutError:
+                stalled = self._stall()
+                if stalled is not None:
+                    raise EngineUnavailable(stalled) from None
+
+    def _stall(self) -> str | None:
+        busy = self._scheduler.busy_for()
+        if busy > STALL_SECONDS:
+            return f"the model thread has been on one job for {busy:.0f} s"
+        if self._probing is not None and time.monotonic() - self._probe_started > STALL_SECONDS:
+            return f"the model thread has not answered the health probe for {STALL_SECONDS:.0f} s"
+        return None
+
     def _logprob(self, scores: TokenScores) -> TokenLogprob:
         """Token ids as text, as OpenAI reports them (each token decoded alone)."""
         decode = self._tokenizer.decode
@@ -349,12 +375,24 @@ class TransformersBackend:
         return await self._on_model_thread(self._probe.base_checksum)
 
     async def health(self) -> list[str]:
-        """The base model's probe, re-run at most every `HEALTH_PROBE_SECONDS` (it takes the model thread)."""
+        """The base model's latest probe, and a stuck model thread. Never waits on the model thread: the probe
+        runs there in the background, at most every `HEALTH_PROBE_SECONDS`, so /health answers at once even
+        when a job holds the thread (which is then the problem reported)."""
         checked, problems = self._health
-        if time.monotonic() - checked > HEALTH_PROBE_SECONDS:
+        if self._probing is None and time.monotonic() - checked > HEALTH_PROBE_SECONDS:
+            self._probe_started = time.monotonic()
+            self._probing = asyncio.get_running_loop().create_task(self._refresh_health())
+        stalled = self._stall()
+        return [*problems, stalled] if stalled is not None else problems
+
+    async def _refresh_health(self) -> None:
+        try:
             problems = await self._on_model_thread(self._probe.base_problems)
-            self._health = (time.monotonic(), problems)
-        return problems
+        except Exception as exc:  # a probe that cannot run is itself the problem
+            problems = [f"the health probe failed: {type(exc).__name__}: {exc}"]
+        finally:
+            self._probing = None
+        self._health = (time.monotonic(), problems)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

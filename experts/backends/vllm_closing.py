@@ -8,7 +8,7 @@ engine-core process and sees every request of the batch; it acts on those with s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,9 +27,8 @@ if TYPE_CHECKING:
 @dataclass
 class _Row:
     max_tokens: int
-    shortest: int  # tokens of the schema's shortest instance (SamplingParams.extra_args)
     output: list[int]  # vLLM's own list of the request's output tokens, growing in place
-    json: JsonStringState = field(default_factory=JsonStringState)
+    json: JsonStringState  # with the schema's shortest instance (SamplingParams.extra_args)
     scanned: int = 0
 
 
@@ -57,10 +56,11 @@ class ClosingReserve(LogitsProcessor):
     def _track(params: SamplingParams, _: Any, output: list[int]) -> _Row | None:
         if params.structured_outputs is None or params.max_tokens is None:
             return None
-        return _Row(params.max_tokens, int((params.extra_args or {}).get("closing_shortest", 0)), output)
+        shortest = (params.extra_args or {}).get("closing_shortest", "")
+        return _Row(params.max_tokens, output, JsonStringState(shortest if isinstance(shortest, str) else ""))
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, row in self._rows.items():
-            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens, row.json.depth, row.shortest):
+            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens, row.json.depth, row.json.remaining):
                 logits[index] += self._tokens.bonus(row.json, self._device)
         return logits

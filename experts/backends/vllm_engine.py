@@ -39,7 +39,7 @@ from experts.backends.base import (
     constrained_finish,
 )
 from experts.backends.derived_lora import DerivedAdapter, DerivedAdapters, derived_rank, write_derived_adapter
-from experts.errors import AdapterRejected, ConstraintRejected, MixtureRejected
+from experts.errors import AdapterRejected, ConstraintRejected, EngineUnavailable, MixtureRejected
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ class VLLMBackend:
         return None  # the weights live in vLLM's engine process
 
     async def health(self) -> list[str]:
+        """vLLM's own liveness: its engine-core process is gone or its output loop has stopped."""
+        if self._engine.errored:
+            return ["the vLLM engine has stopped (its engine-core process died or its output loop failed)"]
         return []
 
     def unload_adapter(self, key: str) -> None:
@@ -165,6 +168,10 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._engine.errored:
+            raise EngineUnavailable("the vLLM engine has stopped; /health reports it")
 
         if request.prompt is not None:
             prompt_ids = self._tokenizer.encode(request.prompt)
@@ -184,7 +191,7 @@ class VLLMBackend:
             structured_outputs=StructuredOutputsParams(json=s.constraint.json_schema, disable_any_whitespace=True)
             if s.constraint is not None else None,
             logprobs=s.logprobs, prompt_logprobs=s.prompt_logprobs,
-            extra_args={"closing_shortest": len(s.constraint.shortest)}  # shortest_reserve, without the import
+            extra_args={"closing_shortest": s.constraint.shortest}  # the closing reserve measures against it
             if s.constraint is not None else None,
         )
         lora, derived = None, None
@@ -209,6 +216,8 @@ class VLLMBackend:
                 if s.constraint is not None:
                     raise ConstraintRejected(f"the JSON schema cannot be enforced: {exc}") from exc
                 raise
+            except EngineDeadError as exc:
+                raise EngineUnavailable("the vLLM engine has stopped; /health reports it") from exc
             if first is not None and s.prompt_logprobs is not None:
                 prompt_scores = tuple(_logprob(prompt_ids[i], entry, s.prompt_logprobs) if entry else None
                                       for i, entry in enumerate(first.prompt_logprobs or []))

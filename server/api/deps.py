@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -69,3 +70,19 @@ def check_api_key(request: Request, settings: Settings) -> None:
 
 AdminAccess = Depends(require_admin)
 InferenceAccess = Depends(require_api_key)
+
+
+ANONYMOUS = "anonymous"  # the one namespace of every caller when inference keys are off
+CONSOLE = "console"  # the signed-in console (an admin, through the console's own scripts)
+
+
+def caller_namespace(request: Request, state: AppState) -> str:
+    """Whose request this is, for what a caller stores (sessions): a digest of the API key it presented
+    (never the key itself), the console, or one anonymous namespace when `api_keys` are off. Inference
+    keys are checked before any handler runs, so a presented key here is a valid one."""
+    if state.console.admits(request):
+        return CONSOLE
+    presented = _bearer(request)
+    if not state.settings.api_keys or not presented:
+        return ANONYMOUS
+    return "key-" + hashlib.sha256(presented).hexdigest()[:16]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from server.api.deps import AdminAccess, InferenceAccess, State
+from server.api.deps import AdminAccess, InferenceAccess, State, caller_namespace
 from server.chat.conversation import session_key, turns_of
 from server.protocol import (
     ChatCompletionRequest,
@@ -34,10 +34,17 @@ api = APIRouter(prefix="/v1", tags=["openai"])
 inference = [InferenceAccess]  # every endpoint but feedback, which changes routing and needs the admin token
 
 
+def _session(request: Request, state: State, user: str | None) -> str | None:
+    """The request's session key within its caller's namespace; None when session affinity is off."""
+    if state.routing.sessions is None:
+        return None
+    return session_key(request.headers, user, caller_namespace(request, state))
+
+
 @api.post("/chat/completions", response_model=None, dependencies=inference)
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            state: State) -> JSONResponse | StreamingResponse:
-    session = session_key(request.headers, body.user) if state.routing.sessions is not None else None
+    session = _session(request, state, body.user)
     run = await state.chat.start(body, session)
     if body.stream:
         # The background close covers a client that disconnects before the first byte is sent.
@@ -51,7 +58,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 async def completions(body: CompletionRequest, request: Request, state: State) -> JSONResponse | StreamingResponse:
     """A raw prompt (or a list), routed on its text or pinned by `model`; the first prompt's decision is in
     the headers and the body, each prompt's on its own choices."""
-    session = session_key(request.headers, body.user) if state.routing.sessions is not None else None
+    session = _session(request, state, body.user)
     first = await state.completions.open(body, body.prompts()[0], session)
     if body.stream:
         return StreamingResponse(state.completions.stream(body, first, session), media_type="text/event-stream",
@@ -63,7 +70,7 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
 @api.post("/responses", response_model=None, dependencies=inference)
 async def responses(body: ResponsesRequest, request: Request, state: State) -> JSONResponse | StreamingResponse:
     """The stateless subset of the Responses API: nothing is stored."""
-    session = session_key(request.headers, body.user) if state.routing.sessions is not None else None
+    session = _session(request, state, body.user)
     generation = await state.responses.open(body, session)
     if body.stream:
         return StreamingResponse(state.responses.stream(body, generation), media_type="text/event-stream",
@@ -97,7 +104,7 @@ async def route(body: RouteRequest, request: Request, state: State) -> JSONRespo
     """The decision without generating: for a `query`, or for the last turn of `messages` in context.
     A session key (header or `user`) is read, never written: a dry run changes no session."""
     turns = turns_of(body)
-    session = session_key(request.headers, body.user)
+    session = session_key(request.headers, body.user, caller_namespace(request, state))
     decision, snapshot, routing_ms = await state.routing.rank(turns, body.top_n, session)
     info, _ = state.routing.planned_record(decision, snapshot, routing_ms)
     ranking = [ScoredExpertOut(name=s.name, score=s.score) for s in decision.ranking]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from experts.backends.base import TokenLogprob
-from routers.conversation import Turn
+from routers.conversation import Turn, routing_text
 from server.chat.generation import Generation, GenerationService, stream_error_event
 from server.chat.sampling import sampling_for
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
@@ -31,7 +31,7 @@ class CompletionService:
         sampling = sampling_for(request, self._settings, logprobs=request.logprobs,
                                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None
                                 else None)
-        return await self._generation.open(endpoint=ENDPOINT, model=request.model, turns=[Turn(prompt)],
+        return await self._generation.open(endpoint=ENDPOINT, model=request.model, turns=[Turn(routing_text(prompt))],
                                            session=session, sampling=sampling, prompt=prompt, n=request.n,
                                            id_prefix="cmpl", experts=request.experts)
 

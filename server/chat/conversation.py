@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from routers.conversation import ASSISTANT_CHARS, Turn
+from routers.conversation import ASSISTANT_CHARS, Turn, routing_text
 from server.errors import APIError
 from server.protocol import ChatMessage, ConversationQuery
+from server.routing.sessions import MAX_SESSION_KEY
 
 SESSION_HEADER = "x-switchyard-session"
 
 
 def conversation_turns(messages: Sequence[ChatMessage]) -> list[Turn]:
     """User and assistant turns with text, oldest first, up to the last user message (the turn being
-    answered); an assistant turn is cut to its opening `ASSISTANT_CHARS`. A 400 when there is no user
+    answered); a user turn is cut to what routing reads (`routing_text`), an assistant turn to its opening
+    `ASSISTANT_CHARS`. A 400 when there is no user
     message with text."""
     if not messages:
         raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
-    turns = [Turn(m.text() if m.role == "user" else m.text()[:ASSISTANT_CHARS], m.role == "assistant")
+    turns = [Turn(routing_text(m.text()) if m.role == "user" else m.text()[:ASSISTANT_CHARS], m.role == "assistant")
              for m in messages if m.role in ("user", "assistant") and m.text().strip()]
     last_user = max((i for i, turn in enumerate(turns) if not turn.assistant), default=None)
     if last_user is None:
@@ -36,10 +38,12 @@ def turns_of(body: ConversationQuery) -> list[Turn]:
     return [Turn(body.query)] if body.query is not None else conversation_turns(body.messages or [])
 
 
-def session_key(headers: Mapping[str, str], user: str | None) -> str | None:
-    """The session a request belongs to: the x-switchyard-session header, else OpenAI's `user` field."""
+def session_key(headers: Mapping[str, str], user: str | None, namespace: str) -> str | None:
+    """The session a request belongs to: the x-switchyard-session header, else OpenAI's `user` field, within
+    the caller's `namespace` (`server.api.deps.caller_namespace`). The same name under two API keys is two
+    sessions: `user` is an identifier a client chooses, not a secret, so it never reaches another caller's."""
     key = headers.get(SESSION_HEADER) or user
-    if key is not None and len(key) > 256:
-        raise APIError(400, "the session key is longer than 256 characters", "invalid_request_error",
+    if key is not None and len(key) > MAX_SESSION_KEY:
+        raise APIError(400, f"the session key is longer than {MAX_SESSION_KEY} characters", "invalid_request_error",
                        "session_key_too_long", SESSION_HEADER)
-    return key or None
+    return f"{namespace}/{key}" if key else None

@@ -70,13 +70,17 @@ class Generation:
 
     async def close(self) -> None:
         """Release the lease and the admission slot and stop generation; idempotent, so every exit path
-        may call it."""
+        may call it. Each choice is closed on its own: one that fails to close never keeps the others
+        generating."""
         self.target.release()
         if self.grounding is not None:
             self.grounding.release()
         self.slot.release()
         for choice in self.choices:
-            await choice.chunks.aclose()
+            try:
+                await choice.chunks.aclose()
+            except Exception:  # noqa: BLE001 - logged; the other choices still close
+                log.warning("choice %d did not close cleanly", choice.index, exc_info=True)
 
     async def next_chunk(self, choice: ChoiceStream) -> GenerationChunk:
         """The choice's next chunk, or a synthetic `length` finish once the time limit has passed."""
@@ -124,9 +128,10 @@ class Generation:
                     yield item
                     if item[1].finish_reason is not None:
                         break
-        finally:
+        finally:  # each pump stops before its stream can be closed (aclose on a running generator raises)
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def collect(self) -> list[Finished]:
         """Every choice's whole output, in choice order."""
@@ -219,7 +224,7 @@ class GenerationService:
                     sampling
                 streams.append(self._backend.generate(GenerationRequest(
                     messages, adapter_key, seeded, self._settings.max_prompt_tokens, prompt=prompt, mixture=mixture)))
-                first = await anext(streams[-1])
+                first = await _first_chunk(streams[-1], deadline)
                 choices.append(ChoiceStream(index, streams[-1], first, (first.prompt_tokens, first.completion_tokens)))
         except BaseException:
             for stream in streams:
@@ -252,6 +257,17 @@ class GenerationService:
 
     def count(self, endpoint: str, target: Target, status: str, seconds: float | None = None) -> None:
         self._metrics.served(endpoint, target.info.expert, status, seconds)
+
+
+async def _first_chunk(stream: AsyncIterator[GenerationChunk], deadline: float) -> GenerationChunk:
+    """A choice's first chunk, or a 504 once the request's time limit has passed: a request never waits
+    without bound for an engine that does not start it."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await anext(stream)
+    except TimeoutError:
+        raise APIError(504, "generation did not start within the request's time limit (request_timeout_seconds)",
+                       "server_error", "generation_timeout") from None
 
 
 def stream_error_event(exc: Exception) -> str:

@@ -20,7 +20,7 @@ from experts.backends.base import OutputConstraint
 from server.chat.conversation import conversation_turns
 from server.chat.generation import Generation, GenerationService, stream_error_event
 from server.chat.sampling import sampling_for
-from server.chat.structured import constraint_for
+from server.chat.structured import constraint_for, constraint_off_loop
 from server.chat.tools import prompt_messages
 from server.protocol import (
     OutputMessage,
@@ -44,7 +44,8 @@ class ResponsesService:
     async def open(self, request: ResponsesRequest, session: str | None) -> Generation:
         """Route and start generating; errors surface here, before any byte is sent."""
         messages = request.messages()
-        sampling = sampling_for(_as_sampling(request), self._settings, constraint=_constraint(request))
+        sampling = sampling_for(_as_sampling(request), self._settings,
+                                constraint=await constraint_off_loop(lambda: _constraint(request)))
         return await self._generation.open(endpoint=ENDPOINT, model=request.model,
                                            turns=conversation_turns(messages), session=session, sampling=sampling,
                                            messages=prompt_messages(messages, None), id_prefix="resp",

@@ -15,7 +15,7 @@ from experts.backends.base import TokenLogprob
 from server.chat.conversation import conversation_turns
 from server.chat.generation import Generation, GenerationService, logprob_entry, stream_error_event
 from server.chat.sampling import sampling_for
-from server.chat.structured import constraint_for
+from server.chat.structured import constraint_for, constraint_off_loop
 from server.chat.tools import CallStream, ContentFilter, ToolUse, call_deltas, prompt_messages, tool_use_for
 from server.errors import APIError
 from server.protocol import (
@@ -79,7 +79,7 @@ class ChatService:
         """
         turns = conversation_turns(request.messages)
         tool_use = tool_use_for(request.tools, request.tool_choice, request.parallel_tool_calls)
-        sampling = chat_sampling(request, self._settings, tool_use)
+        sampling = await constraint_off_loop(lambda: chat_sampling(request, self._settings, tool_use))
         generation = await self._generation.open(
             endpoint=ENDPOINT, model=request.model, turns=turns, session=session, sampling=sampling,
             messages=prompt_messages(request.messages, tool_use), n=request.n, experts=request.experts)

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import torch
 
 from experts.encoders import TextEmbedder
-from routers.conversation import Turn
+from routers.conversation import Turn, routing_text
 from server.errors import APIError
 from server.protocol import (
     MAX_EMBEDDING_INPUTS,
@@ -68,7 +68,7 @@ class EmbeddingService:
             info = unrouted_record(name, "generalist", "the shared query encoder was requested by name",
                                                False, version)
         elif request.model == AUTO_MODEL:
-            ranking, info, snapshot = await self._retrieval.route([Turn(texts[0])])
+            ranking, info, snapshot = await self._retrieval.route([Turn(routing_text(texts[0]))])
             expert = snapshot.experts[ranking[0].name]
             name, encoder = expert.name, expert.resource.encoder
             info = info.model_copy(update={"retrievers": [name], "fused": False,

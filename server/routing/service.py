@@ -34,6 +34,7 @@ from routers.conversation import (
     decide_conversation,
     neutral_turns,
     pack_turns,
+    routing_text,
     window,
 )
 from routers.embedding_cache import EmbeddingCache
@@ -113,7 +114,9 @@ class RoutingService:
         self._background: set[asyncio.Task[None]] = set()
 
     async def embed_turns(self, turns: Sequence[str]) -> torch.Tensor:
-        """[turns, dim]: cached turns from the cache, the others through the micro-batcher, together."""
+        """[turns, dim]: cached turns from the cache, the others through the micro-batcher, together. Each
+        text is cut to what routing reads first, whoever built the turns."""
+        turns = [routing_text(turn) for turn in turns]
         found = self.cache.lookup(turns)
         missing = list(dict.fromkeys(t for t, v in zip(turns, found, strict=True) if v is None))
         if missing:
@@ -242,8 +245,7 @@ class RoutingService:
         if len(names) > MAX_MIXTURE:
             raise MixtureRejected(f"a mixture has at most {MAX_MIXTURE} experts, got {len(names)}")
         snapshot = self._registry.snapshot
-        total = sum(weights.values())  # > 0: the request's `experts` were validated, "a+b" weighs 1 each
-        weighted = [(name, round(weight / total, 3)) for name, weight in weights.items()]
+        weighted = normalised_weights(weights)
         components = [(self._mixable(snapshot, name), weight) for name, weight in weighted]
         info = unrouted_record(MIXTURE_JOIN.join(names), "mixture", "the mixture was pinned by the request; "
                                "routing skipped", False, snapshot.version)
@@ -374,6 +376,16 @@ def _with_evidence(decision: Decision, snapshot: Snapshot, user_vectors: torch.T
     spec = best.spec
     return replace(decision, evidence=nearest_evidence(best.example_embeddings, spec.routing_texts(),
                                                        len(spec.examples), user_vectors))
+
+
+def normalised_weights(weights: dict[str, float]) -> list[tuple[str, float]]:
+    """Weights summing to one, rounded to 3 decimals: the weights shown are the weights used. Each is first
+    divided by the largest, so weights near the float limit (1e308 twice sums to inf) keep their ratios;
+    the request's `experts` were validated finite, non-negative and not all zero."""
+    largest = max(weights.values())
+    scaled = {name: weight / largest for name, weight in weights.items()}
+    total = sum(scaled.values())
+    return [(name, round(weight / total, 3)) for name, weight in scaled.items()]
 
 
 def _apply_generalist_feedback(decision: Decision, query: torch.Tensor, generalist: torch.Tensor | None) -> Decision:

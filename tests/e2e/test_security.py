@@ -14,13 +14,16 @@ from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 API_KEY = "sk-test-inference-key-5b1d"
+OTHER_KEY = "sk-test-inference-key-other-77c0"
+SQL_OPENING = "Write a SQL query that lists the customers who placed an order last month"
+VAGUE = "Thanks. And what about last year?"  # no domain of its own: a session's expert decides it
 SECRET_DOCUMENT = "The vault combination is aardvark-quartz-1187."
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("secured")
-    proc = ServerProcess(write_config(directory, api_keys=[API_KEY]), directory / "server.log").start()
+    proc = ServerProcess(write_config(directory, api_keys=[API_KEY, OTHER_KEY]), directory / "server.log").start()
     try:
         yield proc
     finally:
@@ -79,3 +82,28 @@ def test_the_api_description_is_closed_when_inference_needs_a_key(secured: Serve
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert httpx.get(f"{secured.base_url}{path}").status_code == 404
     assert http.get("/openapi.json").status_code == 200  # the open demo server keeps it
+
+
+def test_sessions_belong_to_the_key_that_made_them(secured: ServerProcess) -> None:
+    """Key 1 chats as `user: "alice"`; key 2 naming the same session sees nothing of it, and cannot re-pin
+    it: alice's vague follow-up still goes to her expert."""
+    alice = openai.OpenAI(base_url=f"{secured.base_url}/v1", api_key=API_KEY, max_retries=0)
+    other = openai.OpenAI(base_url=f"{secured.base_url}/v1", api_key=OTHER_KEY, max_retries=0)
+    opening = alice.chat.completions.create(
+        model="auto", max_tokens=2, user="alice",
+        messages=[{"role": "user", "content": SQL_OPENING}]).model_extra["switchyard"]
+    assert opening["expert"] == "sql"
+    seen = httpx.post(f"{secured.base_url}/v1/route", headers={"Authorization": f"Bearer {OTHER_KEY}",
+                                                               "x-switchyard-session": "alice"},
+                      json={"messages": [{"role": "user", "content": VAGUE}]}, timeout=30).json()["decision"]
+    assert not seen.get("session") and seen.get("previous_expert") is None, seen
+    mine = httpx.post(f"{secured.base_url}/v1/route", headers={"Authorization": f"Bearer {API_KEY}",
+                                                               "x-switchyard-session": "alice"},
+                      json={"messages": [{"role": "user", "content": VAGUE}]}, timeout=30).json()["decision"]
+    assert mine["session"] is True and mine["previous_expert"] == "sql", mine
+    # key 2 routes "alice" elsewhere: its own session, not hers
+    other.chat.completions.create(model="auto", max_tokens=2, user="alice",
+                                  messages=[{"role": "user", "content": "What is the integral of x squared?"}])
+    kept = alice.chat.completions.create(model="auto", max_tokens=2, user="alice",
+                                         messages=[{"role": "user", "content": VAGUE}]).model_extra["switchyard"]
+    assert kept["expert"] == "sql" and kept["previous_expert"] == "sql", kept

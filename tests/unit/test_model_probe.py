@@ -30,7 +30,12 @@ def test_the_probe_catches_a_changed_base_model(monkeypatch: pytest.MonkeyPatch)
         assert await backend.base_checksum() == before and await backend.health() == []
         with torch.no_grad():  # what a non-LoRA tensor in an adapter once did through PEFT's lenient load
             backend._base.model.norm.weight.zero_()
-        problems = await backend.health()
+        problems = await backend.health()  # the probe runs in the background: poll until it has reported
+        for _ in range(200):
+            if problems:
+                break
+            await asyncio.sleep(0.05)
+            problems = await backend.health()
         assert problems and "base weights changed" in problems[0]
         assert await backend.base_checksum() != before
         with pytest.raises(AdapterRejected, match="changed the base model's outputs"):

@@ -107,17 +107,23 @@ def test_prompt_messages_describe_tools_and_write_calls_and_results_as_text() ->
 
 
 def test_the_shortest_instance_writes_every_required_key_with_its_least_value() -> None:
-    from server.chat.structured import shortest_instance
+    from server.chat.schema_analysis import shortest_instance
 
     schema = {"type": "object", "required": ["name", "tags", "kind", "child", "maybe"],
-              "properties": {"name": {"type": "string", "minLength": 2}, "tags": {"type": "array", "minItems": 1,
+              "properties": {"name": {"type": "string", "minLength": 2}, "tags": {"type": "array", "minItems": 2,
                                                                                   "items": {"type": "integer"}},
                              "kind": {"enum": ["long-one", "b"]}, "child": {"$ref": "#/$defs/Child"},
                              "maybe": {"anyOf": [{"type": "string", "minLength": 5}, {"type": "null"}]},
                              "optional": {"type": "string"}},
               "$defs": {"Child": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}}}
-    assert shortest_instance(schema, schema) == {"name": "aa", "tags": [0], "kind": "b", "child": {"ok": False},
-                                                 "maybe": None}
+    assert shortest_instance(schema) == '{"name":"aa","tags":[0,0],"kind":"b","child":{"ok":false},"maybe":null}'
+    # recursion that can end: the least derivation, found once per subschema
+    tree = {"$defs": {"n": {"anyOf": [{"type": "array", "minItems": 2, "items": {"$ref": "#/$defs/n"}},
+                                      {"const": "leaf"}]}}, "$ref": "#/$defs/n"}
+    assert shortest_instance(tree) == '"leaf"'
+    node = {"$defs": {"n": {"type": "object", "required": ["v", "kids"], "properties": {
+        "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}}, "$ref": "#/$defs/n"}
+    assert shortest_instance(node) == '{"v":0,"kids":[]}'
 
 
 def test_schemas_whose_grammar_would_explode_are_refused() -> None:
@@ -130,6 +136,66 @@ def test_schemas_whose_grammar_would_explode_are_refused() -> None:
             schema_constraint(schema, "response_format")
         assert caught.value.code == "schema_too_large" and caught.value.param == "response_format"
     assert schema_constraint({"type": "string", "maxLength": MAX_SCHEMA_COUNT}, "x").shortest == '""'
+
+
+def _refusal(schema: dict) -> tuple[int, str]:
+    from server.chat.structured import schema_constraint
+    from server.errors import APIError
+
+    with pytest.raises(APIError) as caught:
+        schema_constraint(schema, "response_format")
+    return caught.value.status, caught.value.code
+
+
+def _nested_arrays(count: int, depth: int) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(depth):
+        schema = {"type": "array", "minItems": count, "items": schema}
+    return schema
+
+
+def test_the_red_team_schemas_are_refused_at_once() -> None:
+    """Each once hung the engine, held the event loop for seconds, or answered 500 (issue 30's findings)."""
+    poison = {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}
+    assert _refusal(poison) == (400, "invalid_schema")  # no finite instance: its grammar allows no token
+    for k in (2, 7, 12):  # recursive anyOf: k^8 work before, one pass over k options now
+        assert _refusal({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}] * k}}, "$ref": "#/$defs/a"}) == \
+            (400, "invalid_schema")
+    assert _refusal(_nested_arrays(512, 3)) == (400, "schema_too_large")  # 134 million items, never built
+    for bad in ("50000000", "3", True, 2.5, -1):  # counts that are not non-negative integers
+        assert _refusal({"type": "array", "minItems": bad}) == (400, "invalid_schema"), bad
+    deep: dict = {"type": "object"}
+    for _ in range(250):
+        deep = {"type": "object", "required": ["a"], "properties": {"a": deep}}
+    assert _refusal(deep) == (400, "schema_too_large")  # was a RecursionError, a 500
+
+
+def test_integral_float_counts_are_counts() -> None:
+    from server.chat.structured import schema_constraint
+
+    assert schema_constraint({"type": "array", "minItems": 2.0, "items": {"type": "boolean"}}, "x").shortest == \
+        "[false,false]"
+
+
+def test_the_closing_distance_is_measured_from_where_the_output_stands() -> None:
+    """A forced tool call's shortest instance is about 50 characters: reserving all of it from the first
+    token closed the argument at once at max_tokens 60. Measured from the output, the reserve shrinks as the
+    forced part is written, and a value's own characters never count as progress."""
+    from experts.backends.json_state import JsonStringState
+
+    shortest = '[{"name":"get_weather","arguments":{"city":""}}]'
+    state = JsonStringState(shortest)
+    assert state.remaining == len(shortest)
+    state.push('[{"name":"get_weather","arguments":{"city":"')
+    assert state.remaining == 4  # `"}}]`
+    state.push('Paris \\"}}] x')  # free content, even a quote and brackets inside the string, is not progress
+    assert state.remaining == 4 and state.in_string
+    state.push('"}}]')
+    assert state.remaining == 0 and state.depth == 0
+    assert closing_reserve(60, 3, 4) == 18 and closing_reserve(60, 0, 40) == 40
+    two = JsonStringState('{"city":"","unit":""}')
+    two.push('{"city":"Paris","unit":"')
+    assert two.remaining == 2  # `"}`: the second key's forced text counted as written
 
 
 def test_forced_calls_stream_name_first_then_arguments_piece_by_piece() -> None:
