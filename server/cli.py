@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare = sub.add_parser("prepare", help="convert and cache the base model without serving")
     prepare.add_argument("--config", type=Path)
 
+    config = sub.add_parser("config", help="settings without a server")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="print the effective settings (secrets redacted) or the problems")
+    check.add_argument("--config", type=Path, help="YAML settings file (or SWITCHYARD_CONFIG)")
+
     experts.add_arguments(sub.add_parser("experts", help="list, show, add, replace or remove experts"))
     route.add_arguments(sub.add_parser("route", help="ask a running server where a query would go"))
     evaluate = sub.add_parser("eval", help="routing accuracy on a labelled file (server or offline)")
@@ -42,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise in a CLI
-    commands = {"serve": _serve, "prepare": _prepare, "experts": experts.run, "route": route.run,
-                "eval": evaluation.run_eval, "calibrate": evaluation.run_calibrate, "bench": bench.run}
+    commands = {"serve": _serve, "prepare": _prepare, "config": _config_check, "experts": experts.run,
+                "route": route.run, "eval": evaluation.run_eval, "calibrate": evaluation.run_calibrate,
+                "bench": bench.run}
     try:
         return commands[args.command](args)
     except CommandFailed as failure:
@@ -67,6 +73,8 @@ def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN2
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
                              for e in exc.errors())
         raise CommandFailed(2, f"invalid settings, the server will not start: {problems}") from exc
+    except (OSError, ValueError) as exc:  # an unreadable or malformed config file
+        raise CommandFailed(2, f"invalid settings, the server will not start: {exc}") from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -94,6 +102,16 @@ def _serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=settings.drain_seconds,
                             http=header_deadline_protocol(settings.header_timeout_seconds))
     DrainingServer(config).run()
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """The settings a server started the same way would run with, as YAML (secrets shown as stars), or the
+    problems and exit code 2, as `serve` reports them, without loading any model."""
+    import yaml
+
+    settings = _load_settings(args)
+    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True), end="")
     return 0
 
 

@@ -7,11 +7,22 @@ values use `__` in environment variables, e.g. `SWITCHYARD_ROUTER_PARAMS__K=5`.
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from experts.encoders.pool import EncoderConfig
@@ -19,6 +30,7 @@ from experts.encoders.query import EMBEDDED_ENCODER
 from experts.models import EMBEDDED_BASE
 from routers.conversation import ContextParams
 from routers.mixture import MAX_MIXTURE, MixtureParams
+from routers.policies import POLICIES
 
 
 class Settings(BaseSettings):
@@ -42,9 +54,11 @@ class Settings(BaseSettings):
 
     # Routing
     router: str = "knn"
-    router_params: dict[str, Any] = Field(default_factory=lambda: {"k": 3, "aggregation": "mean"})
+    router_params: dict[str, Any] = Field(default_factory=dict, description="the policy's own parameters "
+                                          "(knn: k, aggregation, ...); checked against the policy when the "
+                                          "settings load")
     fallback_threshold: float = Field(0.3, description="below this best score the generalist answers")
-    context_params: dict[str, float] = Field(
+    context_params: dict[str, Any] = Field(
         default_factory=dict, description="conversation routing (routers/conversation.py ContextParams): "
         "temperature, switch_probability, decay, neutral_similarity, max_turns; calibrating on conversations "
         "refits temperature and switch_probability")
@@ -170,14 +184,26 @@ class Settings(BaseSettings):
             raise ValueError("api_keys holds an empty or blank key, which would match an empty bearer; remove it")
         return value
 
+    @field_validator("router")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in POLICIES:
+            raise ValueError(f"{value!r} is not a routing policy; choose one of {sorted(POLICIES)}")
+        return value
+
+    @field_validator("router_params")
+    @classmethod
+    def _valid_policy_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Checked against the chosen policy (`router` is validated first: it is declared first)."""
+        router = info.data.get("router")
+        if router is None:  # `router` itself was refused; that is the problem reported
+            return value
+        return checked_keywords(POLICIES[router], value, f"the {router!r} policy", fixed={"threshold": 0.5})
+
     @field_validator("context_params")
     @classmethod
-    def _valid_context(cls, value: dict[str, float]) -> dict[str, float]:
-        try:
-            ContextParams(**value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"context_params: {exc}") from exc
-        return value
+    def _valid_context(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return checked_keywords(ContextParams, value, "conversation routing")
 
     def conversation_context(self) -> ContextParams:
         return ContextParams(**self.context_params)
@@ -227,6 +253,37 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checked_keywords(target: Callable[..., Any], params: Mapping[str, Any], owner: str,
+                     fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`params` (a free-form settings mapping) checked against the keyword parameters of `target` (a policy
+    or component class) when the settings load: unknown keys and values of the wrong type are named with
+    the keys that are accepted, and `target` is built once with them so its own checks run too. Returns the
+    values as `target` takes them ("4" from an environment variable becomes 4). `fixed` holds the
+    arguments that other settings supply (a policy's threshold)."""
+    fixed = dict(fixed or {})
+    signature = inspect.signature(target)
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    accepted = [name for name, p in signature.parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in fixed]
+    listing = ", ".join(accepted) or "none"
+    unknown = [key for key in params if key not in accepted]
+    if unknown:
+        raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for {owner} "
+                         f"(accepted: {listing})")
+    converted = {}
+    for key, value in params.items():
+        try:
+            converted[key] = TypeAdapter(hints.get(key, Any)).validate_python(value)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise ValueError(f"{key}: {value!r} is not valid for {owner}: {reason}") from None
+    try:
+        target(**fixed, **converted)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{exc} (accepted: {listing})") from None
+    return converted
 
 
 _PATH_KEYS = ("data_dir", "model_cache_dir")

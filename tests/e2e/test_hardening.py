@@ -40,6 +40,7 @@ class HealthWatch:
     def __init__(self, base_url: str) -> None:
         self._url = f"{base_url}/health"
         self._stop = threading.Event()
+        self._first = threading.Event()
         self.failures: list[str] = []
         self.answers = 0
 
@@ -49,6 +50,7 @@ class HealthWatch:
                 try:
                     client.get(self._url)
                     self.answers += 1
+                    self._first.set()
                 except httpx.HTTPError as exc:
                     self.failures.append(type(exc).__name__)
                 self._stop.wait(0.1)
@@ -57,6 +59,7 @@ class HealthWatch:
     def watching(self) -> Iterator[HealthWatch]:
         thread = threading.Thread(target=self._run, daemon=True)
         thread.start()
+        self._first.wait(10)  # polling before the block starts
         try:
             yield self
         finally:
