@@ -173,13 +173,7 @@ class VLLMBackend:
         if self._engine.errored:
             raise EngineUnavailable("the vLLM engine has stopped; /health reports it")
 
-        if request.prompt is not None:
-            prompt_ids = self._tokenizer.encode(request.prompt)
-        else:
-            prompt_ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
-                                                             tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
-            prompt_ids = prompt_ids["input_ids"]
+        prompt_ids = await asyncio.to_thread(self._prompt_ids, request)  # a long prompt never holds the loop
         check_prompt_fits(len(prompt_ids), request, self._max_context)
         check_sampling_fits(request.sampling, self._vocab_size)
         s = request.sampling
@@ -246,6 +240,17 @@ class VLLMBackend:
                 derived.in_use -= 1
             if not finished:  # the client went away: free the engine's slot and KV blocks now
                 await self._engine.abort(request_id)
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """A raw prompt as it is, or the conversation through the model's chat template, as token ids."""
+        if request.prompt is not None:
+            prompt_ids = self._tokenizer.encode(request.prompt)
+        else:
+            prompt_ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
+                                                             tokenize=True)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
+            prompt_ids = prompt_ids["input_ids"]
+        return list(prompt_ids)
 
     async def close(self) -> None:
         self._engine.shutdown()
