@@ -107,6 +107,14 @@ class BatchScheduler:
         self._incoming.append(row)
         self._executor.submit(self._guarded, self._admit_incoming)
 
+    def fail_waiting(self, error: Exception) -> None:
+        """From the event loop, while the model thread is stuck: every row it holds gets `error` (the lists
+        do not change meanwhile, and a row that gets it twice reads only the first)."""
+        for row in [*self._rows, *self._joining, *self._waiting, *self._incoming]:
+            if not row.done:
+                row.cancelled = True
+                row.emit(error)
+
     def busy_for(self) -> float:
         """Seconds the job on the model thread has been running (0 when idle)."""
         since = self._busy_since

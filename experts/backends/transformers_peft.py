@@ -97,6 +97,7 @@ class TransformersBackend:
         self._probe = ModelProbe(self._tokenizer, self._scheduler.forward, lambda: self._base)
         self._health: tuple[float, list[str]] = (time.monotonic(), [])
         self._probing: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._probe_started = 0.0
         eos = self._base.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -252,6 +253,7 @@ class TransformersBackend:
         stalled = self._stall()
         if stalled is not None:
             raise EngineUnavailable(stalled)
+        self._watch()
         prompt_ids = await asyncio.to_thread(self._render_prompt, request)  # a long prompt never holds the loop
         check_prompt_fits(int(prompt_ids.shape[1]), request, self._max_context)
         prompt_ids = prompt_ids.to(self._device)
@@ -302,7 +304,7 @@ class TransformersBackend:
         prompt_scores: tuple[TokenLogprob | None, ...] | None = None
         try:
             while True:
-                item = await self._next_item(row)
+                item = await row.queue.get()
                 if item is FINISHED:
                     break
                 if isinstance(item, Exception):
@@ -338,15 +340,20 @@ class TransformersBackend:
             prompt_logprobs=prompt_scores,
         )
 
-    async def _next_item(self, row: Row) -> Any:
-        """The row's next item from the model thread; `EngineUnavailable` if the thread is stuck instead."""
+    def _watch(self) -> None:
+        """Start the stall watchdog on this event loop, once: every `STALL_SECONDS / 4` it checks the model
+        thread, and if one job holds it past `STALL_SECONDS`, fails every row waiting on it, rather than
+        leave those requests waiting for as long as the job takes (a timeout per token would cost each
+        token a task)."""
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watchdog_loop())
+
+    async def _watchdog_loop(self) -> None:
         while True:
-            try:
-                return await asyncio.wait_for(row.queue.get(), timeout=STALL_SECONDS / 4)
-            except TimeoutError:
-                stalled = self._stall()
-                if stalled is not None:
-                    raise EngineUnavailable(stalled) from None
+            await asyncio.sleep(STALL_SECONDS / 4)
+            stalled = self._stall()
+            if stalled is not None:
+                self._scheduler.fail_waiting(EngineUnavailable(stalled))
 
     def _stall(self) -> str | None:
         busy = self._scheduler.busy_for()
@@ -395,4 +402,6 @@ class TransformersBackend:
         self._health = (time.monotonic(), problems)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -21,7 +21,6 @@ import pytest
 from experts.adapters import check_adapter_files
 from experts.backends import continuous_batching, transformers_peft
 from experts.backends.base import GenerationRequest, OutputConstraint, SamplingParams
-from experts.backends.sampling import IncrementalDecoder, StreamedText
 from experts.backends.transformers_peft import TransformersBackend
 from experts.errors import ConstraintRejected, EngineUnavailable, RowFailed
 from experts.models import EMBEDDED_BASE, resolve_base_model
@@ -116,22 +115,22 @@ def _inject(monkeypatch: pytest.MonkeyPatch, backend: TransformersBackend, fault
             return real_sample(logits, params, generator)
 
         monkeypatch.setattr(continuous_batching, "sample_next_token", sample)
-    elif fault == "detokenise":
-        class BrokenDecoder(IncrementalDecoder):
-            def push(self, token: int) -> bool:
-                if VICTIM.get():
-                    raise RuntimeError("forced: detokenise")
-                return super().push(token)
+    elif fault in ("detokenise", "stop"):  # on the event loop, in the request's own task
+        name, method = ("IncrementalDecoder", "push") if fault == "detokenise" else ("StreamedText", "update")
+        monkeypatch.setattr(transformers_peft, name, _raising_for_the_victim(getattr(transformers_peft, name),
+                                                                             method, f"forced: {fault}"))
 
-        monkeypatch.setattr(transformers_peft, "IncrementalDecoder", BrokenDecoder)
-    elif fault == "stop":
-        class BrokenStop(StreamedText):
-            def update(self, text: str) -> str:
-                if VICTIM.get():
-                    raise RuntimeError("forced: stop")
-                return super().update(text)
 
-        monkeypatch.setattr(transformers_peft, "StreamedText", BrokenStop)
+def _raising_for_the_victim(cls: type, method: str, message: str) -> type:
+    """`cls` with `method` raising in the victim's task, and as before elsewhere."""
+    original = getattr(cls, method)
+
+    def broken(self: Any, *args: Any) -> Any:
+        if VICTIM.get():
+            raise RuntimeError(message)
+        return original(self, *args)
+
+    return type(f"Broken{cls.__name__}", (cls,), {method: broken})
 
 
 @pytest.mark.parametrize("fault", ["mask", "accept", "sample", "detokenise", "stop"])
@@ -178,26 +177,27 @@ def test_a_grammar_that_allows_no_token_is_refused_and_nothing_hangs(backend: Tr
     assert asyncio.run(answer(backend, *REQUESTS[1])) == solo[1]
 
 
-def test_a_stuck_model_thread_shows_in_health_and_refuses_new_requests(backend: TransformersBackend,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transformers_peft, "STALL_SECONDS", 0.3)
+def test_a_stuck_model_thread_shows_in_health_and_fails_waiting_requests(backend: TransformersBackend,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transformers_peft, "STALL_SECONDS", 0.4)
     release, started = threading.Event(), threading.Event()
 
     def stuck() -> None:
         started.set()
         release.wait(30)
 
-    async def scenario() -> tuple[list[str], BaseException | str, list[str]]:
+    async def scenario() -> tuple[BaseException | str, list[str], BaseException | str, list[str]]:
         backend._executor.submit(backend._scheduler._guarded, stuck)
         started.wait(5)
-        await asyncio.sleep(0.5)
+        waiting = await answer(backend, None, "hi", None)  # admitted at once, then failed by the watchdog
         problems = await backend.health()
-        refused = await answer(backend, None, "hi", None)
+        refused = await answer(backend, None, "hi", None)  # refused at the door
         release.set()
-        await asyncio.sleep(0.1)
-        return problems, refused, await backend.health()
+        await asyncio.sleep(0.2)
+        return waiting, problems, refused, await backend.health()
 
-    problems, refused, after = asyncio.run(scenario())
+    waiting, problems, refused, after = asyncio.run(scenario())
+    assert isinstance(waiting, EngineUnavailable), waiting
     assert any("model thread" in p for p in problems), problems
     assert isinstance(refused, EngineUnavailable)
     assert not any("model thread has been on one job" in p for p in after), after
