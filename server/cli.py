@@ -59,14 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         return failure.exit_code
 
 
-def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN202
+def _config_file(args: argparse.Namespace) -> Path | None:
+    """The settings file of this command: `--config`, else SWITCHYARD_CONFIG. One rule for every mode, so
+    `serve --ray` hands its deployment the same file the settings were checked with."""
     import os
 
+    return args.config or (Path(os.environ["SWITCHYARD_CONFIG"]) if os.environ.get("SWITCHYARD_CONFIG") else None)
+
+
+def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN202
     from pydantic import ValidationError
 
     from server.settings import Settings
 
-    config = args.config or (Path(os.environ["SWITCHYARD_CONFIG"]) if os.environ.get("SWITCHYARD_CONFIG") else None)
+    config = _config_file(args)
     try:
         return Settings.load(config, **overrides)
     except ValidationError as exc:  # one line per bad setting, not a traceback
@@ -87,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.ray:
         from server.scaleout.app import run
 
-        return run(args.config, settings.host, settings.port, args.expert_replicas, args.ray_address)
+        return run(_config_file(args), settings.host, settings.port, args.expert_replicas, args.ray_address)
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):

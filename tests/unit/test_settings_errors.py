@@ -120,3 +120,18 @@ def test_config_check_prints_the_effective_settings_with_secrets_redacted(tmp_pa
     assert printed["router"] == "centroid" and printed["router_params"] == {"candidates": 8}
     assert "sk-very-secret" not in good.stdout and printed["api_keys"] == ["**********"]
     assert bad.returncode == 2 and "unknown keys 'k', 'aggregation'" in bad.stderr
+
+
+def test_serve_ray_hands_its_deployment_the_file_it_checked(tmp_path: Path, cli,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SWITCHYARD_CONFIG and no --config, Ray mode once built its settings without the file."""
+    from server.scaleout import app
+
+    started: list[Path | None] = []
+    monkeypatch.setattr(app, "run", lambda settings_file, *_: started.append(settings_file) or 0)
+    config = _config(tmp_path, {"router": "centroid", "router_params": {}})
+    try:
+        done = cli("serve", "--ray", config_env=config)
+    finally:
+        config.unlink()
+    assert done.returncode == 0 and started == [config], (done.stderr, started)
