@@ -62,13 +62,20 @@ class _Deadline:
             raise SchemaProblem(f"the schema took more than {SCHEMA_SECONDS:g} s to analyse", "schema_too_large")
 
 
+# Where a schema holds other schemas by name (their keys are names, not keywords), or plain data (whose keys
+# and values are not keywords either): a property called "minItems" is no count.
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("const", "enum", "default", "examples", "required", "type")
+
+
 def check_shape(schema: Any, seconds: float = SCHEMA_SECONDS) -> None:
-    """Depth, node count and counts of `schema`, checked iteratively (no recursion, whatever the depth)."""
+    """Depth, node count and counts of `schema`, checked iteratively (no recursion, whatever the depth).
+    Counts are read where they are keywords: in schemas, not in property names or data."""
     deadline = _Deadline(seconds)
-    stack: list[tuple[Any, int]] = [(schema, 1)]
+    stack: list[tuple[Any, int, str]] = [(schema, 1, "schema")]  # (node, depth, what it is)
     nodes = 0
     while stack:
-        node, depth = stack.pop()
+        node, depth, role = stack.pop()
         deadline.check()
         if not isinstance(node, dict | list):
             continue
@@ -77,13 +84,18 @@ def check_shape(schema: Any, seconds: float = SCHEMA_SECONDS) -> None:
             raise SchemaProblem(f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels", "schema_too_large")
         if nodes > MAX_SCHEMA_NODES:
             raise SchemaProblem(f"the schema has more than {MAX_SCHEMA_NODES} objects and arrays", "schema_too_large")
-        if isinstance(node, dict):
-            for key in COUNT_KEYWORDS:
-                if key in node:
-                    count_of(node, key)
-            stack.extend((value, depth + 1) for value in node.values())
-        else:
-            stack.extend((value, depth + 1) for value in node)
+        if isinstance(node, list):  # a list of schemas (anyOf, ...), or of data
+            stack.extend((value, depth + 1, "data" if role == "data" else "schema") for value in node)
+            continue
+        if role in ("data", "names"):  # a property named "minItems" is no count, nor is a key of a const
+            stack.extend((value, depth + 1, "data" if role == "data" else "schema") for value in node.values())
+            continue
+        for key in COUNT_KEYWORDS:
+            if key in node:
+                count_of(node, key)
+        for key, value in node.items():
+            stack.append((value, depth + 1, "names" if key in _NAMED_SCHEMAS else "data" if key in _DATA
+                          else "schema"))
 
 
 def count_of(node: dict[str, Any], key: str) -> int:

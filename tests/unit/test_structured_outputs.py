@@ -170,6 +170,15 @@ def test_the_red_team_schemas_are_refused_at_once() -> None:
     assert _refusal(deep) == (400, "schema_too_large")  # was a RecursionError, a 500
 
 
+def test_counts_are_read_only_where_they_are_keywords() -> None:
+    """A property named like a count keyword, or a const holding one, is not a count."""
+    from server.chat.structured import schema_constraint
+
+    schema = {"type": "object", "required": ["minItems"], "properties": {"minItems": {"type": "string"}},
+              "$defs": {"maxLength": {"const": {"minLength": "many"}}}}
+    assert schema_constraint(schema, "x").shortest == '{"minItems":""}'
+
+
 def test_integral_float_counts_are_counts() -> None:
     from server.chat.structured import schema_constraint
 
