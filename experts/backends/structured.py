@@ -63,8 +63,14 @@ class GrammarCompiler:
 _CLOSE_STRING = re.compile(r'"[\]}]*')
 _CLOSE_CONTAINERS = re.compile(r"[\]}]+")
 _SEPARATOR = re.compile(r',\s?"?')  # ends a value where the object still needs a key
+_SHORT_VALUE = re.compile(r'(\d|""|null|true|false)[\]}]*')  # a whole value in one token
 CLOSING_BONUS = 100.0  # added to the logits of closing tokens in the reserve: they win wherever allowed
 SEPARATOR_BONUS = 50.0  # a separator wins over more of the same value, but never over a bracket
+# Where a value must come (after a key's colon, where no bracket or separator is allowed), the model's
+# choice could open another container ({"...) and go deeper each time: with only the budget's last tokens
+# left, a one-token value wins instead. Below a separator, so a number that may end does not run on.
+VALUE_BONUS = 40.0
+URGENT_MARGIN = 4  # tokens beyond the open containers and the shortest instance's rest: a key to close, its colon
 
 
 def closing_reserve(max_tokens: int, depth: int, remaining: int = 0) -> int:
@@ -85,26 +91,35 @@ class ClosingTokens:
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         self.token_text = [token or "" for token in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))]
-        self._bonuses: dict[tuple[bool, torch.device], torch.Tensor] = {}
+        self._bonuses: dict[tuple[bool, bool, torch.device], torch.Tensor] = {}
         # Only tokens that close and open nothing new: `"` (perhaps with brackets after it), and runs of
         # brackets. `", "` closes a string too, but opens the next key.
         self.quote_first = torch.tensor([bool(_CLOSE_STRING.fullmatch(t)) for t in self.token_text])
         self.bracket_first = torch.tensor([bool(_CLOSE_CONTAINERS.fullmatch(t)) for t in self.token_text])
         self.separator = torch.tensor([bool(_SEPARATOR.fullmatch(t)) for t in self.token_text])
+        self.short_value = torch.tensor([bool(_SHORT_VALUE.fullmatch(t)) for t in self.token_text])
 
     def text(self, token: int) -> str:
         return self.token_text[token] if 0 <= token < len(self.token_text) else ""
 
-    def bonus(self, state: JsonStringState, device: torch.device) -> torch.Tensor:
-        """What the closing reserve adds to each token's logit: inside a string, the closing quote wins;
-        outside, a bracket, or else (an object that still needs a required key) a separator, so that a
-        number or a list does not run on."""
-        key = (state.closing_string, device)
+    def bonus(self, state: JsonStringState, remaining: int, max_tokens: int,
+              device: torch.device) -> torch.Tensor | None:
+        """What the closing reserve adds to each token's logit with `remaining` tokens of the budget left;
+        None before the reserve. Inside a string, the closing quote wins; outside, a bracket, or else (an
+        object that still needs a required key) a separator, so that a number or a list does not run on;
+        and when the budget barely covers the open containers (`URGENT_MARGIN`), a one-token value where a
+        value must come."""
+        if remaining > closing_reserve(max_tokens, state.depth, state.remaining):
+            return None
+        urgent = remaining <= state.depth + state.remaining + URGENT_MARGIN
+        key = (state.closing_string, urgent, device)
         if key not in self._bonuses:
             if state.closing_string:
                 bonus = self.quote_first.float() * CLOSING_BONUS
             else:
                 bonus = self.bracket_first.float() * CLOSING_BONUS + self.separator.float() * SEPARATOR_BONUS
+                if urgent:
+                    bonus = bonus + self.short_value.float() * VALUE_BONUS
             self._bonuses[key] = bonus.to(device)
         return self._bonuses[key]
 
@@ -124,8 +139,9 @@ class TokenMask:
         open value."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask.to(logits.device, non_blocking=True))
-        if remaining <= closing_reserve(max_tokens, self._json.depth, self._json.remaining):
-            logits += self._closers.bonus(self._json, logits.device)
+        bonus = self._closers.bonus(self._json, remaining, max_tokens, logits.device)
+        if bonus is not None:
+            logits += bonus
 
     def accept(self, token: int) -> None:
         if not self._matcher.accept_token(token):  # only a token the mask allowed is ever sampled

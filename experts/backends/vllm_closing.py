@@ -17,7 +17,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from experts.backends.json_state import JsonStringState
-from experts.backends.structured import ClosingTokens, closing_reserve
+from experts.backends.structured import ClosingTokens
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -61,6 +61,7 @@ class ClosingReserve(LogitsProcessor):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, row in self._rows.items():
-            if row.max_tokens - len(row.output) <= closing_reserve(row.max_tokens, row.json.depth, row.json.remaining):
-                logits[index] += self._tokens.bonus(row.json, self._device)
+            bonus = self._tokens.bonus(row.json, row.max_tokens - len(row.output), row.max_tokens, self._device)
+            if bonus is not None:
+                logits[index] += bonus
         return logits

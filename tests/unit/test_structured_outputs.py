@@ -234,3 +234,34 @@ def test_a_value_closed_on_the_last_token_of_the_budget_is_a_complete_answer() -
     assert constrained_finish("length", '{"item": "pizza", "quan', constraint) == "length"
     assert constrained_finish("length", '{"a": 1}', None) == "length"  # free text: cut is cut
     assert constrained_finish("stop", "", constraint) == "stop"
+
+
+def test_a_value_that_must_come_in_the_last_tokens_is_one_token_not_another_object() -> None:
+    """JSON mode lets a value be another object, and `{"` opens one and its first key in one token: sampled
+    answers on vLLM once ran out as `{"":{"":{"":{""` at max_tokens 40, since where a value must come no
+    closer is allowed. With the budget down to the open containers, a one-token value wins there."""
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from experts.backends.base import OutputConstraint
+    from experts.backends.structured import GrammarCompiler, TokenMask
+    from experts.models import EMBEDDED_BASE, resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(EMBEDDED_BASE, Path.home() / ".cache" /
+                                                                 "switchyard" / "models"))
+    vocab = len(tokenizer)
+    compiler = GrammarCompiler(tokenizer, vocab, {tokenizer.eos_token_id})
+    constraint = OutputConstraint.any_object()
+    nest = tokenizer.convert_tokens_to_ids('{"')
+    for prefix in ('{"a": ', '{"a": {"b": ', '{"": {"": {"": '):  # the grammar's separator is ": "
+        for budget in (2, 4, 6):  # each at most the open containers, what is left of "{}", and the margin
+            mask = TokenMask(compiler.compile(constraint), compiler, constraint.shortest)
+            for token in tokenizer.encode(prefix):
+                mask.accept(token)
+            logits = torch.zeros(vocab)
+            logits[nest] = 20.0  # the model wants to go deeper
+            mask.apply(logits, budget, 40)
+            chosen = tokenizer.convert_ids_to_tokens(int(logits.argmax()))
+            assert chosen in ('""', "0", "1", "null", "true", "false") or chosen[0].isdigit(), (prefix, budget, chosen)
