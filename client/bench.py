@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from client.common import EXIT_OK, EXIT_SERVER_ERROR, Progress, add_connection_arguments, emit, table
+from client.common import EXIT_OK, EXIT_SERVER_ERROR, Progress, add_connection_arguments, auth_headers, emit, table
 
 DEFAULT_QUERIES = (
     "Write a SQL query that counts the orders per customer.",
@@ -46,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _load(args: argparse.Namespace, queries: tuple[str, ...]) -> dict[str, Any]:
-    token = args.token or os.environ.get("SWITCHYARD_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = auth_headers(args)
     latencies: list[float] = []
     errors: list[str] = []
     tokens = 0

@@ -30,18 +30,24 @@ class CommandFailed(Exception):
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("SWITCHYARD_URL", DEFAULT_URL),
                         help="server URL (or SWITCHYARD_URL; default %(default)s)")
-    parser.add_argument("--token", default=None, help="admin token (or SWITCHYARD_ADMIN_TOKEN)")
+    parser.add_argument("--token", default=None, help="admin token (or SWITCHYARD_SECURITY__ADMIN_TOKEN, the "
+                        "variable the server reads)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+
+
+def auth_headers(args: argparse.Namespace) -> dict[str, str]:
+    """The admin token of `--token`, else of the environment the server reads it from (the flat
+    SWITCHYARD_ADMIN_TOKEN of the previous release too)."""
+    token = args.token or os.environ.get("SWITCHYARD_SECURITY__ADMIN_TOKEN") or os.environ.get("SWITCHYARD_ADMIN_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class Connection:
     """An HTTP client for one server; turns transport failures and error answers into `CommandFailed`."""
 
     def __init__(self, args: argparse.Namespace, timeout: float = 120.0) -> None:
-        token = args.token or os.environ.get("SWITCHYARD_ADMIN_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = args.url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, headers=auth_headers(args), timeout=timeout)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -122,9 +122,10 @@ def main() -> None:
         summary["prepare_s"] = round(time.perf_counter() - started, 1)
         config = root / "switchyard.yaml"
         config.write_text(yaml.safe_dump({
-            "data_dir": str(root / "data"), "device": args.device, "base_model": str(root / "base"),
-            "encoder_model": str(root / "encoder"), "adapter_roots": [str(root / "adapters")], "max_loras": 8,
-            "max_batch_size": 16, "max_tokens_limit": 256}))
+            "server": {"data_dir": str(root / "data")}, "routing": {"encoder_model": str(root / "encoder")},
+            "backend": {"device": args.device, "base_model": str(root / "base"), "max_loras": 8,
+                        "max_batch_size": 16},
+            "security": {"adapter_roots": [str(root / "adapters")]}, "generation": {"max_tokens_limit": 256}}))
         server = ServerProcess(config, root / "server.log").start(timeout=300)
         try:
             headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -65,75 +65,77 @@ BackendFactory = Callable[[Settings], Awaitable[Backend]]
 
 async def local_backend(settings: Settings) -> Backend:
     """The backend of one machine: the base model in this process (transformers+PEFT or vLLM)."""
-    model_dir = await asyncio.to_thread(resolve_base_model, settings.base_model, settings.model_cache_dir)
-    return await asyncio.to_thread(
-        create_backend, settings.backend, model_dir, settings.resolved_device(), settings.max_context_tokens,
-        settings.max_loras, settings.max_cpu_loras, settings.max_batch_size, settings.max_adapter_rank,
-        settings.gpu_memory_utilization, settings.stacked_lora, settings.prefix_caching,
-    )
+    engine = settings.backend
+    model_dir = await asyncio.to_thread(resolve_base_model, engine.base_model, settings.server.model_cache_dir)
+    return await asyncio.to_thread(create_backend, engine, model_dir, engine.resolved_device())
 
 
 async def build_state(settings: Settings, backend_factory: BackendFactory = local_backend) -> AppState:
     """Every long-lived object of the request path. The backend is the one part that differs between one
     machine (`local_backend`) and a Ray cluster (`server/scaleout/gateway.py`: generation on replicas)."""
-    device = settings.resolved_device()
-    router = create_router(settings.router, settings.fallback_threshold, settings.router_params)
+    server, routing_settings, security = settings.server, settings.routing, settings.security
+    limits, data_dir = settings.limits, settings.server.data_dir
+    device = settings.backend.resolved_device()
+    router = create_router(routing_settings.router, routing_settings.fallback_threshold,
+                           routing_settings.router_params)
     encoder = await asyncio.to_thread(shared_encoder, settings.encoder_config(), device)
     backend = await backend_factory(settings)
     metrics = Metrics()
-    manifest = Manifest(settings.data_dir / "manifest.sqlite3")
-    encoders = EncoderPool(encoder, settings.encoder_roots, device)
-    segments = SegmentStore(settings.data_dir / "retrievers")
+    manifest = Manifest(data_dir / "manifest.sqlite3")
+    encoders = EncoderPool(encoder, security.encoder_roots, device)
+    segments = SegmentStore(data_dir / "retrievers")
     registry = ExpertRegistry(
         host=backend,
         index_builder=_index_builder(router),
         embed_examples=encoder.encode,
-        adapter_roots=[*settings.adapter_roots, settings.data_dir / "adapters"],
-        max_adapter_rank=settings.max_adapter_rank,
+        adapter_roots=[*security.adapter_roots, data_dir / "adapters"],
+        max_adapter_rank=settings.backend.max_adapter_rank,
         manifest=manifest,
-        store=AdapterStore(settings.data_dir / "experts"),
+        store=AdapterStore(data_dir / "experts"),
         segments=segments,
         load_encoder=encoders.load,
     )
     for scratch in ("experts", "adapters/uploads", "documents"):  # left by writes a crash interrupted
-        remove_scratch(settings.data_dir / scratch)
+        remove_scratch(data_dir / scratch)
     await registry.restore()
     segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
     # The bulk twin is built now, on the bulk thread, so its ONNX Runtime threads inherit its low priority
     # and its memory is part of the baseline, not a surprise under load.
     lanes = Lanes()
     await lanes.build_bulk_encoder(encoder, lambda: shared_encoder(settings.encoder_config(), device, bulk=True))
-    indexing = IndexingService(registry, encoders, segments, settings, metrics, lanes, manifest)
+    indexing = IndexingService(registry, encoders, segments, settings.retrieval,
+                               [*security.document_roots, data_dir / "documents"], data_dir, metrics, lanes, manifest)
     await indexing.resume()  # jobs acknowledged (202) before a crash or restart
-    await seed_registry(registry, indexing, settings.seed_experts)
+    await seed_registry(registry, indexing, server.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
-    batcher = MicroBatcher(encoder.encode, settings.encoder_max_batch, settings.encoder_max_wait_ms, lanes.routing)
-    sessions = (SessionStore(settings.session_max_entries, settings.session_ttl_seconds)
-                if settings.session_affinity else None)
-    routing = RoutingService(encoder, batcher, router, registry, metrics, settings.generalist_name, lanes,
-                             context=settings.conversation_context(), mixture=settings.mixture_params(),
-                             cache=EmbeddingCache(settings.embedding_cache_size), sessions=sessions)
+    batcher = MicroBatcher(encoder.encode, routing_settings.encoder_max_batch, routing_settings.encoder_max_wait_ms,
+                           lanes.routing)
+    sessions = (SessionStore(routing_settings.session_max_entries, routing_settings.session_ttl_seconds)
+                if routing_settings.session_affinity else None)
+    generalist = routing_settings.generalist_name
+    routing = RoutingService(encoder, batcher, router, registry, metrics, generalist, lanes,
+                             context=routing_settings.conversation_context(), mixture=routing_settings.mixture_params(),
+                             cache=EmbeddingCache(routing_settings.embedding_cache_size), sessions=sessions)
     restore_rule(manifest, routing)
-    admission = Admission(settings.max_active_requests, settings.max_queued_requests, settings.retry_after_seconds)
+    admission = Admission(limits.max_active_requests, limits.max_queued_requests, limits.retry_after_seconds)
     metrics.requests_in_flight.set_function(lambda: admission.in_flight)
     metrics.queue_depth.set_function(lambda: max(0, admission.in_flight - admission.max_active))
     metrics.failed_experts.set_function(lambda: len(registry.failed))
     if registry.failed:
         metrics.expert_failures.labels("restore").inc(len(registry.failed))
-    retrieval = RetrievalService(routing, registry, settings, metrics)
-    grounding = GroundingService(retrieval, registry, settings.generalist_name)
-    generation = GenerationService(routing, backend, settings, metrics, admission, grounding)
-    chat = ChatService(generation, settings)
-    bulk_admission = Admission(1, settings.max_queued_bulk_requests, settings.retry_after_seconds,
-                               close_on_refusal=True)
-    embeddings = EmbeddingService(retrieval, routing, encoder, lanes, bulk_admission, settings.max_embedding_tokens)
-    if settings.admin_token is None and not settings.insecure_dev_admin:
-        log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_ADMIN_TOKEN)")
-    feedback = FeedbackService(registry, manifest, settings.generalist_name)
-    return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing, chat,
-                    CompletionService(generation, settings), ResponsesService(generation, settings), feedback,
-                    admission, indexing, retrieval, embeddings, lanes, time.time())
+    retrieval = RetrievalService(routing, registry, settings.retrieval, metrics)
+    grounding = GroundingService(retrieval, registry, generalist)
+    generation = GenerationService(routing, backend, settings.generation, metrics, admission, grounding)
+    bulk_admission = Admission(1, limits.max_queued_bulk_requests, limits.retry_after_seconds, close_on_refusal=True)
+    embeddings = EmbeddingService(retrieval, routing, encoder, lanes, bulk_admission, limits.max_embedding_tokens)
+    if security.admin_token is None and not security.insecure_dev_admin:
+        log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_SECURITY__ADMIN_TOKEN)")
+    feedback = FeedbackService(registry, manifest, generalist)
+    return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing,
+                    ChatService(generation, settings.generation), CompletionService(generation, settings.generation),
+                    ResponsesService(generation, settings.generation), feedback, admission, indexing, retrieval,
+                    embeddings, lanes, time.time())
 
 
 def create_app(settings: Settings, backend_factory: BackendFactory = local_backend) -> FastAPI:
@@ -141,7 +143,8 @@ def create_app(settings: Settings, backend_factory: BackendFactory = local_backe
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await build_state(settings, backend_factory)
         app.state.switchyard = state
-        log.info("switchyard ready: %d experts, router %s", len(state.registry.snapshot.experts), settings.router)
+        log.info("switchyard ready: %d experts, router %s", len(state.registry.snapshot.experts),
+                 settings.routing.router)
         try:
             yield
         finally:
@@ -152,15 +155,16 @@ def create_app(settings: Settings, backend_factory: BackendFactory = local_backe
             state.manifest.close()
 
     # With inference keys set the server is not public, and its API description should not be either.
-    docs = {} if not settings.api_keys else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    security, limits = settings.security, settings.limits
+    docs = {} if not security.api_keys else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, **docs)
     app.state.draining = False  # set by the server on SIGTERM: /ready turns 503 while streams finish
     install_error_handlers(app)
-    if settings.cors_origins:  # closed by default: browsers get no cross-origin access unless configured
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+    if security.cors_origins:  # closed by default: browsers get no cross-origin access unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=security.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
-    app.add_middleware(BodyLimits, max_bytes=settings.max_request_bytes, body_timeout=settings.body_timeout_seconds,
-                       overrides=dict.fromkeys(admin.UPLOAD_PREFIXES, settings.max_upload_bytes))
+    app.add_middleware(BodyLimits, max_bytes=limits.max_request_bytes, body_timeout=limits.body_timeout_seconds,
+                       overrides=dict.fromkeys(admin.UPLOAD_PREFIXES, limits.max_upload_bytes))
     app.include_router(openai.api)
     app.include_router(admin.api)
     app.include_router(ops.api)

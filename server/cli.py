@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--ray", action="store_true", help="scale out on Ray Serve (needs the `ray` extra)")
-    serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
-    serve.add_argument("--expert-replicas", type=int, default=2, help="Ray mode: expert-serving replicas")
+    serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one "
+                       "(scale_out.ray_address)")
+    serve.add_argument("--expert-replicas", type=int, help="Ray mode: expert-serving replicas "
+                       "(scale_out.expert_replicas, default 2)")
 
     prepare = sub.add_parser("prepare", help="convert and cache the base model without serving")
     prepare.add_argument("--config", type=Path)
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="print the effective settings (secrets redacted) or the problems")
     check.add_argument("--config", type=Path, help="YAML settings file (or SWITCHYARD_CONFIG)")
+    config_sub.add_parser("reference", help="print the configuration reference (Markdown) of every setting")
 
     experts.add_arguments(sub.add_parser("experts", help="list, show, add, replace or remove experts"))
     route.add_arguments(sub.add_parser("route", help="ask a running server where a query would go"))
@@ -60,11 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_file(args: argparse.Namespace) -> Path | None:
-    """The settings file of this command: `--config`, else SWITCHYARD_CONFIG. One rule for every mode, so
-    `serve --ray` hands its deployment the same file the settings were checked with."""
-    import os
+    from server.settings import config_file_from
 
-    return args.config or (Path(os.environ["SWITCHYARD_CONFIG"]) if os.environ.get("SWITCHYARD_CONFIG") else None)
+    return config_file_from(args.config)
 
 
 def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN202
@@ -89,11 +90,14 @@ def _serve(args: argparse.Namespace) -> int:
     from server.api.limits import header_deadline_protocol
     from server.app import create_app
 
-    settings = _load_settings(args, host=args.host, port=args.port)
+    settings = _load_settings(args, server={"host": args.host, "port": args.port},
+                              scale_out={"expert_replicas": args.expert_replicas, "ray_address": args.ray_address})
     if args.ray:
         from server.scaleout.app import run
 
-        return run(_config_file(args), settings.host, settings.port, args.expert_replicas, args.ray_address)
+        scale_out = settings.scale_out
+        return run(_config_file(args), settings.server.host, settings.server.port, scale_out.expert_replicas,
+                   scale_out.ray_address)
     app = create_app(settings)
 
     class DrainingServer(uvicorn.Server):
@@ -104,18 +108,23 @@ def _serve(args: argparse.Namespace) -> int:
             app.state.draining = True
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            timeout_graceful_shutdown=settings.drain_seconds,
-                            http=header_deadline_protocol(settings.header_timeout_seconds))
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level="info",
+                            timeout_graceful_shutdown=settings.server.drain_seconds,
+                            http=header_deadline_protocol(settings.limits.header_timeout_seconds))
     DrainingServer(config).run()
     return 0
 
 
 def _config_check(args: argparse.Namespace) -> int:
     """The settings a server started the same way would run with, as YAML (secrets shown as stars), or the
-    problems and exit code 2, as `serve` reports them, without loading any model."""
+    problems and exit code 2, as `serve` reports them, without loading any model; or the reference."""
     import yaml
 
+    if args.config_command == "reference":
+        from server.settings.reference import markdown
+
+        print(markdown(), end="")
+        return 0
     settings = _load_settings(args)
     print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True), end="")
     return 0
@@ -126,9 +135,9 @@ def _prepare(args: argparse.Namespace) -> int:
     from experts.models import resolve_base_model
 
     settings = _load_settings(args)
-    print(resolve_base_model(settings.base_model, settings.model_cache_dir))
+    print(resolve_base_model(settings.backend.base_model, settings.server.model_cache_dir))
     # exports the ONNX encoder when that runtime is on
-    shared_encoder(settings.encoder_config(), settings.resolved_device())
+    shared_encoder(settings.encoder_config(), settings.backend.resolved_device())
     return 0
 
 

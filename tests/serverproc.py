@@ -25,7 +25,10 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, **overrides: object) -> Path:
-    """A config for a test server: its own data dir, the demo experts, a writable adapter root."""
+    """A config for a test server: its own data dir, the demo experts, a writable adapter root. Overrides
+    name settings by key (`max_loras=1`) and are written into their groups."""
+    from server.settings.sources import FLAT_KEYS
+
     (directory / "adapters").mkdir(parents=True, exist_ok=True)
     (directory / "encoders").mkdir(parents=True, exist_ok=True)
     config = {
@@ -40,8 +43,12 @@ def write_config(directory: Path, **overrides: object) -> Path:
         "body_timeout_seconds": 5,
         **overrides,
     }
+    grouped: dict[str, dict[str, object]] = {}
+    for key, value in config.items():
+        group, name = FLAT_KEYS[key]
+        grouped.setdefault(group, {})[name] = value
     path = directory / "switchyard.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(grouped))
     return path
 
 
@@ -55,7 +62,7 @@ class ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 300.0) -> ServerProcess:
-        env = {**os.environ, "SWITCHYARD_ADMIN_TOKEN": ADMIN_TOKEN, "HF_HUB_OFFLINE": "1",
+        env = {**os.environ, "SWITCHYARD_SECURITY__ADMIN_TOKEN": ADMIN_TOKEN, "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
         log = self._log_path.open("ab")
         self._proc = subprocess.Popen(

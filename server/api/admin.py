@@ -215,7 +215,7 @@ async def upload_documents(
     `documents_path`."""
     data = await request.body()
     documents = await state.lanes.on_bulk(parse_jsonl, data)
-    target = state.settings.data_dir / "documents" / f"{name}.jsonl"
+    target = state.settings.server.data_dir / "documents" / f"{name}.jsonl"
     with admin_operation(state, "upload"):
         staging = target.with_suffix(".partial")
         try:
@@ -246,16 +246,16 @@ async def upload_adapter(
     The files land in `data_dir/adapters/uploads/<name>/`; register an expert with that `adapter_path`.
     """
     data = await request.body()
-    target = state.settings.data_dir / "adapters" / "uploads" / name
+    target = state.settings.server.data_dir / "adapters" / "uploads" / name
     with admin_operation(state, "upload"):
-        path = await state.lanes.on_bulk(unpack_adapter_archive, data, target, state.settings.max_upload_bytes)
+        path = await state.lanes.on_bulk(unpack_adapter_archive, data, target, state.settings.limits.max_upload_bytes)
     return AdapterUploaded(name=name, adapter_path=str(path.resolve()), bytes=len(data))
 
 
 @api.delete("/adapters/{name}", status_code=204)
 async def delete_upload(state: State, name: str = Path(pattern=EXPERT_NAME_PATTERN)) -> Response:
     """Delete an uploaded adapter's files. Registered experts are unaffected: they use their own copy."""
-    target = state.settings.data_dir / "adapters" / "uploads" / name
+    target = state.settings.server.data_dir / "adapters" / "uploads" / name
     if not target.is_dir():
         raise APIError(404, f"no uploaded adapter named {name!r}", "not_found_error", "upload_not_found")
     await asyncio.to_thread(shutil.rmtree, target)
@@ -305,7 +305,7 @@ async def calibrate(body: CalibrationRequest, state: State) -> CalibrationOut:
     """Fit per-expert thresholds and the margin on labelled queries, or on labelled conversations (which
     also refit conversation routing's context parameters); stored and applied at once."""
     with admin_operation(state, "calibrate"):
-        return await calibration.calibrate(state.routing, state.manifest, body, state.settings.generalist_name)
+        return await calibration.calibrate(state.routing, state.manifest, body, state.settings.routing.generalist_name)
 
 
 @api.delete("/calibration")

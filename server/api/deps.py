@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from pydantic import SecretStr
 
 from server.errors import APIError
-from server.settings import Settings
+from server.settings.groups import SecuritySettings
 from server.state import AppState
 
 
@@ -39,17 +39,17 @@ def _matches(presented: bytes | None, secrets: list[SecretStr]) -> bool:
 def require_admin(request: Request, state: State) -> None:
     """The admin token, or a signed-in console (its session cookie plus the console header)."""
     if not state.console.admits(request):
-        check_admin(request, state.settings)
+        check_admin(request, state.settings.security)
 
 
-def check_admin(request: Request, settings: Settings) -> None:
+def check_admin(request: Request, settings: SecuritySettings) -> None:
     """Bearer-token check for admin endpoints, in constant time. No token configured: admin is off."""
     token = settings.admin_token
     if token is None:
         if settings.insecure_dev_admin:
             return
         raise APIError(
-            403, "the admin API is disabled: set SWITCHYARD_ADMIN_TOKEN (or admin_token in the config)",
+            403, "the admin API is disabled: set SWITCHYARD_SECURITY__ADMIN_TOKEN (or admin_token in the config)",
             "permission_error", "admin_disabled",
         )
     if not _matches(_bearer(request), [token]):
@@ -58,10 +58,10 @@ def check_admin(request: Request, settings: Settings) -> None:
 
 def require_api_key(request: Request, state: State) -> None:
     if not state.console.admits(request):
-        check_api_key(request, state.settings)
+        check_api_key(request, state.settings.security)
 
 
-def check_api_key(request: Request, settings: Settings) -> None:
+def check_api_key(request: Request, settings: SecuritySettings) -> None:
     """Inference keys (`api_keys`), separate from the admin token: with none configured, inference is open."""
     keys = settings.api_keys
     if keys and not _matches(_bearer(request), keys):
@@ -83,6 +83,6 @@ def caller_namespace(request: Request, state: AppState) -> str:
     if state.console.admits(request):
         return CONSOLE
     presented = _bearer(request)
-    if not state.settings.api_keys or not presented:
+    if not state.settings.security.api_keys or not presented:
         return ANONYMOUS
     return "key-" + hashlib.sha256(presented).hexdigest()[:16]

@@ -89,7 +89,7 @@ async def list_models(state: State) -> ModelList:
             f"'a{MIXTURE_JOIN}b' (equal weights) or extra_body {{'experts': {{'a': 0.7, 'b': 0.3}}}}"
             + (f"; auto mixes up to {state.routing.mixture.max_experts} experts scoring within "
                f"{state.routing.mixture.margin} of the best" if state.routing.mixture.enabled else ""))),
-        ModelCard(id=state.settings.generalist_name, created=created, kind="generalist", mixable=True,
+        ModelCard(id=state.settings.routing.generalist_name, created=created, kind="generalist", mixable=True,
                   description=f"the base model alone ({state.backend.model_id})"),
     ]
     for expert in sorted(state.registry.snapshot.experts.values(), key=lambda e: e.name):

@@ -16,13 +16,13 @@ from routers.conversation import Turn, routing_text
 from server.chat.generation import Generation, GenerationService, stream_error_event
 from server.chat.sampling import sampling_for
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
-from server.settings import Settings
+from server.settings.groups import GenerationSettings
 
 ENDPOINT = "completions"
 
 
 class CompletionService:
-    def __init__(self, generation: GenerationService, settings: Settings) -> None:
+    def __init__(self, generation: GenerationService, settings: GenerationSettings) -> None:
         self._generation = generation
         self._settings = settings
 

@@ -25,7 +25,7 @@ from server.retrieval.grounding import Grounding, GroundingService
 from server.routing.record import routing_headers
 from server.routing.service import AUTO_MODEL, RoutingService, Target
 from server.runtime.admission import Admission, Slot
-from server.settings import Settings
+from server.settings.groups import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ class Generation:
 
 class GenerationService:
     def __init__(
-        self, routing: RoutingService, backend: Backend, settings: Settings, metrics: Metrics, admission: Admission,
-        grounding: GroundingService,
+        self, routing: RoutingService, backend: Backend, settings: GenerationSettings, metrics: Metrics,
+        admission: Admission, grounding: GroundingService,
     ) -> None:
         self._grounding = grounding
         self._admission = admission

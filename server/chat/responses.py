@@ -31,13 +31,13 @@ from server.protocol import (
     SamplingRequest,
     new_id,
 )
-from server.settings import Settings
+from server.settings.groups import GenerationSettings
 
 ENDPOINT = "responses"
 
 
 class ResponsesService:
-    def __init__(self, generation: GenerationService, settings: Settings) -> None:
+    def __init__(self, generation: GenerationService, settings: GenerationSettings) -> None:
         self._generation = generation
         self._settings = settings
 

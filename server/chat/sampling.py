@@ -7,10 +7,10 @@ from experts.backends import SamplingParams
 from experts.backends.base import OutputConstraint
 from server.errors import APIError
 from server.protocol import MAX_STOP_SEQUENCES, SamplingRequest
-from server.settings import Settings
+from server.settings.groups import GenerationSettings
 
 
-def sampling_for(request: SamplingRequest, s: Settings, *, constraint: OutputConstraint | None = None,
+def sampling_for(request: SamplingRequest, s: GenerationSettings, *, constraint: OutputConstraint | None = None,
                  logprobs: int | None = None, prompt_logprobs: int | None = None) -> SamplingParams:
     """The request's decoding settings, with the server's defaults and limits applied."""
     max_tokens = request.requested_max_tokens() or s.default_max_tokens

@@ -30,7 +30,7 @@ from server.protocol import (
     RoutingInfo,
     Usage,
 )
-from server.settings import Settings
+from server.settings.groups import GenerationSettings
 
 ENDPOINT = "chat.completions"
 
@@ -68,7 +68,7 @@ class _ChoiceText:
 
 
 class ChatService:
-    def __init__(self, generation: GenerationService, settings: Settings) -> None:
+    def __init__(self, generation: GenerationService, settings: GenerationSettings) -> None:
         self._generation = generation
         self._settings = settings
 
@@ -189,7 +189,8 @@ def _event(chunk: ChatCompletionChunk) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
-def chat_sampling(request: ChatCompletionRequest, settings: Settings, tool_use: ToolUse | None) -> SamplingParams:
+def chat_sampling(request: ChatCompletionRequest, settings: GenerationSettings,
+                  tool_use: ToolUse | None) -> SamplingParams:
     """The chat request's decoding settings: the shared ones, a grammar for `response_format` or forced tool
     calls, and log-probabilities."""
     if tool_use is not None and request.response_format is not None and request.response_format.type != "text":

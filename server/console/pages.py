@@ -36,13 +36,13 @@ async def console(request: Request, state: State) -> Response:
 
 @api.get("/login")
 async def login_page(state: State) -> HTMLResponse:
-    return _login_page(None if state.settings.admin_token else _DISABLED)
+    return _login_page(None if state.settings.security.admin_token else _DISABLED)
 
 
 @api.post("/login")
 async def login(request: Request, state: State) -> Response:
     """Exchange the admin token for a session cookie (constant-time comparison, as for the API)."""
-    token = state.settings.admin_token
+    token = state.settings.security.admin_token
     if token is None:
         return _login_page(_DISABLED, status=403)
     body = (await request.body())[:MAX_LOGIN_BYTES].decode("utf-8", errors="replace")
@@ -63,7 +63,7 @@ async def logout(request: Request, state: State) -> Response:
     return response
 
 
-_DISABLED = "The admin API is disabled on this server: start it with SWITCHYARD_ADMIN_TOKEN set."
+_DISABLED = "The admin API is disabled on this server: start it with SWITCHYARD_SECURITY__ADMIN_TOKEN set."
 
 
 def _login_page(error: str | None, status: int = 200) -> HTMLResponse:
@@ -81,7 +81,7 @@ def _login_page(error: str | None, status: int = 200) -> HTMLResponse:
     <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
     <button type="submit">Sign in</button>
   </form>
-  <p class="hint">The token the server was started with (<code>SWITCHYARD_ADMIN_TOKEN</code>).</p>
+  <p class="hint">The token the server was started with (<code>SWITCHYARD_SECURITY__ADMIN_TOKEN</code>).</p>
 </main>
 </body></html>"""
     return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)

@@ -34,7 +34,7 @@ from experts.spec import ExpertSpec
 from server.errors import APIError
 from server.metrics import Metrics
 from server.runtime.lanes import Lanes
-from server.settings import Settings
+from server.settings.groups import RetrievalSettings
 
 log = logging.getLogger(__name__)
 _PENDING = "pending_index:"
@@ -65,10 +65,12 @@ class IndexingJob:
 
 class IndexingService:
     def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
-                 settings: Settings, metrics: Metrics, lanes: Lanes, manifest: Manifest) -> None:
+                 settings: RetrievalSettings, document_roots: list[Path], data_dir: Path, metrics: Metrics,
+                 lanes: Lanes, manifest: Manifest) -> None:
         self._registry = registry
         self._manifest = manifest  # where accepted jobs are kept until they finish (see `resume`)
-        self._pending_dir = settings.data_dir / "pending"
+        self._pending_dir = data_dir / "pending"
+        self._document_roots = document_roots
         self._lanes = lanes  # indexing is bulk work: on the low-priority lane
         self._encoders = encoders
         self._segments = segments
@@ -81,7 +83,7 @@ class IndexingService:
     @property
     def document_roots(self) -> list[Path]:
         """Where documents may be read from: the configured roots and the upload folder."""
-        return [*self._settings.document_roots, self._settings.data_dir / "documents"]
+        return self._document_roots
 
     # -- submitting ---------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from server.metrics import Metrics
 from server.protocol import Passage, RoutingInfo
 from server.routing.record import unrouted_record
 from server.routing.service import AUTO_MODEL, RoutingService
-from server.settings import Settings
+from server.settings.groups import RetrievalSettings
 
 _MAX_REROUTES = 3
 Fuse = Literal["auto", "always", "never"]
@@ -63,7 +63,7 @@ def reciprocal_rank_fusion(rankings: list[list[tuple[str, Hit]]], k: int, top_k:
 
 
 class RetrievalService:
-    def __init__(self, routing: RoutingService, registry: ExpertRegistry, settings: Settings,
+    def __init__(self, routing: RoutingService, registry: ExpertRegistry, settings: RetrievalSettings,
                  metrics: Metrics) -> None:
         self._routing = routing
         self._registry = registry

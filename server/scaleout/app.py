@@ -29,26 +29,26 @@ from ray.serve.config import ProxyLocation
 from server.scaleout.catalogue import catalogue_actor
 from server.scaleout.gateway import gateway_deployment
 from server.scaleout.replica import ExpertReplica
-from server.settings import Settings
+from server.settings import Settings, config_file_from
 
 log = logging.getLogger(__name__)
 APP_NAME = "switchyard"
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Application builder: `args` are `config` (a settings file) and `expert_replicas`."""
+    """Application builder: `args` are `config` (a settings file; else SWITCHYARD_CONFIG) and optionally
+    `expert_replicas` (else the `scale_out` settings). Settings load as in every other mode."""
     config = args.get("config")
-    settings = Settings.load(Path(config) if config else None)
+    settings = Settings.load(config_file_from(Path(config) if config else None))
     if int(args.get("ingress_replicas", 1)) != 1:
         raise ValueError("the gateway holds the registry and runs as one replica; drop `ingress_replicas` "
                          "(Ray Serve's proxies on every node forward to it)")
-    catalogue_actor(settings.data_dir.resolve() / "cluster-catalogue")
-    plain = settings.model_dump(mode="json")
-    plain["admin_token"] = settings.admin_token.get_secret_value() if settings.admin_token else None
-    plain["api_keys"] = [key.get_secret_value() for key in settings.api_keys]
+    catalogue_actor(settings.server.data_dir.resolve() / "cluster-catalogue")
+    plain = settings.transport()
     replicas = serve.deployment(
-        num_replicas=int(args.get("expert_replicas", 2)), ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=settings.max_active_requests, max_queued_requests=settings.max_queued_requests,
+        num_replicas=int(args.get("expert_replicas") or settings.scale_out.expert_replicas),
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.limits.max_active_requests,
+        max_queued_requests=settings.limits.max_queued_requests,
     )(ExpertReplica).bind(plain)
     return gateway_deployment(settings).bind(replicas, plain)
 

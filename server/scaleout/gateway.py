@@ -32,14 +32,15 @@ class Gateway:
 
     def __init__(self, replicas: Any, settings: dict[str, Any]) -> None:
         self._replicas = replicas
-        self._settings = Settings(**settings)
+        self._settings = Settings.model_validate(settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         replicas = self._replicas
 
         async def replica_backend(settings: Settings) -> Backend:
             catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
-            return ReplicaBackend(replicas, catalogue, settings.base_model, settings.retry_after_seconds)
+            return ReplicaBackend(replicas, catalogue, settings.backend.base_model,
+                                  settings.limits.retry_after_seconds)
 
         return create_app(self._settings, replica_backend)
 
@@ -50,5 +51,5 @@ def gateway_deployment(settings: Settings) -> Any:
     return serve.deployment(
         name=GATEWAY_DEPLOYMENT, num_replicas=1,
         ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
-        max_ongoing_requests=settings.max_active_requests + settings.max_queued_requests + 64,
+        max_ongoing_requests=settings.limits.max_active_requests + settings.limits.max_queued_requests + 64,
     )(serve.ingress()(Gateway))

@@ -70,13 +70,15 @@ class ExpertReplica:
     """Holds the base model; serves the generalist and any catalogue expert routed here."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        self._settings = Settings(**settings)
+        effective = Settings.model_validate(settings)  # the gateway's, as it runs (Settings.transport)
+        engine = effective.backend
+        self._max_adapter_rank = engine.max_adapter_rank
         self._replica = serve.get_replica_context().replica_id.unique_id
-        model_dir = resolve_base_model(self._settings.base_model, self._settings.model_cache_dir)
+        model_dir = resolve_base_model(engine.base_model, effective.server.model_cache_dir)
         self._backend = TransformersBackend(
-            Path(model_dir), self._settings.resolved_device(), self._settings.max_context_tokens,
-            max_loras=EXPERTS_PER_REPLICA, max_cpu_loras=0, max_batch=self._settings.max_batch_size,
-            stacked_lora=self._settings.stacked_lora, prefix_caching=self._settings.prefix_caching,
+            Path(model_dir), engine.resolved_device(), engine.max_context_tokens,
+            max_loras=EXPERTS_PER_REPLICA, max_cpu_loras=0, max_batch=engine.max_batch_size,
+            stacked_lora=engine.stacked_lora, prefix_caching=engine.prefix_caching,
         )
         self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
         self._scratch = Path(tempfile.mkdtemp(prefix="switchyard-replica-"))
@@ -93,7 +95,7 @@ class ExpertReplica:
         try:
             for filename, data in files.items():
                 (directory / Path(filename).name).write_bytes(data)
-            await self._backend.load_adapter(key, check_adapter_files(directory, self._settings.max_adapter_rank))
+            await self._backend.load_adapter(key, check_adapter_files(directory, self._max_adapter_rank))
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise

@@ -15,9 +15,9 @@ EXAMPLES = ["Plan a weekend trip to Rome", "Book a flight from Paris to Lisbon",
 
 def cli(server: ServerProcess, *args: str, token: str | None = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SWITCHYARD_URL": server.base_url}
-    env.pop("SWITCHYARD_ADMIN_TOKEN", None)
+    env.pop("SWITCHYARD_SECURITY__ADMIN_TOKEN", None)
     if token:
-        env["SWITCHYARD_ADMIN_TOKEN"] = token
+        env["SWITCHYARD_SECURITY__ADMIN_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env=env)
 

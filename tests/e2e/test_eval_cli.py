@@ -27,7 +27,7 @@ def write_labelled(path: Path, which: str) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SWITCHYARD_ADMIN_TOKEN": ADMIN_TOKEN}
+    env = {**os.environ, "SWITCHYARD_SECURITY__ADMIN_TOKEN": ADMIN_TOKEN}
     return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env=env)
 

@@ -185,8 +185,9 @@ def test_after_every_registration_and_refusal_above_the_base_weights_are_unchang
 
 # -- tokens and exposure ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("variable, value", [("SWITCHYARD_ADMIN_TOKEN", ""), ("SWITCHYARD_ADMIN_TOKEN", "  "),
-                                             ("SWITCHYARD_API_KEYS", '["good-key", ""]')])
+@pytest.mark.parametrize("variable, value", [("SWITCHYARD_SECURITY__ADMIN_TOKEN", ""),
+                                             ("SWITCHYARD_ADMIN_TOKEN", "  "),  # the previous release's name
+                                             ("SWITCHYARD_SECURITY__API_KEYS", '["good-key", ""]')])
 def test_a_blank_token_refuses_to_start_and_says_why(variable: str, value: str, tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), variable: value}
     done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "1"], cwd=REPO, env=env,

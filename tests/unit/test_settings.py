@@ -12,18 +12,22 @@ def test_the_defaults_and_the_example_config_are_consistent() -> None:
     from tests.serverproc import REPO
 
     Settings()
-    Settings.load(REPO / "config" / "switchyard.example.yaml")
+    Settings.load(REPO / "config" / "switchyard.example.yaml", environ={})
+    Settings.load(REPO / "config" / "demo.yaml", environ={})
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
-    ({"default_max_tokens": 2000}, "default_max_tokens (2000) exceeds max_tokens_limit"),
-    ({"max_prompt_tokens": 4096}, "max_prompt_tokens (4096) leaves no room"),
-    ({"max_tokens_limit": 4096, "default_max_tokens": 10}, "max_tokens_limit (4096) must be below"),
-    ({"chunk_words": 100, "chunk_overlap": 100}, "chunk_overlap (100) must be below chunk_words"),
-    ({"default_top_k": 50, "max_top_k": 10}, "default_top_k (50) exceeds max_top_k"),
-    ({"generalist_name": "auto"}, "generalist_name 'auto'"),
-    ({"default_top_p": 0.0}, "default_top_p"),
-    ({"default_temperature": -1}, "default_temperature"),
+    ({"generation": {"default_max_tokens": 2000}},
+     "generation.default_max_tokens (2000) exceeds generation.max_tokens_limit"),
+    ({"generation": {"max_prompt_tokens": 4096}}, "generation.max_prompt_tokens (4096) leaves no room"),
+    ({"generation": {"max_tokens_limit": 4096, "default_max_tokens": 10}},
+     "generation.max_tokens_limit (4096) must be below backend.max_context_tokens"),
+    ({"retrieval": {"chunk_words": 100, "chunk_overlap": 100}},
+     "retrieval.chunk_overlap (100) must be below retrieval.chunk_words"),
+    ({"retrieval": {"default_top_k": 50, "max_top_k": 10}}, "retrieval.default_top_k (50) exceeds"),
+    ({"routing": {"generalist_name": "auto"}}, "generalist_name 'auto'"),
+    ({"generation": {"default_top_p": 0.0}}, "default_top_p"),
+    ({"generation": {"default_temperature": -1}}, "default_temperature"),
 ])
 def test_inconsistent_settings_are_refused_by_name(overrides: dict, named: str) -> None:
     with pytest.raises(ValidationError, match=named.replace("(", r"\(").replace(")", r"\)")):
@@ -32,6 +36,6 @@ def test_inconsistent_settings_are_refused_by_name(overrides: dict, named: str) 
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ValidationError) as caught:
-        Settings(default_max_tokens=5000, chunk_words=100, chunk_overlap=500)
+        Settings(generation={"default_max_tokens": 5000}, retrieval={"chunk_words": 100, "chunk_overlap": 500})
     message = str(caught.value)
     assert "default_max_tokens" in message and "chunk_overlap" in message

@@ -19,20 +19,22 @@ from server.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 # (a change to the demo config, what the one line must say)
 MISTAKES = {
-    "centroid keeps knn's parameters": ({"router": "centroid"}, ["router_params", "'k', 'aggregation'",
+    "centroid keeps knn's parameters": ({"router": "centroid"}, ["routing.router_params", "'k', 'aggregation'",
                                                                  "accepted: ann_min_examples"]),
-    "unknown context key": ({"context_params": {"tempreature": 0.1}}, ["context_params", "'tempreature'",
+    "unknown context key": ({"context_params": {"tempreature": 0.1}}, ["routing.context_params", "'tempreature'",
                                                                        "accepted: temperature"]),
-    "wrong type": ({"router_params": {"k": "three", "aggregation": "mean"}}, ["router_params", "k: 'three'",
-                                                                             "valid integer"]),
+    "wrong type": ({"router_params": {"k": "three", "aggregation": "mean"}}, ["routing.router_params",
+                                                                             "k: 'three'", "valid integer"]),
 }
 
 
-def _config(tmp_path: Path, change: dict) -> Path:
-    """config/demo.yaml with `change`, written where its relative paths still resolve."""
+def _config(tmp_path: Path, routing: dict, **groups: dict) -> Path:
+    """config/demo.yaml with changes to its groups, written where its relative paths still resolve."""
     values = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    for group, change in {"routing": routing, **groups}.items():
+        values[group] = {**values.get(group, {}), **change}
     path = REPO / "config" / f".test-{tmp_path.name}.yaml"
-    path.write_text(yaml.safe_dump({**values, **change}, sort_keys=False))
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
 
 
@@ -107,8 +109,8 @@ def test_serve_refuses_in_one_line_with_exit_code_2(case: str, mode: str, tmp_pa
 
 
 def test_config_check_prints_the_effective_settings_with_secrets_redacted(tmp_path: Path, cli) -> None:  # noqa: ANN001
-    config = _config(tmp_path, {"router": "centroid", "router_params": {"candidates": 8},
-                                "api_keys": ["sk-very-secret"]})
+    config = _config(tmp_path, {"router": "centroid", "router_params": {"candidates": 8}},
+                     security={"api_keys": ["sk-very-secret"]})
     try:
         good = cli("config", "check", "--config", str(config))
         bad = cli("config", "check", config_env=_config(tmp_path, {"router": "centroid"}))
@@ -117,8 +119,8 @@ def test_config_check_prints_the_effective_settings_with_secrets_redacted(tmp_pa
         (REPO / "config" / f".test-{tmp_path.name}.yaml").unlink(missing_ok=True)
     assert good.returncode == 0, good.stderr
     printed = yaml.safe_load(good.stdout)
-    assert printed["router"] == "centroid" and printed["router_params"] == {"candidates": 8}
-    assert "sk-very-secret" not in good.stdout and printed["api_keys"] == ["**********"]
+    assert printed["routing"]["router"] == "centroid" and printed["routing"]["router_params"] == {"candidates": 8}
+    assert "sk-very-secret" not in good.stdout and printed["security"]["api_keys"] == ["**********"]
     assert bad.returncode == 2 and "unknown keys 'k', 'aggregation'" in bad.stderr
 
 
