@@ -1,11 +1,13 @@
 """One error shape for every failure: OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 
-Core layers raise typed exceptions (`experts.errors`, `APIError`); this module is the one place that
-turns them into HTTP status codes.
+Services raise typed failures (`server/failures.py`), the model layer its own (`experts.errors`); this
+module is the one place that turns them into HTTP status codes and error types. `APIError` itself is
+raised only where the HTTP shape is the point (authentication in `server/api/deps.py`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -32,6 +34,7 @@ from experts.errors import (
     SamplingRejected,
     UploadExists,
 )
+from server.failures import Conflict, InvalidRequest, NotFound, Overloaded, RequestFailure, TimedOut, Unavailable
 from server.protocol import UNSUPPORTED_PARAMETER
 
 log = logging.getLogger(__name__)
@@ -77,12 +80,39 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
 }
 
 
-def to_api_error(exc: ExpertError) -> APIError:
-    for cls in type(exc).__mro__:
-        if cls in _EXPERT_ERRORS:
-            status, type_, code = _EXPERT_ERRORS[cls]
-            return APIError(status, str(exc), type_, code)
-    return APIError(500, str(exc), "server_error")
+_FAILURES: dict[type[RequestFailure], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    NotFound: (404, "not_found_error"),
+    Conflict: (409, "conflict_error"),
+    Overloaded: (429, "rate_limit_error"),
+    Unavailable: (503, "server_error"),
+    TimedOut: (504, "server_error"),
+}
+
+
+def to_api_error(exc: Exception, unexpected: str = "internal server error") -> APIError:
+    """Any exception as the error a client sees: typed failures with their status, anything unexpected
+    logged and answered as a generic 500 (its text may hold internals)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, RequestFailure):
+        status, type_ = next(_FAILURES[cls] for cls in type(exc).__mro__ if cls in _FAILURES)
+        return APIError(status, exc.message, type_, exc.code, exc.param, exc.headers)
+    if isinstance(exc, ExpertError):
+        for cls in type(exc).__mro__:
+            if cls in _EXPERT_ERRORS:
+                status, type_, code = _EXPERT_ERRORS[cls]
+                return APIError(status, str(exc), type_, code)
+        return APIError(500, str(exc), "server_error")
+    log.error("unhandled error: %s", unexpected, exc_info=exc)
+    return APIError(500, unexpected, "server_error", "internal_error")
+
+
+def error_event(exc: Exception) -> str:
+    """An SSE event in OpenAI's error shape, for a failure after a stream started (the official client
+    raises it as an APIError)."""
+    error = to_api_error(exc, unexpected="generation failed mid-stream")
+    return f"data: {json.dumps(error_body(error.message, error.type, error.code, error.param))}\n\n"
 
 
 def _describe_validation(errors: list) -> tuple[str, str | None]:
@@ -110,8 +140,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(RequestFailure)
     @app.exception_handler(ExpertError)
-    async def _expert_error(_: Request, exc: ExpertError) -> JSONResponse:
+    async def _typed_failure(_: Request, exc: Exception) -> JSONResponse:
         return error_response(to_api_error(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -129,5 +160,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(APIError(500, "internal server error", "server_error", "internal_error"))
+        return error_response(to_api_error(exc))

@@ -20,7 +20,7 @@ from experts.spec import EXPERT_NAME_PATTERN, MAX_CAPABILITIES, ExpertSpec
 from routers.capability_suggestions import suggest_capabilities
 from routers.labelled_data import LabelledDataError, parse_labelled_turns
 from server.api.deps import AdminAccess, State
-from server.errors import APIError
+from server.failures import InvalidRequest, NotFound
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
@@ -141,7 +141,7 @@ async def add_expert(body: ExpertCreate, state: State) -> ExpertOut | JSONRespon
 @api.put("/experts/{name}", response_model=None)
 async def replace_expert(name: str, body: ExpertCreate, state: State) -> ExpertOut | JSONResponse:
     if body.name != name:
-        raise APIError(400, "the body's name must match the URL", "invalid_request_error", "name_mismatch", "name")
+        raise InvalidRequest("the body's name must match the URL", "name_mismatch", "name")
     spec = body.spec()
     with admin_operation(state, "replace"):
         if spec.kind == "retriever":
@@ -158,8 +158,7 @@ def _documents(documents: list[DocumentIn] | None) -> list[Document] | None:
 
 def _no_documents(body: ExpertCreate) -> None:
     if body.documents is not None:
-        raise APIError(400, "documents apply to retriever experts only", "invalid_request_error",
-                       "invalid_request", "documents")
+        raise InvalidRequest("documents apply to retriever experts only", "invalid_request", "documents")
 
 
 def _accepted(spec: ExpertSpec, job: IndexingJob) -> JSONResponse:
@@ -257,7 +256,7 @@ async def delete_upload(state: State, name: str = Path(pattern=EXPERT_NAME_PATTE
     """Delete an uploaded adapter's files. Registered experts are unaffected: they use their own copy."""
     target = state.settings.server.data_dir / "adapters" / "uploads" / name
     if not target.is_dir():
-        raise APIError(404, f"no uploaded adapter named {name!r}", "not_found_error", "upload_not_found")
+        raise NotFound(f"no uploaded adapter named {name!r}", "upload_not_found")
     await asyncio.to_thread(shutil.rmtree, target)
     return Response(status_code=204)
 
@@ -268,10 +267,10 @@ async def evaluate_routing(body: EvaluationRequest, state: State) -> dict[str, A
     try:
         rows = parse_labelled_turns(body.data, body.format == "csv")
     except LabelledDataError as exc:
-        raise APIError(400, str(exc), "invalid_request_error", "invalid_labelled_data", "data") from exc
+        raise InvalidRequest(str(exc), "invalid_labelled_data", "data") from exc
     if not rows or len(rows) > MAX_EVALUATION_ROWS:
-        raise APIError(400, f"a labelled file needs 1 to {MAX_EVALUATION_ROWS} rows, got {len(rows)}",
-                       "invalid_request_error", "invalid_labelled_data", "data")
+        raise InvalidRequest(f"a labelled file needs 1 to {MAX_EVALUATION_ROWS} rows, got {len(rows)}",
+                             "invalid_labelled_data", "data")
     return await evaluate_labelled(state.routing, rows)
 
 

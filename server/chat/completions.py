@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from experts.backends.base import TokenLogprob
 from routers.conversation import Turn, routing_text
-from server.chat.generation import Generation, GenerationService, stream_error_event
+from server.chat.generation import Generation, GenerationService
 from server.chat.sampling import sampling_for
+from server.errors import error_event
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
 from server.settings.groups import GenerationSettings
 
@@ -107,7 +108,7 @@ class CompletionService:
                                                     total_tokens=prompt_tokens + completion_tokens)))
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the status line is gone: say what failed in the stream
-            yield stream_error_event(exc)
+            yield error_event(exc)
             self._generation.count(ENDPOINT, generation.target, "error")
             yield "data: [DONE]\n\n"
         finally:

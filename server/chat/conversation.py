@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from routers.conversation import ASSISTANT_CHARS, Turn, routing_text
-from server.errors import APIError
+from server.failures import InvalidRequest
 from server.protocol import ChatMessage, ConversationQuery
 from server.routing.sessions import MAX_SESSION_KEY
 
@@ -23,13 +23,12 @@ def conversation_turns(messages: Sequence[ChatMessage]) -> list[Turn]:
     `ASSISTANT_CHARS`. A 400 when there is no user
     message with text."""
     if not messages:
-        raise APIError(400, "messages must not be empty", "invalid_request_error", "empty_messages", "messages")
+        raise InvalidRequest("messages must not be empty", "empty_messages", "messages")
     turns = [Turn(routing_text(m.text()) if m.role == "user" else m.text()[:ASSISTANT_CHARS], m.role == "assistant")
              for m in messages if m.role in ("user", "assistant") and m.text().strip()]
     last_user = max((i for i, turn in enumerate(turns) if not turn.assistant), default=None)
     if last_user is None:
-        raise APIError(400, "messages must contain a user message with text", "invalid_request_error",
-                       "no_user_message", "messages")
+        raise InvalidRequest("messages must contain a user message with text", "no_user_message", "messages")
     return turns[:last_user + 1]
 
 
@@ -44,6 +43,6 @@ def session_key(headers: Mapping[str, str], user: str | None, namespace: str) ->
     sessions: `user` is an identifier a client chooses, not a secret, so it never reaches another caller's."""
     key = headers.get(SESSION_HEADER) or user
     if key is not None and len(key) > MAX_SESSION_KEY:
-        raise APIError(400, f"the session key is longer than {MAX_SESSION_KEY} characters", "invalid_request_error",
-                       "session_key_too_long", SESSION_HEADER)
+        raise InvalidRequest(f"the session key is longer than {MAX_SESSION_KEY} characters",
+                             "session_key_too_long", SESSION_HEADER)
     return f"{namespace}/{key}" if key else None

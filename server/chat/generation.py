@@ -8,7 +8,6 @@ chunks under the request's deadline and releases everything exactly once (`close
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -16,9 +15,9 @@ from dataclasses import dataclass, field, replace
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
 from experts.backends.base import TokenLogprob
-from experts.errors import AdapterUnavailable, ExpertError
+from experts.errors import AdapterUnavailable
 from routers.conversation import Turn
-from server.errors import APIError, error_body, to_api_error
+from server.failures import TimedOut, Unavailable
 from server.metrics import Metrics
 from server.protocol import TokenLogprobOut, TopLogprob, Usage, new_id
 from server.retrieval.grounding import Grounding, GroundingService
@@ -191,8 +190,8 @@ class GenerationService:
                     await self._routing.expert_failed(exc.key, str(exc))
                     self._metrics.expert_failures.labels("serve").inc()
                     if model != AUTO_MODEL or attempt == 1:
-                        raise APIError(503, f"the expert's adapter is unavailable and was taken out of service: "
-                                            f"{exc}", "server_error", "expert_failed", "model") from exc
+                        raise Unavailable(f"the expert's adapter is unavailable and was taken out of service: "
+                                            f"{exc}", "expert_failed", "model") from exc
             raise AssertionError("unreachable")
         except BaseException:
             slot.release()
@@ -266,21 +265,8 @@ async def _first_chunk(stream: AsyncIterator[GenerationChunk], deadline: float) 
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             return await anext(stream)
     except TimeoutError:
-        raise APIError(504, "generation did not start within the request's time limit (request_timeout_seconds)",
-                       "server_error", "generation_timeout") from None
-
-
-def stream_error_event(exc: Exception) -> str:
-    """An SSE event in OpenAI's error shape for a failure after the stream started (the official client
-    raises it as an APIError); known errors keep their message, others are logged and stay generic."""
-    if isinstance(exc, APIError):
-        error = exc
-    elif isinstance(exc, ExpertError):
-        error = to_api_error(exc)
-    else:
-        log.error("generation failed mid-stream", exc_info=exc)
-        error = APIError(500, "generation failed mid-stream", "server_error", "internal_error")
-    return f"data: {json.dumps(error_body(error.message, error.type, error.code, error.param))}\n\n"
+        raise TimedOut("generation did not start within the request's time limit (request_timeout_seconds)",
+                       "generation_timeout") from None
 
 
 def logprob_entry(score: TokenLogprob) -> TokenLogprobOut:

@@ -18,10 +18,11 @@ from typing import Any
 
 from experts.backends.base import OutputConstraint
 from server.chat.conversation import conversation_turns
-from server.chat.generation import Generation, GenerationService, stream_error_event
+from server.chat.generation import Generation, GenerationService
 from server.chat.sampling import sampling_for
 from server.chat.structured import constraint_for, constraint_off_loop
 from server.chat.tools import prompt_messages
+from server.errors import error_event
 from server.protocol import (
     OutputMessage,
     OutputText,
@@ -87,7 +88,7 @@ class ResponsesService:
             yield events.send("response.output_item.done", output_index=0, item=done.output[0])
             yield events.send(f"response.{done.status}", response=done)
         except Exception as exc:  # the status line is gone: say what failed in the stream
-            yield stream_error_event(exc)
+            yield error_event(exc)
             self._generation.count(ENDPOINT, generation.target, "error")
         finally:
             await generation.close()

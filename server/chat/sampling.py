@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from experts.backends import SamplingParams
 from experts.backends.base import OutputConstraint
-from server.errors import APIError
+from server.failures import InvalidRequest
 from server.protocol import MAX_STOP_SEQUENCES, SamplingRequest
 from server.settings.groups import GenerationSettings
 
@@ -15,21 +15,17 @@ def sampling_for(request: SamplingRequest, s: GenerationSettings, *, constraint:
     """The request's decoding settings, with the server's defaults and limits applied."""
     max_tokens = request.requested_max_tokens() or s.default_max_tokens
     if max_tokens > s.max_tokens_limit:
-        raise APIError(
-            400, f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}",
-            "invalid_request_error", "max_tokens_too_large", "max_tokens",
-        )
+        raise InvalidRequest(f"max_tokens={max_tokens} exceeds this server's limit of {s.max_tokens_limit}",
+                             "max_tokens_too_large", "max_tokens")
     stop = request.stop_sequences()
     if len(stop) > MAX_STOP_SEQUENCES:
-        raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", "invalid_request_error",
-                       "too_many_stop_sequences", "stop")
+        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences", "too_many_stop_sequences", "stop")
     if request.min_tokens > max_tokens:
-        raise APIError(400, f"min_tokens={request.min_tokens} exceeds max_tokens={max_tokens}",
-                       "invalid_request_error", "invalid_min_tokens", "min_tokens")
+        raise InvalidRequest(f"min_tokens={request.min_tokens} exceeds max_tokens={max_tokens}",
+                             "invalid_min_tokens", "min_tokens")
     if constraint is not None and (request.min_tokens or request.ignore_eos):
-        raise APIError(400, "min_tokens and ignore_eos cannot be combined with a structured output: the grammar "
-                       "ends the answer", "invalid_request_error", "invalid_request",
-                       "min_tokens" if request.min_tokens else "ignore_eos")
+        raise InvalidRequest("min_tokens and ignore_eos cannot be combined with a structured output: the grammar "
+                       "ends the answer", "invalid_request", "min_tokens" if request.min_tokens else "ignore_eos")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=s.default_temperature if request.temperature is None else request.temperature,

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from experts.backends import SamplingParams
 from experts.backends.base import TokenLogprob
 from server.chat.conversation import conversation_turns
-from server.chat.generation import Generation, GenerationService, logprob_entry, stream_error_event
+from server.chat.generation import Generation, GenerationService, logprob_entry
 from server.chat.sampling import sampling_for
 from server.chat.structured import constraint_for, constraint_off_loop
 from server.chat.tools import CallStream, ContentFilter, ToolUse, call_deltas, prompt_messages, tool_use_for
-from server.errors import APIError
+from server.errors import error_event
+from server.failures import InvalidRequest
 from server.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -165,7 +166,7 @@ class ChatService:
                 yield _event(_chunk(run, [], usage=generation.usage(), info=generation.target.info))
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the status line is gone: say what failed in the stream, as vLLM does
-            yield stream_error_event(exc)
+            yield error_event(exc)
             self._generation.count(ENDPOINT, generation.target, "error")
             yield "data: [DONE]\n\n"
         finally:
@@ -194,8 +195,8 @@ def chat_sampling(request: ChatCompletionRequest, settings: GenerationSettings,
     """The chat request's decoding settings: the shared ones, a grammar for `response_format` or forced tool
     calls, and log-probabilities."""
     if tool_use is not None and request.response_format is not None and request.response_format.type != "text":
-        raise APIError(400, "response_format and tools cannot both shape one answer: set tool_choice 'none' or "
-                       "drop one", "invalid_request_error", "invalid_request", "response_format")
+        raise InvalidRequest("response_format and tools cannot both shape one answer: set tool_choice 'none' or "
+                       "drop one", "invalid_request", "response_format")
     constraint = tool_use.constraint() if tool_use is not None else constraint_for(request.response_format)
     return sampling_for(request, settings, constraint=constraint,
                         logprobs=(request.top_logprobs or 0) if request.logprobs else None)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from experts.backends.base import OutputConstraint
 from server.chat.schema_analysis import MAX_SCHEMA_COUNT, SCHEMA_SECONDS, SchemaProblem, check_shape, shortest_instance
-from server.errors import APIError
+from server.failures import InvalidRequest
 from server.protocol import ResponseFormat
 
 __all__ = ["MAX_SCHEMA_COUNT", "bounded_integers", "constraint_for", "constraint_off_loop", "schema_constraint"]
@@ -57,7 +57,7 @@ def schema_constraint(schema: dict[str, Any], param: str) -> OutputConstraint:
             raise SchemaProblem(f"the schema is longer than {MAX_SCHEMA_BYTES} bytes", "schema_too_large")
         return OutputConstraint(text, shortest_instance(schema, SCHEMA_SECONDS))
     except SchemaProblem as exc:
-        raise APIError(400, str(exc), "invalid_request_error", exc.code, param) from exc
+        raise InvalidRequest(str(exc), exc.code, param) from exc
 
 
 def bounded_integers(schema: Any) -> Any:

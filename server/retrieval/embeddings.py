@@ -20,7 +20,7 @@ import torch
 
 from experts.encoders import TextEmbedder
 from routers.conversation import Turn, routing_text
-from server.errors import APIError
+from server.failures import InvalidRequest
 from server.protocol import (
     MAX_EMBEDDING_INPUTS,
     Embedding,
@@ -80,8 +80,8 @@ class EmbeddingService:
                                                version)
         assert encoder is not None
         if request.dimensions is not None and request.dimensions != encoder.dim:
-            raise APIError(400, f"{name!r} embeds into {encoder.dim} dimensions; 'dimensions' cannot change that",
-                           "invalid_request_error", "unsupported_dimensions", "dimensions")
+            raise InvalidRequest(f"{name!r} embeds into {encoder.dim} dimensions; 'dimensions' cannot change that",
+                                 "unsupported_dimensions", "dimensions")
         return name, await self._lanes.on_bulk(self._respond, encoder, texts, request.encoding_format, name, info)
 
     def _respond(self, encoder: TextEmbedder, texts: list[str], encoding: str, name: str, info: RoutingInfo) -> bytes:
@@ -94,12 +94,12 @@ class EmbeddingService:
     def _check(request: EmbeddingRequest) -> list[str]:
         texts = request.texts()
         if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
-            raise APIError(400, f"input must hold between 1 and {MAX_EMBEDDING_INPUTS} texts", "invalid_request_error",
-                           "invalid_input", "input")
+            raise InvalidRequest(f"input must hold between 1 and {MAX_EMBEDDING_INPUTS} texts",
+                                 "invalid_input", "input")
         for text in texts:
             if not text.strip() or len(text) > MAX_INPUT_CHARS:
-                raise APIError(400, f"each input must be non-empty text of at most {MAX_INPUT_CHARS} characters",
-                               "invalid_request_error", "invalid_input", "input")
+                raise InvalidRequest(f"each input must be non-empty text of at most {MAX_INPUT_CHARS} characters",
+                                     "invalid_input", "input")
         return texts
 
     def _encode(self, encoder: TextEmbedder, texts: list[str]) -> tuple[torch.Tensor, int]:
@@ -107,8 +107,8 @@ class EmbeddingService:
         encoder = self._lanes.bulk_encoder_for(encoder)
         tokens = encoder.count_tokens(texts)
         if tokens > self._max_tokens:
-            raise APIError(400, f"the inputs hold {tokens} tokens; one request may hold at most {self._max_tokens}",
-                           "invalid_request_error", "too_many_tokens", "input")
+            raise InvalidRequest(f"the inputs hold {tokens} tokens; one request may hold at most {self._max_tokens}",
+                                 "too_many_tokens", "input")
         with torch.inference_mode():  # in small batches: bounded activation memory, no long uninterrupted call
             vectors = [encoder.encode(texts[i:i + BULK_BATCH]).float().cpu() for i in range(0, len(texts), BULK_BATCH)]
         return torch.cat(vectors), tokens

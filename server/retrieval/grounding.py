@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from experts.registry import Expert, ExpertRegistry, Lease
-from server.errors import APIError
+from server.failures import Conflict
 from server.protocol import Citation, RoutingInfo
 from server.retrieval.service import Retrieval, RetrievalService
 
@@ -85,9 +85,7 @@ class GroundingService:
             return None, None
         generator = self._registry.snapshot.experts.get(name)
         if generator is None or generator.resource.files is None:
-            raise APIError(
-                409, f"retriever {retriever.name!r} answers through generator {name!r}, which is not a registered "
-                     "adapter expert; register it, or re-register the retriever without a generator",
-                "invalid_request_error", "generator_unavailable", "model",
-            )
+            raise Conflict(f"retriever {retriever.name!r} answers through generator {name!r}, which is not a "
+                           "registered adapter expert; register it, or re-register the retriever without a generator",
+                           "generator_unavailable", "model")
         return generator, self._registry.lease(generator)

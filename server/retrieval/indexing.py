@@ -31,7 +31,7 @@ from experts.retrieval.documents import Document, check_unique, parse_jsonl, rea
 from experts.retrieval.index import DocumentIndex, Segment
 from experts.retrieval.store import SegmentStore, new_segment_id
 from experts.spec import ExpertSpec
-from server.errors import APIError
+from server.failures import NotFound
 from server.metrics import Metrics
 from server.runtime.lanes import Lanes
 from server.settings.groups import RetrievalSettings
@@ -187,8 +187,7 @@ class IndexingService:
         expert = self._retriever(name)
         missing = sorted(set(doc_ids) - set(expert.resource.index.document_chunks))
         if missing:
-            raise APIError(404, f"no document {missing[0]!r} in retriever {name!r}", "not_found_error",
-                           "document_not_found")
+            raise NotFound(f"no document {missing[0]!r} in retriever {name!r}", "document_not_found")
         stamp = new_segment_id()
 
         def change(index: DocumentIndex) -> DocumentIndex:
@@ -203,7 +202,7 @@ class IndexingService:
 
     def job(self, job_id: int) -> IndexingJob:
         if job_id not in self._jobs:
-            raise APIError(404, f"no indexing job {job_id}", "not_found_error", "job_not_found")
+            raise NotFound(f"no indexing job {job_id}", "job_not_found")
         return self._jobs[job_id]
 
     def pending(self, name: str) -> IndexingJob | None:

@@ -20,7 +20,7 @@ from experts.registry import Expert, ExpertRegistry, Lease, Snapshot
 from experts.retrieval.index import Hit
 from routers.base import ScoredExpert
 from routers.conversation import Turn
-from server.errors import APIError
+from server.failures import InvalidRequest, NotFound, Unavailable
 from server.metrics import Metrics
 from server.protocol import Passage, RoutingInfo
 from server.routing.record import unrouted_record
@@ -73,8 +73,8 @@ class RetrievalService:
     def check_top_k(self, top_k: int | None) -> int:
         top_k = self._settings.default_top_k if top_k is None else top_k
         if not 1 <= top_k <= self._settings.max_top_k:
-            raise APIError(400, f"top_k must be between 1 and {self._settings.max_top_k}", "invalid_request_error",
-                           "top_k_out_of_range", "top_k")
+            raise InvalidRequest(f"top_k must be between 1 and {self._settings.max_top_k}",
+                                 "top_k_out_of_range", "top_k")
         return top_k
 
     async def retrieve(self, model: str, turns: list[Turn], top_k: int | None, fuse: Fuse = "auto") -> Retrieval:
@@ -82,7 +82,7 @@ class RetrievalService:
         turn; the caller releases the result's leases."""
         query = turns[-1].text if turns else ""
         if not query.strip():
-            raise APIError(400, "query must not be empty", "invalid_request_error", "empty_query", "query")
+            raise InvalidRequest("query must not be empty", "empty_query", "query")
         top_k = self.check_top_k(top_k)
         started = time.perf_counter()
         if model == AUTO_MODEL:
@@ -95,11 +95,9 @@ class RetrievalService:
     def retriever_named(self, name: str) -> Expert:
         expert = self._registry.snapshot.experts.get(name)
         if expert is None:
-            raise APIError(404, f"no retriever named {name!r}; see GET /v1/models", "not_found_error",
-                           "model_not_found", "model")
+            raise NotFound(f"no retriever named {name!r}; see GET /v1/models", "model_not_found", "model")
         if expert.resource.index is None:
-            raise APIError(400, f"expert {name!r} is an adapter, not a retriever", "invalid_request_error",
-                           "not_a_retriever", "model")
+            raise InvalidRequest(f"expert {name!r} is an adapter, not a retriever", "not_a_retriever", "model")
         return expert
 
     async def pinned(self, expert: Expert, query: str, top_k: int, info: RoutingInfo | None = None) -> Retrieval:
@@ -143,7 +141,7 @@ class RetrievalService:
         ranking = [s for s in decision.ranking
                    if (e := snapshot.experts.get(s.name)) is not None and e.resource.index is not None]
         if not ranking:
-            raise APIError(404, "no retriever experts are registered", "not_found_error", "no_retrievers", "model")
+            raise NotFound("no retriever experts are registered", "no_retrievers", "model")
         best = ranking[0]
         second = ranking[1] if len(ranking) > 1 else None
         fallback, threshold, reason = self._routing.rule.check(best.name, best.score, second.score if second else None)
@@ -177,7 +175,7 @@ class RetrievalService:
                 for lease in leases:
                     lease.release()
                 raise
-        raise APIError(503, "the retrievers kept changing during routing; retry", "server_error", "registry_busy")
+        raise Unavailable("the retrievers kept changing during routing; retry", "registry_busy")
 
     def _to_search(self, best: ScoredExpert, second: ScoredExpert | None, fallback: bool,
                    fuse: Fuse) -> list[ScoredExpert]:

@@ -19,7 +19,7 @@ from routers.calibration import FallbackRule, ScoredQuery, fit_fallback_rule, ou
 from routers.conversation import ContextParams, LabelledTurns, Turn, fit_context, scored_turns
 from routers.evaluation import OUT_OF_SCOPE
 from routers.labelled_data import OOS_LABELS, LabelledDataError, LabelledTurn, conversation_cases, resolve_labels
-from server.errors import APIError
+from server.failures import Conflict, InvalidRequest
 from server.protocol import CalibrationOut, CalibrationRequest
 from server.routing.service import RoutingService
 
@@ -66,16 +66,16 @@ def describe(routing: RoutingService) -> CalibrationOut:
 def _check_enough(labels: list[str]) -> None:
     counts = Counter(labels)
     if len(labels) < MIN_CASES:
-        raise APIError(400, f"calibration needs at least {MIN_CASES} labelled cases, got {len(labels)}",
-                       "invalid_request_error", "calibration_data", "examples")
+        raise InvalidRequest(f"calibration needs at least {MIN_CASES} labelled cases, got {len(labels)}",
+                             "calibration_data", "examples")
     if not any(label != OUT_OF_SCOPE for label in counts):
-        raise APIError(400, "calibration needs in-scope cases (labelled with an expert)", "invalid_request_error",
-                       "calibration_data", "examples")
+        raise InvalidRequest("calibration needs in-scope cases (labelled with an expert)",
+                             "calibration_data", "examples")
     few = sorted(label for label, n in counts.items() if n < MIN_PER_LABEL)
     if few:
         shown = ", ".join(f"{label or 'out of scope'!r} ({counts[label]})" for label in few[:5])
-        raise APIError(400, f"calibration needs at least {MIN_PER_LABEL} cases per label; too few for {shown}",
-                       "invalid_request_error", "calibration_data", "examples")
+        raise InvalidRequest(f"calibration needs at least {MIN_PER_LABEL} cases per label; too few for {shown}",
+                             "calibration_data", "examples")
 
 
 def check_not_worse(fitted: FallbackRule, queries: list[ScoredQuery], current: FallbackRule,
@@ -86,10 +86,9 @@ def check_not_worse(fitted: FallbackRule, queries: list[ScoredQuery], current: F
     if rule_value(fitted, queries, budget) >= rule_value(current, current_queries, budget):
         return
     (accuracy, recall), (kept_accuracy, kept_recall) = outcome(fitted, queries), outcome(current, current_queries)
-    raise APIError(409, f"the fitted rule scores worse on these cases than the rule in force (in-scope accuracy "
+    raise Conflict(f"the fitted rule scores worse on these cases than the rule in force (in-scope accuracy "
                    f"{accuracy:.3f} vs {kept_accuracy:.3f}, out-of-scope recall {recall:.3f} vs "
-                   f"{kept_recall:.3f}); the rule in force is kept", "invalid_request_error",
-                   "calibration_worse", "examples")
+                   f"{kept_recall:.3f}); the rule in force is kept", "calibration_worse", "examples")
 
 
 def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> list[LabelledTurn]:
@@ -97,13 +96,13 @@ def _cases(body: CalibrationRequest, known: set[str], generalist_name: str) -> l
         try:
             return conversation_cases([c.model_dump() for c in body.conversations])
         except LabelledDataError as exc:
-            raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "conversations") from exc
+            raise InvalidRequest(str(exc), "calibration_data", "conversations") from exc
     cases = []
     for example in body.examples or []:
         label = OUT_OF_SCOPE if example.label in OOS_LABELS | {generalist_name} else example.label
         if label != OUT_OF_SCOPE and label not in known:
-            raise APIError(400, f"label {example.label!r} is neither an expert nor 'generalist'",
-                           "invalid_request_error", "unknown_label", "examples")
+            raise InvalidRequest(f"label {example.label!r} is neither an expert nor 'generalist'",
+                                 "unknown_label", "examples")
         cases.append(LabelledTurn((Turn(example.text),), label, "query"))
     return cases
 
@@ -116,8 +115,7 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
     cases = _cases(body, set(names), generalist_name)
     labels, out_of_scope = resolve_labels(cases, set(names))
     if not cases or not names:
-        raise APIError(400, "calibration needs labelled cases and registered experts", "invalid_request_error",
-                       "calibration_data", "examples")
+        raise InvalidRequest("calibration needs labelled cases and registered experts", "calibration_data", "examples")
     _check_enough(labels)
     scores, valid, neutral, assistant = await routing.context_scores([c.turns for c in cases])
     turns = LabelledTurns(scores, valid, neutral, assistant, labels)
@@ -133,7 +131,7 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
             queries = scored_turns(turns, names, context)
             rule = fit_fallback_rule(queries, max_accuracy_loss=budget)
     except ValueError as exc:
-        raise APIError(400, str(exc), "invalid_request_error", "calibration_data", "examples") from exc
+        raise InvalidRequest(str(exc), "calibration_data", "examples") from exc
     if routing.rule is not routing.default_rule:  # the configured threshold was fitted on nothing
         current_queries = scored_turns(turns, names, routing.context) if conversations else queries
         check_not_worse(rule, queries, routing.rule, current_queries, budget)

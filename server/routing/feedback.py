@@ -11,7 +11,7 @@ from experts.errors import ExpertNotFound
 from experts.manifest import FeedbackRecord, Manifest
 from experts.registry import ExpertRegistry
 from routers.labelled_data import GENERALIST_LABEL
-from server.errors import APIError
+from server.failures import Conflict, NotFound
 from server.protocol import FeedbackOut
 
 
@@ -30,7 +30,7 @@ class FeedbackService:
         if expert in self._generalist_names:
             return GENERALIST_LABEL
         if expert not in self._registry.snapshot.experts:
-            raise APIError(404, f"no expert named {expert!r}", "not_found_error", "expert_not_found", "expert")
+            raise NotFound(f"no expert named {expert!r}", "expert_not_found", "expert")
         return expert
 
     async def submit(self, query: str, expert: str) -> FeedbackOut:
@@ -46,10 +46,10 @@ class FeedbackService:
     async def undo(self, feedback_id: int) -> FeedbackOut:
         records = self._manifest.feedback(feedback_id)
         if not records:
-            raise APIError(404, f"no feedback with id {feedback_id}", "not_found_error", "feedback_not_found")
+            raise NotFound(f"no feedback with id {feedback_id}", "feedback_not_found")
         record = records[0]
         if record.undone_at is not None:
-            raise APIError(409, f"feedback {feedback_id} was already undone", "conflict_error", "already_undone")
+            raise Conflict(f"feedback {feedback_id} was already undone", "already_undone")
         try:
             version = await self._apply(record.target, remove=[record.text])
         except ExpertNotFound:

@@ -39,7 +39,7 @@ from routers.conversation import (
 )
 from routers.embedding_cache import EmbeddingCache
 from routers.mixture import MAX_MIXTURE, MixtureParams, RoutedMixture, routed_mixture
-from server.errors import APIError
+from server.failures import NotFound
 from server.metrics import Metrics
 from server.protocol import MixtureComponentOut, RoutingInfo
 from server.routing.record import decision_record, unrouted_record
@@ -257,8 +257,8 @@ class RoutingService:
             return None
         expert = snapshot.experts.get(name)
         if expert is None:
-            raise APIError(404, f"expert {name!r} of the mixture does not exist; see GET /v1/models",
-                           "not_found_error", "model_not_found", "model")
+            raise NotFound(f"expert {name!r} of the mixture does not exist; see GET /v1/models",
+                           "model_not_found", "model")
         if expert.kind != "adapter":
             raise MixtureRejected(f"expert {name!r} is a {expert.kind}; only adapter experts (and the "
                                   "generalist) can be mixed")
@@ -349,14 +349,8 @@ class RoutingService:
         snapshot = self._registry.snapshot
         expert = snapshot.experts.get(name)
         if expert is None:
-            raise APIError(
-                404,
-                f"model {name!r} does not exist; use 'auto', '{self.generalist_name}' or an expert name "
-                "from GET /v1/models",
-                "not_found_error",
-                "model_not_found",
-                "model",
-            )
+            raise NotFound(f"model {name!r} does not exist; use 'auto', '{self.generalist_name}' or an expert name "
+                "from GET /v1/models", "model_not_found", "model")
         lease = self._registry.lease(expert)  # ExpertGone -> 404 through the error handlers
         info = unrouted_record(name, expert.spec.kind, "the expert was pinned by name; routing skipped", False,
                                   snapshot.version)

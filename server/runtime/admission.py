@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.errors import APIError
+from server.failures import Overloaded
 
 
 class Slot:
@@ -42,10 +42,8 @@ class Admission:
     async def acquire(self) -> Slot:
         if self.in_flight >= self.max_active + self.max_queued:
             self.rejected += 1
-            raise APIError(
-                429, f"the server is at capacity ({self.max_active} running, {self.max_queued} queued); retry later",
-                "rate_limit_error", "server_busy", headers=dict(self._refusal_headers),
-            )
+            raise Overloaded(f"the server is at capacity ({self.max_active} running, {self.max_queued} queued); "
+                             "retry later", "server_busy", headers=dict(self._refusal_headers))
         self.in_flight += 1
         try:
             await self._active.acquire()

@@ -28,7 +28,7 @@ from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFiles
 from experts.backends.base import GenerationChunk, GenerationRequest
 from experts.backends.residency import Activation, Tier
 from experts.errors import AdapterRejected, ExpertError
-from server.errors import APIError
+from server.failures import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ class ReplicaBackend:
         try:
             placement = await stream.__anext__()
         except BackPressureError as exc:
-            raise APIError(429, "every expert replica is at capacity; retry later", "rate_limit_error",
-                           "server_busy", headers={"Retry-After": str(self._retry_after)}) from exc
+            raise Overloaded("every expert replica is at capacity; retry later",
+                             "server_busy", headers={"Retry-After": str(self._retry_after)}) from exc
         except RayTaskError as exc:  # the replica refused before generating (an adapter it cannot load)
             if isinstance(exc.cause, ExpertError):
                 raise exc.cause from exc

@@ -41,12 +41,12 @@ def test_calibration_without_in_scope_data_is_refused() -> None:
 
 
 def test_a_fit_that_scores_worse_than_the_rule_in_force_is_refused() -> None:
-    from server.errors import APIError
+    from server.failures import Conflict
     from server.routing.calibration import check_not_worse
 
     queries = [ScoredQuery("sql", "sql", 0.8, 0.1)] * 10 + [ScoredQuery(OUT_OF_SCOPE, "sql", 0.2, 0.1)] * 10
     separating, no_fallback = FallbackRule(0.5), FallbackRule(0.0)
     check_not_worse(separating, queries, no_fallback, queries, None)  # better: accepted
-    with pytest.raises(APIError) as refused:
+    with pytest.raises(Conflict) as refused:
         check_not_worse(no_fallback, queries, separating, queries, None)
-    assert refused.value.status == 409 and "rule in force is kept" in str(refused.value)
+    assert "rule in force is kept" in str(refused.value)

@@ -9,7 +9,7 @@ import torch
 from routers.conversation import ROUTING_TEXT_CHARS, routing_text
 from routers.embedding_cache import EmbeddingCache
 from server.chat.conversation import conversation_turns, session_key
-from server.errors import APIError
+from server.failures import InvalidRequest
 from server.protocol import ChatMessage
 from server.routing.service import normalised_weights
 
@@ -38,7 +38,7 @@ def test_session_keys_belong_to_their_callers_namespace() -> None:
     alice_2 = session_key({"x-switchyard-session": "alice"}, None, "key-2")
     assert alice_1 != alice_2 and alice_1 is not None and alice_1.startswith("key-1/")
     assert session_key({}, None, "key-1") is None
-    with pytest.raises(APIError):
+    with pytest.raises(InvalidRequest):
         session_key({}, "a" * 257, "anonymous")
 
 

@@ -128,11 +128,11 @@ def test_the_shortest_instance_writes_every_required_key_with_its_least_value() 
 
 def test_schemas_whose_grammar_would_explode_are_refused() -> None:
     from server.chat.structured import MAX_SCHEMA_COUNT, schema_constraint
-    from server.errors import APIError
+    from server.failures import InvalidRequest
 
     for schema in ({"type": "string", "minLength": 10**8}, {"type": "array", "items": {"maxItems": float("inf")}},
                    {"type": "object", "properties": {"a": {"type": "array", "minItems": MAX_SCHEMA_COUNT + 1}}}):
-        with pytest.raises(APIError) as caught:
+        with pytest.raises(InvalidRequest) as caught:
             schema_constraint(schema, "response_format")
         assert caught.value.code == "schema_too_large" and caught.value.param == "response_format"
     assert schema_constraint({"type": "string", "maxLength": MAX_SCHEMA_COUNT}, "x").shortest == '""'
@@ -140,11 +140,12 @@ def test_schemas_whose_grammar_would_explode_are_refused() -> None:
 
 def _refusal(schema: dict) -> tuple[int, str]:
     from server.chat.structured import schema_constraint
-    from server.errors import APIError
+    from server.errors import to_api_error
+    from server.failures import RequestFailure
 
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(RequestFailure) as caught:
         schema_constraint(schema, "response_format")
-    return caught.value.status, caught.value.code
+    return to_api_error(caught.value).status, caught.value.code
 
 
 def _nested_arrays(count: int, depth: int) -> dict:
