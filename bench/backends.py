@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.load import EXTRA_EXPERTS, chat_scenario, register_extra_experts  # noqa: E402
-from tests.serverproc import ServerProcess, write_config  # noqa: E402
+from tests.support.server_process import ServerProcess, write_config  # noqa: E402
 
 ROUTED = ["My order never arrived.", "List all customers from Paris.", "Ana has 7 pens and buys 5 more. How many?",
           "How do I reset my password?", "Count the employees per department.", "What is 12 times 11?",

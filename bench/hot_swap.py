@@ -26,7 +26,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
 
 CLINC = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

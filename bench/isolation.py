@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.hot_swap import rss_bytes  # noqa: E402
 from bench.load import KeepAliveClient, pct, routing_queries  # noqa: E402
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
 
 LONG_INPUT = ("The quick brown fox jumps over the lazy dog while the routing server keeps working. " * 100)[:8000]
 

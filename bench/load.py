@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 CLINC = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 sys.path.insert(0, str(REPO))
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
 
 QUERIES = ["How do I reset my password?", "Write SQL to count the orders per customer",
            "Tom has 5 apples and buys 3 more. How many now?", "What is the capital of France?"]

@@ -53,7 +53,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from experts.models import EMBEDDED_BASE, resolve_base_model  # noqa: E402
 from routers.base import Decision, ScoredExpert  # noqa: E402
 from routers.mixture import MixtureParams, routed_mixture  # noqa: E402
-from tests.serverproc import ServerProcess, write_config  # noqa: E402
+from tests.support.server_process import ServerProcess, write_config  # noqa: E402
 
 ADAPTERS = ("sql", "math", "support")
 GENERALIST = "base"

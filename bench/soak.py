@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.backends import tree_rss_mb  # noqa: E402
 from bench.load import MIXED_QUERIES, register_retrievers  # noqa: E402
-from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body  # noqa: E402
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
+from tests.support.helpers import COOKING_EXAMPLES, copy_demo_adapter, expert_body  # noqa: E402
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -30,7 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.load import chat_scenario, pct, routing_scenario  # noqa: E402
-from tests.serverproc import ADMIN_TOKEN, ServerProcess  # noqa: E402
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess  # noqa: E402
 
 WORDS_TEXT = (
     "the a of to and in is it you that he was for on are with as his they be at one have this from or "

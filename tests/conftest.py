@@ -11,7 +11,7 @@ import openai
 import pytest
 import yaml
 
-from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
+from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 SERVER_MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
 # The backends a module's `backend_server` runs on, one module-scoped server each; the vLLM leg is marked

@@ -15,7 +15,7 @@ from experts.backends.base import TokenLogprob
 from routers.conversation import Turn, routing_text
 from server.chat.generation import Generation, GenerationService
 from server.chat.sampling import sampling_for
-from server.errors import error_event
+from server.chat.streaming import event_stream
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
 from server.settings.groups import GenerationSettings
 
@@ -64,55 +64,54 @@ class CompletionService:
                           usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                       total_tokens=prompt_tokens + completion_tokens))
 
-    async def stream(self, request: CompletionRequest, first: Generation, session: str | None) -> AsyncIterator[str]:
+    def stream(self, request: CompletionRequest, first: Generation, session: str | None) -> AsyncIterator[str]:
         """Server-sent events of `Completion` chunks; each prompt's last chunk carries its decision."""
+        current = [first]  # the prompt being answered: a failure is counted against its expert
+        return event_stream(self._events(request, first, session, current), close=first.close,
+                            on_error=lambda: self._generation.count(ENDPOINT, current[0].target, "error"))
+
+    async def _events(self, request: CompletionRequest, first: Generation, session: str | None,
+                      current: list[Generation]) -> AsyncIterator[str]:
         prompts = request.prompts()
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         prompt_tokens = completion_tokens = 0
         generation = first
-        try:
-            for number, prompt in enumerate(prompts):
-                if number:
-                    generation = await self.open(request, prompt, session)
-                try:
-                    echoed: set[int] = set()
-                    answers = {c.index: [] for c in generation.choices}
-                    unfinished = len(answers)
-                    async for choice, chunk in generation.chunks():
-                        index = number * request.n + choice.index
-                        text = chunk.text
-                        if request.echo and choice.index not in echoed:
-                            echoed.add(choice.index)
-                            text = prompt + text
-                        answers[choice.index].append(chunk.text)
-                        logprobs = _logprobs(request, prompt, chunk.logprobs, chunk.prompt_logprobs)
-                        if chunk.finish_reason is not None:
-                            unfinished -= 1
-                        if text or logprobs is not None or chunk.finish_reason is not None:
-                            yield _event(Completion(
-                                id=first.completion_id, created=first.created, model=generation.target.info.expert,
-                                choices=[CompletionChoice(index=index, text=text, logprobs=logprobs,
-                                                          finish_reason=chunk.finish_reason)],
-                                switchyard=generation.target.info if not unfinished and chunk.finish_reason
-                                else None))
-                    self._generation.finish(ENDPOINT, generation, "".join(answers[0]))
-                    usage = generation.usage()
-                    prompt_tokens += usage.prompt_tokens
-                    completion_tokens += usage.completion_tokens
-                finally:
-                    await generation.close()
-            if include_usage:
-                yield _event(Completion(id=first.completion_id, created=first.created,
-                                        model=first.target.info.expert, choices=[],
-                                        usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                                    total_tokens=prompt_tokens + completion_tokens)))
-            yield "data: [DONE]\n\n"
-        except Exception as exc:  # the status line is gone: say what failed in the stream
-            yield error_event(exc)
-            self._generation.count(ENDPOINT, generation.target, "error")
-            yield "data: [DONE]\n\n"
-        finally:
-            await first.close()
+        for number, prompt in enumerate(prompts):
+            if number:
+                generation = await self.open(request, prompt, session)
+                current[0] = generation
+            try:
+                echoed: set[int] = set()
+                answers = {c.index: [] for c in generation.choices}
+                unfinished = len(answers)
+                async for choice, chunk in generation.chunks():
+                    index = number * request.n + choice.index
+                    text = chunk.text
+                    if request.echo and choice.index not in echoed:
+                        echoed.add(choice.index)
+                        text = prompt + text
+                    answers[choice.index].append(chunk.text)
+                    logprobs = _logprobs(request, prompt, chunk.logprobs, chunk.prompt_logprobs)
+                    if chunk.finish_reason is not None:
+                        unfinished -= 1
+                    if text or logprobs is not None or chunk.finish_reason is not None:
+                        yield _event(Completion(
+                            id=first.completion_id, created=first.created, model=generation.target.info.expert,
+                            choices=[CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                                      finish_reason=chunk.finish_reason)],
+                            switchyard=generation.target.info if not unfinished and chunk.finish_reason
+                            else None))
+                self._generation.finish(ENDPOINT, generation, "".join(answers[0]))
+                usage = generation.usage()
+                prompt_tokens += usage.prompt_tokens
+                completion_tokens += usage.completion_tokens
+            finally:
+                await generation.close()
+        if include_usage:
+            yield _event(Completion(id=first.completion_id, created=first.created,
+                                    model=first.target.info.expert, choices=[],
+                                    usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                                total_tokens=prompt_tokens + completion_tokens)))
 
 
 def _logprobs(request: CompletionRequest, prompt: str, scores: Sequence[TokenLogprob],

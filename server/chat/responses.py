@@ -20,9 +20,9 @@ from experts.backends.base import OutputConstraint
 from server.chat.conversation import conversation_turns
 from server.chat.generation import Generation, GenerationService
 from server.chat.sampling import sampling_for
+from server.chat.streaming import event_stream
 from server.chat.structured import constraint_for, constraint_off_loop
 from server.chat.tools import prompt_messages
-from server.errors import error_event
 from server.protocol import (
     OutputMessage,
     OutputText,
@@ -60,38 +60,37 @@ class ResponsesService:
         self._generation.finish(ENDPOINT, generation, output.text)
         return _response(request, generation, output.text, output.last.finish_reason, new_id("msg"))
 
-    async def stream(self, request: ResponsesRequest, generation: Generation) -> AsyncIterator[str]:
+    def stream(self, request: ResponsesRequest, generation: Generation) -> AsyncIterator[str]:
+        """Server-sent events of the Responses API, `event:` names and sequence numbers included."""
+        return event_stream(self._events(request, generation), close=generation.close, done_marker=False,
+                            on_error=lambda: self._generation.count(ENDPOINT, generation.target, "error"))
+
+    async def _events(self, request: ResponsesRequest, generation: Generation) -> AsyncIterator[str]:
         item_id = new_id("msg")
         events = _Events()
-        try:
-            opening = _response(request, generation, None, None, item_id)
-            yield events.send("response.created", response=opening)
-            yield events.send("response.in_progress", response=opening)
-            item = OutputMessage(id=item_id, status="in_progress", content=[])
-            yield events.send("response.output_item.added", output_index=0, item=item)
-            yield events.send("response.content_part.added", item_id=item_id, output_index=0, content_index=0,
-                              part=OutputText(text=""))
-            parts, finish = [], None
-            async for _, chunk in generation.chunks():
-                if chunk.text:
-                    parts.append(chunk.text)
-                    yield events.send("response.output_text.delta", item_id=item_id, output_index=0,
-                                      content_index=0, delta=chunk.text, logprobs=[])
-                finish = chunk.finish_reason
-            text = "".join(parts)
-            self._generation.finish(ENDPOINT, generation, text)
-            yield events.send("response.output_text.done", item_id=item_id, output_index=0, content_index=0,
-                              text=text, logprobs=[])
-            yield events.send("response.content_part.done", item_id=item_id, output_index=0, content_index=0,
-                              part=OutputText(text=text))
-            done = _response(request, generation, text, finish, item_id)
-            yield events.send("response.output_item.done", output_index=0, item=done.output[0])
-            yield events.send(f"response.{done.status}", response=done)
-        except Exception as exc:  # the status line is gone: say what failed in the stream
-            yield error_event(exc)
-            self._generation.count(ENDPOINT, generation.target, "error")
-        finally:
-            await generation.close()
+        opening = _response(request, generation, None, None, item_id)
+        yield events.send("response.created", response=opening)
+        yield events.send("response.in_progress", response=opening)
+        item = OutputMessage(id=item_id, status="in_progress", content=[])
+        yield events.send("response.output_item.added", output_index=0, item=item)
+        yield events.send("response.content_part.added", item_id=item_id, output_index=0, content_index=0,
+                          part=OutputText(text=""))
+        parts, finish = [], None
+        async for _, chunk in generation.chunks():
+            if chunk.text:
+                parts.append(chunk.text)
+                yield events.send("response.output_text.delta", item_id=item_id, output_index=0,
+                                  content_index=0, delta=chunk.text, logprobs=[])
+            finish = chunk.finish_reason
+        text = "".join(parts)
+        self._generation.finish(ENDPOINT, generation, text)
+        yield events.send("response.output_text.done", item_id=item_id, output_index=0, content_index=0,
+                          text=text, logprobs=[])
+        yield events.send("response.content_part.done", item_id=item_id, output_index=0, content_index=0,
+                          part=OutputText(text=text))
+        done = _response(request, generation, text, finish, item_id)
+        yield events.send("response.output_item.done", output_index=0, item=done.output[0])
+        yield events.send(f"response.{done.status}", response=done)
 
 
 class _Events:

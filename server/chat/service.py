@@ -15,9 +15,9 @@ from experts.backends.base import TokenLogprob
 from server.chat.conversation import conversation_turns
 from server.chat.generation import Generation, GenerationService, logprob_entry
 from server.chat.sampling import sampling_for
+from server.chat.streaming import event_stream
 from server.chat.structured import constraint_for, constraint_off_loop
 from server.chat.tools import CallStream, ContentFilter, ToolUse, call_deltas, prompt_messages, tool_use_for
-from server.errors import error_event
 from server.failures import InvalidRequest
 from server.protocol import (
     AssistantMessage,
@@ -115,8 +115,12 @@ class ChatService:
             citations=citations,
         )
 
-    async def stream(self, run: ChatRun) -> AsyncIterator[str]:
+    def stream(self, run: ChatRun) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format; the last content chunk carries the decision."""
+        return event_stream(self._events(run), close=run.close,
+                            on_error=lambda: self._generation.count(ENDPOINT, run.generation.target, "error"))
+
+    async def _events(self, run: ChatRun) -> AsyncIterator[str]:
         request, generation, tool_use = run.request, run.generation, run.tool_use
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         # A forced answer is all calls, streamed as written. An `auto` answer is content until a call opens.
@@ -125,52 +129,44 @@ class ChatService:
                                       calls=CallStream() if tool_use is not None and tool_use.forced is not None
                                       else None) for c in generation.choices}
         unfinished = len(texts)
-        try:
-            for index in texts:
-                yield _event(_chunk(run, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]))
-            async for choice, chunk in generation.chunks():
-                state = texts[choice.index]
-                state.parts.append(chunk.text)
-                if tool_use is None:
-                    text = chunk.text
-                else:
-                    text = state.content.feed(chunk.text) if state.content is not None else ""
-                for delta in state.calls.feed(chunk.text) if state.calls is not None else ():
+        for index in texts:
+            yield _event(_chunk(run, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]))
+        async for choice, chunk in generation.chunks():
+            state = texts[choice.index]
+            state.parts.append(chunk.text)
+            if tool_use is None:
+                text = chunk.text
+            else:
+                text = state.content.feed(chunk.text) if state.content is not None else ""
+            for delta in state.calls.feed(chunk.text) if state.calls is not None else ():
+                yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(tool_calls=[delta]))]))
+            if chunk.finish_reason is None:
+                if text or chunk.logprobs:
+                    yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(content=text),
+                                                          logprobs=_logprobs(run, chunk.logprobs))]))
+                continue
+            unfinished -= 1
+            answer, citations, finish = "".join(state.parts), None, chunk.finish_reason
+            if generation.grounding is not None:
+                suffix = generation.grounding.sources_suffix(answer) if run.sources_line else ""
+                text, citations = text + suffix, generation.grounding.citations(answer + suffix)
+            if tool_use is not None:
+                _, calls = tool_use.parse(answer)
+                streamed = state.calls.opened if state.calls is not None else 0
+                for delta in call_deltas(calls[streamed:], start=streamed):  # `auto`: calls come whole
                     yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(tool_calls=[delta]))]))
-                if chunk.finish_reason is None:
-                    if text or chunk.logprobs:
-                        yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(content=text),
-                                                              logprobs=_logprobs(run, chunk.logprobs))]))
-                    continue
-                unfinished -= 1
-                answer, citations, finish = "".join(state.parts), None, chunk.finish_reason
-                if generation.grounding is not None:
-                    suffix = generation.grounding.sources_suffix(answer) if run.sources_line else ""
-                    text, citations = text + suffix, generation.grounding.citations(answer + suffix)
-                if tool_use is not None:
-                    _, calls = tool_use.parse(answer)
-                    streamed = state.calls.opened if state.calls is not None else 0
-                    for delta in call_deltas(calls[streamed:], start=streamed):  # `auto`: calls come whole
-                        yield _event(_chunk(run, [ChunkChoice(index=choice.index, delta=Delta(tool_calls=[delta]))]))
-                    if calls:
-                        finish = "tool_calls"
-                    elif not streamed:  # no well-formed call: what was held back is content after all
-                        text = text + state.content.held if state.content is not None else answer
-                if not unfinished:
-                    self._generation.finish(ENDPOINT, generation, "".join(texts[0].parts))
-                final = _chunk(run, [ChunkChoice(index=choice.index, delta=Delta(content=text or None),
-                                                 finish_reason=finish, logprobs=_logprobs(run, chunk.logprobs))],
-                               info=None if unfinished else generation.target.info)
-                yield _event(final.model_copy(update={"citations": citations}))
-            if include_usage:
-                yield _event(_chunk(run, [], usage=generation.usage(), info=generation.target.info))
-            yield "data: [DONE]\n\n"
-        except Exception as exc:  # the status line is gone: say what failed in the stream, as vLLM does
-            yield error_event(exc)
-            self._generation.count(ENDPOINT, generation.target, "error")
-            yield "data: [DONE]\n\n"
-        finally:
-            await run.close()  # stops generation when the client went away mid-stream
+                if calls:
+                    finish = "tool_calls"
+                elif not streamed:  # no well-formed call: what was held back is content after all
+                    text = text + state.content.held if state.content is not None else answer
+            if not unfinished:
+                self._generation.finish(ENDPOINT, generation, "".join(texts[0].parts))
+            final = _chunk(run, [ChunkChoice(index=choice.index, delta=Delta(content=text or None),
+                                             finish_reason=finish, logprobs=_logprobs(run, chunk.logprobs))],
+                           info=None if unfinished else generation.target.info)
+            yield _event(final.model_copy(update={"citations": citations}))
+        if include_usage:
+            yield _event(_chunk(run, [], usage=generation.usage(), info=generation.target.info))
 
 
 def _chunk(run: ChatRun, choices: list[ChunkChoice], usage: Usage | None = None,

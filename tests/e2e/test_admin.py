@@ -2,57 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.serverproc import REPO
+from tests.support.helpers import (
+    COOKING_QUERY,
+    assert_error,
+    copy_demo_adapter,
+    expert_body,
+    registry_state,
+)
+from tests.support.server_process import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract]
-
-COOKING_EXAMPLES = [
-    "How long should I boil an egg for a runny yolk?",
-    "What can I use instead of butter when baking a cake?",
-    "How do I make a fluffy risotto?",
-    "What temperature should I roast a chicken at?",
-    "How do I keep pasta from sticking together?",
-    "What spices go well with roasted carrots?",
-    "How do I caramelize onions properly?",
-    "Can I freeze homemade bread dough?",
-    "How do I make a simple vinaigrette?",
-    "Why did my pancakes come out flat?",
-]
-COOKING_QUERY = "How many minutes should I bake chocolate chip cookies?"
-
-
-def copy_demo_adapter(adapter_root: Path, name: str) -> Path:
-    target = adapter_root / name
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(REPO / "demo" / "adapters" / "support", target)
-    return target
-
-
-def expert_body(name: str, adapter_path: Path | str, examples: list[str] | None = None) -> dict:
-    return {"name": name, "description": "test expert", "kind": "adapter", "adapter_path": str(adapter_path),
-            "examples": examples or COOKING_EXAMPLES}
-
-
-def registry_state(admin: httpx.Client) -> tuple[int, list[tuple[str, int]]]:
-    body = admin.get("/admin/experts").json()
-    return body["registry_version"], [(e["name"], e["version"]) for e in body["data"]]
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    if code is not None:
-        assert error["code"] == code
-    return error
-
 
 def test_admin_requires_the_token(http: httpx.Client) -> None:
     assert_error(http.get("/admin/experts"), 401, "invalid_admin_token")

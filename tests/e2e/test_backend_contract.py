@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
-from tests.serverproc import ServerProcess
+from tests.support.helpers import COOKING_EXAMPLES, copy_demo_adapter, expert_body
+from tests.support.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 MIXED = [

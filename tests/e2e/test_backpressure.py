@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_admin import assert_error
-from tests.serverproc import ServerProcess, write_config
+from tests.support.helpers import assert_error
+from tests.support.server_process import ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 LONG = {"model": "base", "max_tokens": 400, "temperature": 0, "stream": True,

@@ -6,8 +6,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.test_admin import assert_error
-from tests.serverproc import REPO
+from tests.support.helpers import assert_error
+from tests.support.server_process import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
+from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # about 8 minutes on two cores
 CYCLES = 100

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, free_port
+from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, free_port
 
 EXAMPLES = ["Plan a weekend trip to Rome", "Book a flight from Paris to Lisbon", "Find a hotel near Berlin station"]
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess
+from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess
 
 pytestmark = pytest.mark.e2e
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serverproc import ServerProcess, write_config
+from tests.support.server_process import ServerProcess, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.test_admin import assert_error
+from tests.support.helpers import assert_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 

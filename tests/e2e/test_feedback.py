@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.test_admin import assert_error
+from tests.support.helpers import assert_error
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 TO_SUPPORT = "Recommend a good science fiction novel."

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from server.app import create_app
 from server.settings import Settings
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))

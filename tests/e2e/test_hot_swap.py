@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
+from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
 
 pytestmark = pytest.mark.e2e
 

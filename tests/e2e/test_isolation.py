@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from tests.e2e.test_admin import assert_error, expert_body
-from tests.serverproc import REPO
+from tests.support.helpers import assert_error, expert_body
+from tests.support.server_process import REPO
 
 pytestmark = pytest.mark.e2e
 DEMO = REPO / "demo" / "adapters" / "support"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
+from tests.support.helpers import COOKING_EXAMPLES, copy_demo_adapter, expert_body
 
 pytestmark = pytest.mark.e2e
 REQUESTS = [

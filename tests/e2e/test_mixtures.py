@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, copy_demo_adapter, expert_body
-from tests.serverproc import ServerProcess
+from tests.support.helpers import COOKING_EXAMPLES, copy_demo_adapter, expert_body
+from tests.support.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
 BACKEND_SETTINGS = {"mixture_max_experts": 2, "mixture_margin": 0.5, "mixture_temperature": 0.05}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serverproc import REPO
+from tests.support.server_process import REPO
 
 promql = pytest.importorskip("promql_parser", reason="promql-parser is in the test extra")
 pytestmark = pytest.mark.e2e

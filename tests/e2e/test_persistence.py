@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, COOKING_QUERY, expert_body
-from tests.serverproc import ADMIN_TOKEN, REPO, ServerProcess, write_config
+from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, expert_body
+from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

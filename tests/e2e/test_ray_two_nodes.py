@@ -20,8 +20,8 @@ import httpx
 import openai
 import pytest
 
-from tests.raycluster import REPLICA_PROCESS, chat, expert_replica_pids, spec, wait_ready
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, free_port, write_config
+from tests.support.ray_cluster import REPLICA_PROCESS, chat, expert_replica_pids, spec, wait_ready
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, free_port, write_config
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.serverproc import REPO, ServerProcess
+from tests.support.server_process import REPO, ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.test_admin import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
+from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 

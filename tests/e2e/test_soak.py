@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak import soak
-from tests.serverproc import ServerProcess, write_config
+from tests.support.server_process import ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))

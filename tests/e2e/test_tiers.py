@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serverproc import ADMIN_TOKEN, ServerProcess, write_config
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
 QUESTIONS = {

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.test_admin import assert_error, expert_body
-from tests.serverproc import REPO
+from tests.support.helpers import assert_error, expert_body
+from tests.support.server_process import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import Settings
-from tests.serverproc import ADMIN_TOKEN, write_config
 from tests.support.fake_backend import FakeBackend
+from tests.support.server_process import ADMIN_TOKEN, write_config
 
 BASE_URL = "http://switchyard.test"
 

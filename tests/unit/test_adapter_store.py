@@ -13,7 +13,7 @@ import pytest
 from experts.adapter_store import AdapterStore, unpack_adapter_archive
 from experts.errors import AdapterRejected
 from experts.manifest import Manifest
-from tests.unit.test_registry import FakeHost, make_adapter, new_registry, spec
+from tests.support.registry import FakeHost, make_adapter, new_registry, spec
 
 FILES = {"adapter_config.json": b'{"peft_type": "LORA", "r": 4}', "adapter_model.safetensors": b"x" * 100}
 

@@ -11,7 +11,7 @@ from experts.adapters import check_adapter_files
 from experts.backends.base import AdapterMix
 from experts.backends.derived_lora import DerivedAdapter, DerivedAdapters, write_derived_adapter
 from experts.backends.stacked_lora import StackedLora
-from tests.unit.test_stacked_lora import tiny_model_with_adapters
+from tests.support.models import tiny_model_with_adapters
 
 
 @pytest.mark.parametrize("weights", [{"narrow": 0.7, "wide": 0.3}, {"wide": 1.0, "narrow": 0.0}, {"narrow": 0.4}])

@@ -15,8 +15,7 @@ from experts.backends import transformers_peft
 from experts.backends.transformers_peft import TransformersBackend
 from experts.errors import AdapterRejected
 from experts.models import EMBEDDED_BASE, resolve_base_model
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.server_process import REPO
 
 
 def test_the_probe_catches_a_changed_base_model(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,8 +14,8 @@ from experts.backends.base import GenerationRequest, SamplingParams
 from experts.backends.prefix_cache import template_prefix
 from experts.backends.transformers_peft import TransformersBackend
 from experts.models import EMBEDDED_BASE, resolve_base_model
+from tests.support.server_process import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 REQUESTS = [
     ("sql", [{"role": "user", "content": "List all customers from Paris."}]),
     ("math", [{"role": "user", "content": "Ana has 7 pens and buys 5 more. How many pens?"}]),

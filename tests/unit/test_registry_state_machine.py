@@ -18,7 +18,7 @@ from experts.adapter_store import AdapterStore
 from experts.errors import ExpertExists, ExpertGone, ExpertNotFound
 from experts.manifest import Manifest
 from experts.registry import Lease
-from tests.unit.test_registry import FakeHost, make_adapter, new_registry, spec
+from tests.support.registry import FakeHost, make_adapter, new_registry, spec
 
 NAMES = st.sampled_from(["alpha", "beta", "gamma"])
 

@@ -25,8 +25,8 @@ from experts.backends.transformers_peft import TransformersBackend
 from experts.errors import ConstraintRejected, EngineUnavailable, RowFailed
 from experts.models import EMBEDDED_BASE, resolve_base_model
 from server.chat.structured import schema_constraint
+from tests.support.server_process import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TICKET = schema_constraint({"type": "object", "required": ["intent", "urgent"], "additionalProperties": False,
                             "properties": {"intent": {"type": "string"}, "urgent": {"type": "boolean"}}}, "test")
 REQUESTS: list[tuple[str | None, str, OutputConstraint | None]] = [

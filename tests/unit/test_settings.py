@@ -9,7 +9,7 @@ from server.settings import Settings
 
 
 def test_the_defaults_and_the_example_config_are_consistent() -> None:
-    from tests.serverproc import REPO
+    from tests.support.server_process import REPO
 
     Settings()
     Settings.load(REPO / "config" / "switchyard.example.yaml", environ={})

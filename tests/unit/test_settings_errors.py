@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from server.cli import main
 from server.settings import Settings
+from tests.support.server_process import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 # (a change to the demo config, what the one line must say)
 MISTAKES = {
     "centroid keeps knn's parameters": ({"router": "centroid"}, ["routing.router_params", "'k', 'aggregation'",

@@ -12,8 +12,7 @@ import yaml
 
 from server.settings import Settings
 from server.settings.reference import markdown
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.server_process import REPO
 
 
 def test_each_source_in_its_place_and_the_later_wins(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
 
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 
-from tests.serverproc import REPO
+from tests.support.server_process import REPO
 
 REPLICA_PROCESS = "ServeReplica:switchyard:ExpertReplica"
 
