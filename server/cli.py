@@ -85,11 +85,6 @@ def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN2
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from server.api.limits import header_deadline_protocol
-    from server.app import create_app
-
     settings = _load_settings(args, server={"host": args.host, "port": args.port},
                               scale_out={"expert_replicas": args.expert_replicas, "ray_address": args.ray_address})
     if args.ray:
@@ -98,20 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
         scale_out = settings.scale_out
         return run(_config_file(args), settings.server.host, settings.server.port, scale_out.expert_replicas,
                    scale_out.ray_address)
-    app = create_app(settings)
+    from server.serving import serve
 
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT: mark the app draining (so /ready says 503), then let uvicorn stop accepting
-        connections and wait up to `drain_seconds` for running requests and streams to finish."""
-
-        def handle_exit(self, sig: int, frame: object) -> None:
-            app.state.draining = True
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port, log_level="info",
-                            timeout_graceful_shutdown=settings.server.drain_seconds,
-                            http=header_deadline_protocol(settings.limits.header_timeout_seconds))
-    DrainingServer(config).run()
+    serve(settings)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Backpressure, time limits, readiness and the SIGTERM drain, on a server with one slot and one queue place."""
+"""Backpressure, time limits, readiness and the SIGTERM drain, on a server with one slot and one queue place
+(the deterministic backend at 50 ms a token: what is measured is admission and draining, not a model)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.support.helpers import assert_error
 from tests.support.server_process import ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
-LONG = {"model": "base", "max_tokens": 400, "temperature": 0, "stream": True,
+LONG = {"model": "base", "max_tokens": 400, "temperature": 0, "stream": True, "ignore_eos": True,
         "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]}
 
 
@@ -26,7 +27,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory: Path = tmp_path_factory.mktemp("tight")
     config = write_config(directory, max_active_requests=1, max_queued_requests=1, retry_after_seconds=2,
                           request_timeout_seconds=4, drain_seconds=60)
-    proc = ServerProcess(config, directory / "server.log").start()
+    proc = ServerProcess(config, directory / "server.log", fake_backend=True, token_delay=0.05).start()
     try:
         yield proc
     finally:

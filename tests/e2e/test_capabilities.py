@@ -79,7 +79,7 @@ def test_a_capabilities_only_expert_is_routable(admin: httpx.Client, client: ope
 
 def test_capabilities_survive_replace_and_restart(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    first = ServerProcess(config, tmp_path / "server.log").start()
+    first = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         with httpx.Client(base_url=first.base_url, headers=AUTH, timeout=60) as admin:
             assert admin.post("/admin/experts", json=spec("gardening", GARDEN_EXAMPLES, ["roses"])).status_code == 201
@@ -89,7 +89,7 @@ def test_capabilities_survive_replace_and_restart(tmp_path: Path) -> None:
             version = replaced.json()["version"]
     finally:
         first.stop()
-    second = ServerProcess(config, tmp_path / "server.log").start()
+    second = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         with httpx.Client(base_url=second.base_url, headers=AUTH, timeout=60) as admin:
             restored = admin.get("/admin/experts/gardening").json()

@@ -45,7 +45,7 @@ def second_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     """Another server process on the same experts, with a small session store."""
     directory = tmp_path_factory.mktemp("second")
     proc = ServerProcess(write_config(directory, session_max_entries=SESSION_BOUND),
-                         directory / "server.log").start()
+                         directory / "server.log", fake_backend=True).start()
     try:
         yield proc
     finally:

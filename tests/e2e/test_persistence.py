@@ -28,7 +28,7 @@ def names(base_url: str) -> set[str]:
 def test_acknowledged_registrations_survive_a_crash(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     shutil.copytree(REPO / "demo" / "adapters" / "support", tmp_path / "adapters" / "cooking")
-    first = ServerProcess(config, tmp_path / "server.log").start()
+    first = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         created = httpx.post(f"{first.base_url}/admin/experts", headers=AUTH, timeout=60,
                              json=expert_body("cooking", tmp_path / "adapters" / "cooking", COOKING_EXAMPLES))
@@ -43,7 +43,7 @@ def test_acknowledged_registrations_survive_a_crash(tmp_path: Path) -> None:
         first.stop(signal.SIGKILL)
     shutil.rmtree(tmp_path / "adapters" / "cooking")  # the registry kept its own copy
 
-    second = ServerProcess(config, tmp_path / "server.log").start()
+    second = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         assert names(second.base_url) == {"sql", "support", "cooking"}  # math stays removed, no re-seed
         assert httpx.get(f"{second.base_url}/health").json()["registry_version"] == version
@@ -59,7 +59,7 @@ def test_sigkill_during_registrations_loses_no_acknowledged_expert(tmp_path: Pat
     config = write_config(tmp_path)
     source = tmp_path / "adapters" / "src"
     shutil.copytree(REPO / "demo" / "adapters" / "support", source)
-    proc = ServerProcess(config, tmp_path / "server.log").start()
+    proc = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     acknowledged: list[str] = []
     attempted: list[str] = []
     killed = threading.Event()
@@ -87,7 +87,7 @@ def test_sigkill_during_registrations_loses_no_acknowledged_expert(tmp_path: Pat
     worker.join()
     assert len(acknowledged) >= 3
 
-    restarted = ServerProcess(config, tmp_path / "server.log").start()
+    restarted = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         visible = names(restarted.base_url) - {"sql", "math", "support"}
         assert set(acknowledged) <= visible <= set(attempted)
@@ -115,7 +115,7 @@ def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path
             out.write(json.dumps({"id": f"note-{i}", "title": f"Note {i}", "text": f"{text} ({i})"}) + "\n")
     (documents / "vanishing.jsonl").write_bytes((REPO / "tests" / "data" / "garden.jsonl").read_bytes())
     body = {"kind": "retriever", "description": "garden notes", "examples": ["When do I plant tomatoes?"]}
-    first = ServerProcess(config, tmp_path / "server.log").start()
+    first = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         for name, path in (("almanac", "almanac.jsonl"), ("vanishing", "vanishing.jsonl")):
             accepted = httpx.post(f"{first.base_url}/admin/experts", headers=AUTH, timeout=60,
@@ -130,7 +130,7 @@ def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path
     scratch = tmp_path / "data" / "adapters" / "uploads" / ".cooking-x1y2"
     scratch.mkdir(parents=True)
 
-    second = ServerProcess(config, tmp_path / "server.log").start()
+    second = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         assert not scratch.exists()
         deadline = time.monotonic() + 600

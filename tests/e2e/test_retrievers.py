@@ -261,7 +261,7 @@ def test_indexes_survive_a_crash_without_re_embedding(tmp_path: Path) -> None:
     config = write_config(tmp_path, seed_experts=[])
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     query = {"query": "When should I prune roses?", "model": "garden", "top_k": 4}
-    first = ServerProcess(config, tmp_path / "server.log").start()
+    first = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         with httpx.Client(base_url=first.base_url, headers=auth, timeout=60) as admin:
             register(admin, "garden", GARDEN_EXAMPLES, documents("garden"))
@@ -272,7 +272,7 @@ def test_indexes_survive_a_crash_without_re_embedding(tmp_path: Path) -> None:
     orphan = tmp_path / "data" / "retrievers" / "garden" / "seg-1"  # as if a crash hit mid-indexing
     orphan.mkdir()
 
-    second = ServerProcess(config, tmp_path / "server.log").start()
+    second = ServerProcess(config, tmp_path / "server.log", fake_backend=True).start()
     try:
         with httpx.Client(base_url=second.base_url, headers=auth, timeout=60) as admin:
             after = admin.post("/v1/retrieve", json=query).json()["data"]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("scaled")
     config = write_config(directory, router_params={"k": 3, "aggregation": "mean", "ann_min_examples": 1})
-    proc = ServerProcess(config, directory / "server.log").start()
+    proc = ServerProcess(config, directory / "server.log", fake_backend=True).start()
     proc.directory = directory  # type: ignore[attr-defined]
     try:
         yield proc

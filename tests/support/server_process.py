@@ -53,9 +53,15 @@ def write_config(directory: Path, **overrides: object) -> Path:
 
 
 class ServerProcess:
-    def __init__(self, config: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    """`switchyard serve` in a subprocess; with `fake_backend`, the same app and server with the
+    deterministic `FakeBackend` (tests/support/fake_server.py), which starts in seconds."""
+
+    def __init__(self, config: Path, log_path: Path, extra_args: tuple[str, ...] = (),
+                 fake_backend: bool = False, token_delay: float = 0.0) -> None:
         self.config = config
         self._extra_args = extra_args
+        self._entry = (["-m", "tests.support.fake_server", "--token-delay", str(token_delay)] if fake_backend
+                       else ["-m", "server.cli", "serve"])
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log_path = log_path
@@ -66,7 +72,7 @@ class ServerProcess:
                "TRANSFORMERS_OFFLINE": "1"}
         log = self._log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config), "--port", str(self.port),
+            [sys.executable, *self._entry, "--config", str(self.config), "--port", str(self.port),
              *self._extra_args],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
