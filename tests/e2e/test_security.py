@@ -23,7 +23,8 @@ SECRET_DOCUMENT = "The vault combination is aardvark-quartz-1187."
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("secured")
-    proc = ServerProcess(write_config(directory, api_keys=[API_KEY, OTHER_KEY]), directory / "server.log", fake_backend=True).start()
+    proc = ServerProcess(write_config(directory, api_keys=[API_KEY, OTHER_KEY]), directory / "server.log",
+                         fake_backend=True).start()
     try:
         yield proc
     finally:
