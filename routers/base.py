@@ -91,6 +91,9 @@ class Router(ABC):
     """
 
     name: ClassVar[str]
+    # Whether a query equal to an expert's only example always ranks that expert first: true of the
+    # similarity policies; a trained head (`linear`) weighs experts by their examples and need not.
+    matches_own_example: ClassVar[bool] = True
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold

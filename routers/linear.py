@@ -50,6 +50,7 @@ def fit_logistic_head(
 
 class LinearRouter(Router):
     name = "linear"
+    matches_own_example = False
 
     def __init__(self, threshold: float, l2: float = 1e-4, iterations: int = 200, scale: float = 20.0) -> None:
         super().__init__(threshold)

@@ -1,4 +1,5 @@
-"""Bad input: OpenAI-shaped errors with the right status, through the official client and raw HTTP."""
+"""Bad input: OpenAI-shaped errors with the right status, through the official client and raw HTTP (in process,
+on the deterministic backend: no model output decides any of it)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import openai
 import pytest
 
 from tests.support.helpers import assert_error
-
-pytestmark = [pytest.mark.e2e, pytest.mark.contract]
 
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
