@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from experts.backends.base import TokenLogprob
 from routers.conversation import Turn, routing_text
-from server.chat.generation import Generation, GenerationService
+from server.chat.generation import AnswerRequest, Generation, GenerationService
 from server.chat.sampling import sampling_for
 from server.chat.streaming import event_stream
 from server.protocol import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage
@@ -32,9 +32,9 @@ class CompletionService:
         sampling = sampling_for(request, self._settings, logprobs=request.logprobs,
                                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None
                                 else None)
-        return await self._generation.open(endpoint=ENDPOINT, model=request.model, turns=[Turn(routing_text(prompt))],
-                                           session=session, sampling=sampling, prompt=prompt, n=request.n,
-                                           id_prefix="cmpl", experts=request.experts)
+        return await self._generation.open(AnswerRequest(
+            endpoint=ENDPOINT, model=request.model, turns=[Turn(routing_text(prompt))], session=session,
+            sampling=sampling, prompt=prompt, n=request.n, id_prefix="cmpl", experts=request.experts))
 
     async def complete(self, request: CompletionRequest, first: Generation, session: str | None) -> Completion:
         """Every prompt's choices (non-streaming); `first` is the first prompt's opened generation."""

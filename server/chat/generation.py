@@ -29,6 +29,24 @@ from server.settings.groups import GenerationSettings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AnswerRequest:
+    """What an endpoint asks the generation service for: `n` samples of the conversation `messages` (or of
+    the raw `prompt`) from `model`. Routing reads `turns`; `session` is the session-affinity key; `experts`
+    pins a weighted mixture; `endpoint` labels the metrics and `id_prefix` the answer's id."""
+
+    endpoint: str
+    model: str
+    turns: list[Turn]
+    session: str | None
+    sampling: SamplingParams
+    messages: Sequence[dict[str, str]] = ()
+    prompt: str | None = None
+    n: int = 1
+    id_prefix: str = "chatcmpl"
+    experts: dict[str, float] | None = None
+
+
 @dataclass
 class ChoiceStream:
     """One choice's backend stream, and its token counts as of its latest chunk."""
@@ -166,30 +184,22 @@ class GenerationService:
         self._settings = settings
         self._metrics = metrics
 
-    @property
-    def routing(self) -> RoutingService:
-        return self._routing
-
-    async def open(self, *, endpoint: str, model: str, turns: list[Turn], session: str | None,
-                   sampling: SamplingParams, messages: Sequence[dict[str, str]] = (), prompt: str | None = None,
-                   n: int = 1, id_prefix: str = "chatcmpl", experts: dict[str, float] | None = None) -> Generation:
-        """Admit, route, lease and start `n` independent samples of the conversation `messages` (or the
-        raw `prompt`). Routing reads `turns`; `session` is the session-affinity key; `experts` pins a
-        weighted mixture."""
+    async def open(self, request: AnswerRequest) -> Generation:
+        """Admit, route, lease and start the request's `n` samples; errors surface here, before any byte
+        of the answer is sent."""
         started = time.monotonic()
         slot = await self._admission.acquire()  # one slot per request, whatever its `n`
         deadline = started + self._settings.request_timeout_seconds
         try:
             for attempt in range(2):
                 try:
-                    return await self._open_on_target(endpoint, model, experts, turns, session, sampling,
-                                                      messages, prompt, n, id_prefix, slot, started, deadline)
+                    return await self._open_on_target(request, slot, started, deadline)
                 except AdapterUnavailable as exc:
                     # Its files were damaged or deleted after registration: the expert leaves routing, and
                     # an `auto` request is routed again (to another expert or the generalist).
                     await self._routing.expert_failed(exc.key, str(exc))
                     self._metrics.expert_failures.labels("serve").inc()
-                    if model != AUTO_MODEL or attempt == 1:
+                    if request.model != AUTO_MODEL or attempt == 1:
                         raise Unavailable(f"the expert's adapter is unavailable and was taken out of service: "
                                             f"{exc}", "expert_failed", "model") from exc
             raise AssertionError("unreachable")
@@ -197,12 +207,10 @@ class GenerationService:
             slot.release()
             raise
 
-    async def _open_on_target(self, endpoint: str, model: str, experts: dict[str, float] | None,
-                              turns: list[Turn], session: str | None,
-                              sampling: SamplingParams, messages: Sequence[dict[str, str]], prompt: str | None,
-                              n: int, id_prefix: str, slot: Slot, started: float, deadline: float) -> Generation:
-        target = await self._routing.resolve(model, turns, session, experts)
-        messages = list(messages)
+    async def _open_on_target(self, request: AnswerRequest, slot: Slot, started: float,
+                              deadline: float) -> Generation:
+        target = await self._routing.resolve(request.model, request.turns, request.session, request.experts)
+        messages, prompt, sampling = list(request.messages), request.prompt, request.sampling
         grounding = None
         adapter_key = target.expert.backend_key if target.expert is not None else None
         mixture = target.adapter_mix
@@ -210,14 +218,15 @@ class GenerationService:
         try:
             if target.is_retriever and target.expert is not None:
                 # a grounded answer searches with the turn being answered
-                grounding, target.info = await self._grounding.prepare(target.expert, target.info, turns[-1].text)
+                grounding, target.info = await self._grounding.prepare(target.expert, target.info,
+                                                                       request.turns[-1].text)
                 adapter_key = grounding.adapter_key
                 if prompt is None:
                     messages = grounding.prompt(messages)
                 else:
                     prompt = grounding.raw_prompt(prompt)
             choices = []
-            for index in range(n):
+            for index in range(request.n):
                 # With a seed, sample i uses seed + i: the choices differ, and the request stays reproducible.
                 seeded = replace(sampling, seed=sampling.seed + index) if sampling.seed is not None and index else \
                     sampling
@@ -231,7 +240,7 @@ class GenerationService:
             target.release()
             if grounding is not None:
                 grounding.release()
-            self.count(endpoint, target, "error")
+            self.count(request.endpoint, target, "error")
             raise
         self._metrics.time_to_first_token.labels(target.info.expert).observe(time.monotonic() - started)
         first = choices[0].first
@@ -244,8 +253,8 @@ class GenerationService:
         if first.replica is not None:
             target.info = target.info.model_copy(update={"replica": first.replica})
             self._metrics.replica_generations.labels(first.replica).inc()
-        return Generation(target=target, choices=choices, completion_id=new_id(id_prefix), created=int(time.time()),
-                          slot=slot, deadline=deadline, started=started, grounding=grounding)
+        return Generation(target=target, choices=choices, completion_id=new_id(request.id_prefix),
+                          created=int(time.time()), slot=slot, deadline=deadline, started=started, grounding=grounding)
 
     def finish(self, endpoint: str, generation: Generation, answer: str) -> None:
         """A successful answer: metrics, and what conversation routing expects the client to send back."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from experts.backends.base import OutputConstraint
 from server.chat.conversation import conversation_turns
-from server.chat.generation import Generation, GenerationService
+from server.chat.generation import AnswerRequest, Generation, GenerationService
 from server.chat.sampling import sampling_for
 from server.chat.streaming import event_stream
 from server.chat.structured import constraint_for, constraint_off_loop
@@ -47,10 +47,9 @@ class ResponsesService:
         messages = request.messages()
         sampling = sampling_for(_as_sampling(request), self._settings,
                                 constraint=await constraint_off_loop(lambda: _constraint(request)))
-        return await self._generation.open(endpoint=ENDPOINT, model=request.model,
-                                           turns=conversation_turns(messages), session=session, sampling=sampling,
-                                           messages=prompt_messages(messages, None), id_prefix="resp",
-                                           experts=request.experts)
+        return await self._generation.open(AnswerRequest(
+            endpoint=ENDPOINT, model=request.model, turns=conversation_turns(messages), session=session,
+            sampling=sampling, messages=prompt_messages(messages, None), id_prefix="resp", experts=request.experts))
 
     async def complete(self, request: ResponsesRequest, generation: Generation) -> ResponseObject:
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from experts.backends import SamplingParams
 from experts.backends.base import TokenLogprob
 from server.chat.conversation import conversation_turns
-from server.chat.generation import Generation, GenerationService, logprob_entry
+from server.chat.generation import AnswerRequest, Generation, GenerationService, logprob_entry
 from server.chat.sampling import sampling_for
 from server.chat.streaming import event_stream
 from server.chat.structured import constraint_for, constraint_off_loop
@@ -81,9 +81,9 @@ class ChatService:
         turns = conversation_turns(request.messages)
         tool_use = tool_use_for(request.tools, request.tool_choice, request.parallel_tool_calls)
         sampling = await constraint_off_loop(lambda: chat_sampling(request, self._settings, tool_use))
-        generation = await self._generation.open(
+        generation = await self._generation.open(AnswerRequest(
             endpoint=ENDPOINT, model=request.model, turns=turns, session=session, sampling=sampling,
-            messages=prompt_messages(request.messages, tool_use), n=request.n, experts=request.experts)
+            messages=prompt_messages(request.messages, tool_use), n=request.n, experts=request.experts))
         return ChatRun(request, generation, tool_use)
 
     async def complete(self, run: ChatRun) -> ChatCompletion:

@@ -313,10 +313,6 @@ class RoutingService:
     def _encode_many(self, texts: list[str]) -> torch.Tensor:
         return torch.cat([self._encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
 
-    async def rank_without_fallback(self, conversations: Sequence[Sequence[Turn]]) -> list[Decision]:
-        """Top-2 decisions in context with no threshold applied: what calibration fits its thresholds on."""
-        return await self._rank_many(conversations, FallbackRule(float("-inf")), feedback=False)
-
     async def rank_batch(self, conversations: Sequence[Sequence[Turn]]) -> list[Decision]:
         """Top-2 decisions under the rule in force, as `rank` makes them; for evaluation (not traffic)."""
         return await self._rank_many(conversations, self.rule, feedback=True)
@@ -335,10 +331,6 @@ class RoutingService:
         last = await self._lanes.on_routing(self._encode_many, [turns[-1].text for turns in conversations])
         return [_apply_generalist_feedback(d, v, snapshot.generalist_vectors)
                 for d, v in zip(decisions, last, strict=True)]
-
-    @property
-    def neutral_vectors(self) -> torch.Tensor:
-        return self._neutral
 
     def routing_info(self, decision: Decision, version: int, routing_ms: float) -> RoutingInfo:
         expert = self._registry.snapshot.experts.get(decision.expert) if decision.expert else None
