@@ -25,7 +25,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from experts.retrieval.evaluation import document_ranking, ndcg_at_k, recall_at_k  # noqa: E402
+from experts.retrieval.ranking_metrics import document_ranking, ndcg_at_k, recall_at_k  # noqa: E402
 from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config  # noqa: E402
 
 EVAL_SET = REPO / "demo" / "retrieval_eval.jsonl"

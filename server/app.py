@@ -24,7 +24,6 @@ from routers.base import ExpertVectors, Router, RoutingIndex
 from routers.batching import MicroBatcher
 from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
-from server.admin.seeding import seed_registry
 from server.api import admin, openai, ops
 from server.api.limits import BodyLimits
 from server.chat.completions import CompletionService
@@ -32,18 +31,19 @@ from server.chat.generation import GenerationService
 from server.chat.responses import ResponsesService
 from server.chat.service import ChatService
 from server.console import pages as console_pages
+from server.embeddings import EmbeddingService
 from server.errors import install_error_handlers
-from server.metrics import Metrics
-from server.retrieval.embeddings import EmbeddingService
+from server.observability.metrics import Metrics
 from server.retrieval.grounding import GroundingService
 from server.retrieval.indexing import IndexingService
 from server.retrieval.service import RetrievalService
+from server.routing.affinity import SessionStore
 from server.routing.calibration import restore_rule
 from server.routing.feedback import FeedbackService
 from server.routing.service import RoutingService
-from server.routing.sessions import SessionStore
 from server.runtime.admission import Admission
 from server.runtime.lanes import Lanes
+from server.seeding import seed_registry
 from server.settings import Settings
 from server.state import AppState
 

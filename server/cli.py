@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from client import bench, evaluation, experts, route
+from client import bench, eval_commands, experts, route
 from client.common import CommandFailed
 
 
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     route.add_arguments(sub.add_parser("route", help="ask a running server where a query would go"))
     evaluate = sub.add_parser("eval", help="routing accuracy on a labelled file (server or offline)")
     calibrate = sub.add_parser("calibrate", help="fit a running server's fallback rule on a labelled file")
-    evaluation.add_arguments(evaluate, calibrate)
+    eval_commands.add_arguments(evaluate, calibrate)
     bench.add_arguments(sub.add_parser("bench", help="load-test a running server (routing or chat)"))
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise in a CLI
     commands = {"serve": _serve, "prepare": _prepare, "config": _config_check, "experts": experts.run,
-                "route": route.run, "eval": evaluation.run_eval, "calibrate": evaluation.run_calibrate,
+                "route": route.run, "eval": eval_commands.run_eval, "calibrate": eval_commands.run_calibrate,
                 "bench": bench.run}
     try:
         return commands[args.command](args)

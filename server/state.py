@@ -12,9 +12,9 @@ from routers.batching import MicroBatcher
 from server.chat.completions import CompletionService
 from server.chat.responses import ResponsesService
 from server.chat.service import ChatService
-from server.console.sessions import ConsoleSessions
-from server.metrics import Metrics
-from server.retrieval.embeddings import EmbeddingService
+from server.console.logins import ConsoleSessions
+from server.embeddings import EmbeddingService
+from server.observability.metrics import Metrics
 from server.retrieval.indexing import IndexingService
 from server.retrieval.service import RetrievalService
 from server.routing.feedback import FeedbackService

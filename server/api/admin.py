@@ -41,7 +41,7 @@ from server.protocol import (
 )
 from server.retrieval.indexing import IndexingJob
 from server.routing import calibration
-from server.routing.evaluation import evaluate_labelled
+from server.routing.labelled import evaluate_labelled
 from server.state import AppState
 
 api = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminAccess])

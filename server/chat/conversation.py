@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from routers.conversation import ASSISTANT_CHARS, Turn, routing_text
 from server.failures import InvalidRequest
 from server.protocol import ChatMessage, ConversationQuery
-from server.routing.sessions import MAX_SESSION_KEY
+from server.routing.affinity import MAX_SESSION_KEY
 
 SESSION_HEADER = "x-switchyard-session"
 

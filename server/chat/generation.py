@@ -18,7 +18,7 @@ from experts.backends.base import TokenLogprob
 from experts.errors import AdapterUnavailable
 from routers.conversation import Turn
 from server.failures import TimedOut, Unavailable
-from server.metrics import Metrics
+from server.observability.metrics import Metrics
 from server.protocol import TokenLogprobOut, TopLogprob, Usage, new_id
 from server.retrieval.grounding import Grounding, GroundingService
 from server.routing.record import routing_headers

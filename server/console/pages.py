@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from server.api.deps import State
-from server.console.sessions import COOKIE, SESSION_SECONDS
+from server.console.logins import COOKIE, SESSION_SECONDS
 
 STATIC = Path(__file__).parent / "static"
 # Scripts and styles from this server only; no inline script, no framing by other sites.

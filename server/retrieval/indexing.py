@@ -32,7 +32,7 @@ from experts.retrieval.index import DocumentIndex, Segment
 from experts.retrieval.store import SegmentStore, new_segment_id
 from experts.spec import ExpertSpec
 from server.failures import NotFound
-from server.metrics import Metrics
+from server.observability.metrics import Metrics
 from server.runtime.lanes import Lanes
 from server.settings.groups import RetrievalSettings
 

@@ -21,7 +21,7 @@ from experts.retrieval.index import Hit
 from routers.base import ScoredExpert
 from routers.conversation import Turn
 from server.failures import InvalidRequest, NotFound, Unavailable
-from server.metrics import Metrics
+from server.observability.metrics import Metrics
 from server.protocol import Passage, RoutingInfo
 from server.routing.record import unrouted_record
 from server.routing.service import AUTO_MODEL, RoutingService

@@ -40,10 +40,10 @@ from routers.conversation import (
 from routers.embedding_cache import EmbeddingCache
 from routers.mixture import MAX_MIXTURE, MixtureParams, RoutedMixture, routed_mixture
 from server.failures import NotFound
-from server.metrics import Metrics
+from server.observability.metrics import Metrics
 from server.protocol import MixtureComponentOut, RoutingInfo
+from server.routing.affinity import SessionStore
 from server.routing.record import decision_record, unrouted_record
-from server.routing.sessions import SessionStore
 from server.runtime.lanes import Lanes
 
 log = logging.getLogger(__name__)

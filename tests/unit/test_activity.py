@@ -6,7 +6,7 @@ import pytest
 
 from routers.evaluation import OUT_OF_SCOPE
 from routers.labelled_data import LabelledDataError, parse_labelled
-from server.admin.activity import RecentActivity
+from server.observability.activity import RecentActivity
 
 
 class Clock:

@@ -17,7 +17,7 @@ from routers.conversation import (
 from routers.embedding_cache import EmbeddingCache
 from routers.evaluation import OUT_OF_SCOPE
 from routers.policies import create_router
-from server.routing.sessions import SessionStore
+from server.routing.affinity import SessionStore
 
 PARAMS = ContextParams()
 

@@ -129,7 +129,7 @@ def test_reciprocal_rank_fusion() -> None:
 
 
 def test_retrieval_metrics_by_hand() -> None:
-    from experts.retrieval.evaluation import document_ranking, ndcg_at_k, recall_at_k
+    from experts.retrieval.ranking_metrics import document_ranking, ndcg_at_k, recall_at_k
 
     ranking = document_ranking(["a", "a", "x", "b", "y"])
     assert ranking == ["a", "x", "b", "y"]

@@ -12,7 +12,7 @@ from experts.backends import GenerationChunk
 from experts.errors import AdapterUnavailable
 from server.chat.generation import ChoiceStream, Generation, GenerationService
 from server.chat.service import ChatRun, ChatService
-from server.metrics import Metrics
+from server.observability.metrics import Metrics
 from server.protocol import ChatCompletionRequest, RoutingInfo
 from server.routing.service import Target
 from server.runtime.admission import Admission, Slot

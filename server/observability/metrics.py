@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from server.admin.activity import RecentActivity
+from server.observability.activity import RecentActivity
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 GENERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -152,7 +152,7 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.activity = RecentActivity()  # the console's live view (server/admin/activity.py)
+        self.activity = RecentActivity()  # the console's live view (server/observability/activity.py)
 
     def decided(self, expert: str, fallback: bool, score: float | None) -> None:
         """One routing decision that sends a request somewhere (dry runs through /v1/route are not counted)."""
