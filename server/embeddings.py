@@ -30,7 +30,7 @@ from server.protocol import (
     RoutingInfo,
 )
 from server.retrieval.service import RetrievalService
-from server.routing.record import unrouted_record
+from server.routing.record import searched_record, unrouted_record
 from server.routing.service import AUTO_MODEL, RoutingService
 from server.runtime.admission import Admission
 from server.runtime.lanes import Lanes
@@ -71,8 +71,7 @@ class EmbeddingService:
             ranking, info, snapshot = await self._retrieval.route([Turn(routing_text(texts[0]))])
             expert = snapshot.experts[ranking[0].name]
             name, encoder = expert.name, expert.resource.encoder
-            info = info.model_copy(update={"retrievers": [name], "fused": False,
-                                           "reason": info.reason + "; its encoder embedded the inputs"})
+            info = searched_record(info, [name], "its encoder embedded the inputs")
         else:
             expert = self._retrieval.retriever_named(request.model)
             name, encoder = expert.name, expert.resource.encoder

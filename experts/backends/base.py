@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from experts.adapters import AdapterFiles
-from experts.backends.residency import Activation
+from experts.backends.residency import Tier
 from experts.errors import PromptTooLong, SamplingRejected
 
 FinishReason = Literal["stop", "length"]
@@ -123,6 +123,18 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a generation ran, as the backend reports it on the stream's first chunk: the engine, where the
+    adapter was when the request needed it and what bringing it to the device cost, and (Ray mode) the
+    replica. The server adds it to the decision record (server/routing/record.py); nothing else writes it."""
+
+    engine: str
+    tier: Tier | None = None  # None: no adapter (the generalist), or an engine that does not say
+    load_ms: float | None = None
+    replica: str | None = None
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """A piece of streamed text with the token counts so far; the last chunk carries `finish_reason`."""
 
@@ -130,8 +142,7 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    activation: Activation | None = None  # on the first chunk of an adapter request: where it came from
-    replica: str | None = None  # on the first chunk, where generation runs on another process (Ray mode)
+    placement: Placement | None = None  # on the first chunk: where the generation ran
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens generated since the previous chunk, when asked for
     # on the first text-bearing chunk when asked for: every prompt token, the first with no log-probability
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None

@@ -34,6 +34,7 @@ from experts.backends.base import (
     GenerationChunk,
     GenerationRequest,
     OutputConstraint,
+    Placement,
     TokenLogprob,
     check_prompt_fits,
     check_sampling_fits,
@@ -262,13 +263,13 @@ class TransformersBackend:
             grammar = await asyncio.to_thread(self._token_mask, request.sampling.constraint)
         keys = request.adapter_keys
         if not keys:
-            async for chunk in self._decode(prompt_ids, request, grammar):
+            async for chunk in self._decode(prompt_ids, request, grammar, Placement(self.name)):
                 yield chunk
             return
         activation = await self._on_model_thread(self._activate_all, keys, request.mixture is not None)
         try:
-            yield GenerationChunk(text="", activation=activation)
-            async for chunk in self._decode(prompt_ids, request, grammar):
+            placement = Placement(self.name, activation.tier, activation.load_ms)
+            async for chunk in self._decode(prompt_ids, request, grammar, placement):
                 yield chunk
         finally:
             for key in keys:  # not awaited: also runs when the client went away
@@ -286,9 +287,10 @@ class TransformersBackend:
         compiled = self._grammars.compile(constraint)
         return TokenMask(compiled, self._grammars, constraint.shortest)
 
-    async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest,
-                      grammar: TokenMask | None) -> AsyncIterator[GenerationChunk]:
-        """Join the running batch and turn its tokens for this request into text chunks."""
+    async def _decode(self, prompt_ids: torch.Tensor, request: GenerationRequest, grammar: TokenMask | None,
+                      placement: Placement) -> AsyncIterator[GenerationChunk]:
+        """Join the running batch and turn its tokens for this request into text chunks; the first carries
+        `placement`."""
         params = request.sampling
         prompt_tokens = int(prompt_ids.shape[1])
         row = Row(
@@ -323,8 +325,8 @@ class TransformersBackend:
                 delta = text.update(generated.text)
                 if delta:
                     yield GenerationChunk(text=delta, prompt_tokens=prompt_tokens, completion_tokens=len(generated),
-                                          logprobs=tuple(scores), prompt_logprobs=prompt_scores)
-                    scores, prompt_scores = [], None
+                                          logprobs=tuple(scores), prompt_logprobs=prompt_scores, placement=placement)
+                    scores, prompt_scores, placement = [], None, None
                 if text.stopped:
                     finish = "stop"
                     break
@@ -338,6 +340,7 @@ class TransformersBackend:
             completion_tokens=len(generated),
             logprobs=tuple(scores),
             prompt_logprobs=prompt_scores,
+            placement=placement,
         )
 
     def _watch(self) -> None:

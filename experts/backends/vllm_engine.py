@@ -33,6 +33,7 @@ from experts.backends.base import (
     AdapterMix,
     GenerationChunk,
     GenerationRequest,
+    Placement,
     TokenLogprob,
     check_prompt_fits,
     check_sampling_fits,
@@ -201,6 +202,7 @@ class VLLMBackend:
         finished = False
         prompt_scores = None
         text = ""  # the answer so far (a constrained answer's finish depends on it)
+        placement: Placement | None = Placement(self.name)  # vLLM's LoRA cache does not say where an adapter was
         try:
             try:
                 outputs = self._engine.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id,
@@ -231,9 +233,9 @@ class VLLMBackend:
                     yield GenerationChunk(
                         text=piece.text, finish_reason=reason,
                         prompt_tokens=len(prompt_ids), completion_tokens=completion_tokens, logprobs=scores,
-                        prompt_logprobs=prompt_scores,
+                        prompt_logprobs=prompt_scores, placement=placement,
                     )
-                    prompt_scores = None
+                    prompt_scores, placement = None, None
                 output = await anext(outputs, None)
         finally:
             if derived is not None:

@@ -21,7 +21,7 @@ from server.failures import TimedOut, Unavailable
 from server.observability.metrics import Metrics
 from server.protocol import TokenLogprobOut, TopLogprob, Usage, new_id
 from server.retrieval.grounding import Grounding, GroundingService
-from server.routing.record import routing_headers
+from server.routing.record import routing_headers, served_record
 from server.routing.service import AUTO_MODEL, RoutingService, Target
 from server.runtime.admission import Admission, Slot
 from server.settings.groups import GenerationSettings
@@ -218,8 +218,7 @@ class GenerationService:
         try:
             if target.is_retriever and target.expert is not None:
                 # a grounded answer searches with the turn being answered
-                grounding, target.info = await self._grounding.prepare(target.expert, target.info,
-                                                                       request.turns[-1].text)
+                grounding = await self._grounding.prepare(target.expert, target.info, request.turns[-1].text)
                 adapter_key = grounding.adapter_key
                 if prompt is None:
                     messages = grounding.prompt(messages)
@@ -243,16 +242,15 @@ class GenerationService:
             self.count(request.endpoint, target, "error")
             raise
         self._metrics.time_to_first_token.labels(target.info.expert).observe(time.monotonic() - started)
-        first = choices[0].first
-        if first.activation is not None:
-            target.info = target.info.model_copy(update={
-                "adapter_tier": first.activation.tier.value,
-                "adapter_load_ms": round(first.activation.load_ms, 3),
-            })
-            self._metrics.adapter_activations.labels(first.activation.tier.value).inc()
-        if first.replica is not None:
-            target.info = target.info.model_copy(update={"replica": first.replica})
-            self._metrics.replica_generations.labels(first.replica).inc()
+        placement = choices[0].first.placement
+        if grounding is not None:
+            target.info = served_record(grounding.retrieval.info, placement, grounding.writer)
+        else:
+            target.info = served_record(target.info, placement)
+        if placement is not None and placement.tier is not None:
+            self._metrics.adapter_activations.labels(placement.tier.value).inc()
+        if placement is not None and placement.replica is not None:
+            self._metrics.replica_generations.labels(placement.replica).inc()
         return Generation(target=target, choices=choices, completion_id=new_id(request.id_prefix),
                           created=int(time.time()), slot=slot, deadline=deadline, started=started, grounding=grounding)
 

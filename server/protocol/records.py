@@ -39,6 +39,7 @@ class RoutingInfo(BaseModel):
     )
     adapter_load_ms: float | None = Field(None, description="time to bring the adapter onto the device")
     replica: str | None = Field(None, description="Ray mode: the expert replica that generated the answer")
+    engine: str | None = Field(None, description="the engine that generated the answer: transformers or vllm")
     retrievers: list[str] | None = Field(None, description="retrievers searched (two when fused)")
     fused: bool | None = Field(None, description="rankings merged by reciprocal-rank fusion")
     generator: str | None = Field(None, description="grounded chat: the model that wrote the answer")

@@ -26,6 +26,7 @@ class Grounding:
     retrieval: Retrieval
     generator: Expert | None  # None: the generalist writes the answer
     generator_lease: Lease | None
+    writer: str  # the name of the model that writes the answer (the generator's, or the generalist's)
 
     @property
     def adapter_key(self) -> str | None:
@@ -65,7 +66,7 @@ class GroundingService:
         self._registry = registry
         self._generalist_name = generalist_name
 
-    async def prepare(self, expert: Expert, info: RoutingInfo, query: str) -> tuple[Grounding, RoutingInfo]:
+    async def prepare(self, expert: Expert, info: RoutingInfo, query: str) -> Grounding:
         """Retrieve passages for `query` from `expert` (leased by the caller) and lease its generator."""
         generator, lease = self._lease_generator(expert)
         try:
@@ -74,10 +75,8 @@ class GroundingService:
             if lease is not None:
                 lease.release()
             raise
-        grounding = Grounding(retrieval, generator, lease)
-        info = retrieval.info.model_copy(update={
-            "generator": generator.name if generator is not None else self._generalist_name})
-        return grounding, info
+        writer = generator.name if generator is not None else self._generalist_name
+        return Grounding(retrieval, generator, lease, writer)
 
     def _lease_generator(self, retriever: Expert) -> tuple[Expert | None, Lease | None]:
         name = retriever.spec.generator

@@ -23,7 +23,7 @@ from routers.conversation import Turn
 from server.failures import InvalidRequest, NotFound, Unavailable
 from server.observability.metrics import Metrics
 from server.protocol import Passage, RoutingInfo
-from server.routing.record import unrouted_record
+from server.routing.record import retriever_record, searched_record, unrouted_record
 from server.routing.service import AUTO_MODEL, RoutingService
 from server.settings.groups import RetrievalSettings
 
@@ -109,7 +109,7 @@ class RetrievalService:
             raise
         info = info or unrouted_record(expert.name, "retriever", "the retriever was pinned by name",
                                                    False, self._registry.snapshot.version)
-        info = info.model_copy(update={"retrievers": [expert.name], "fused": False})
+        info = searched_record(info, [expert.name])
         return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [lease])
 
     async def for_chat(self, expert: Expert, info: RoutingInfo, runner_up: str | None, query: str) -> Retrieval:
@@ -123,8 +123,8 @@ class RetrievalService:
                  and margin < self._settings.fusion_margin)
         if not close:
             hits = await self._search(expert, query, top_k)
-            info = info.model_copy(update={"retrievers": [expert.name], "fused": False})
-            return Retrieval([_passage(expert.name, h, h.score) for h in hits], info, [])
+            return Retrieval([_passage(expert.name, h, h.score) for h in hits], searched_record(info, [expert.name]),
+                             [])
         lease = self._registry.lease(second)
         try:
             return await self._fused([expert, second], [lease], info, query, top_k, "close scores")
@@ -145,11 +145,8 @@ class RetrievalService:
         best = ranking[0]
         second = ranking[1] if len(ranking) > 1 else None
         fallback, threshold, reason = self._routing.rule.check(best.name, best.score, second.score if second else None)
-        info = self._routing.routing_info(decision, snapshot.version, routing_ms).model_copy(update={
-            "expert": best.name, "kind": "retriever", "score": best.score,
-            "runner_up": second.name if second else None, "runner_up_score": second.score if second else None,
-            "fallback": fallback, "reason": reason, "threshold": threshold,
-        })
+        info = retriever_record(self._routing.routing_info(decision, snapshot.version, routing_ms), best, second,
+                                fallback, threshold, reason)
         self._metrics.decided(best.name, fallback, best.score)
         return ranking, info, snapshot
 
@@ -166,8 +163,8 @@ class RetrievalService:
             try:
                 if len(chosen) == 1:
                     hits = await self._search(chosen[0], query, top_k)
-                    info = info.model_copy(update={"retrievers": [best.name], "fused": False})
-                    return Retrieval([_passage(best.name, h, h.score) for h in hits], info, leases)
+                    return Retrieval([_passage(best.name, h, h.score) for h in hits],
+                                     searched_record(info, [best.name]), leases)
                 why = ("fusion was requested" if fuse == "always" else
                        "no retriever is confident" if info.fallback else "close scores")
                 return await self._fused(chosen, leases, info, query, top_k, why)
@@ -191,8 +188,7 @@ class RetrievalService:
         rankings = [[(e.name, h) for h in await self._search(e, query, depth)] for e in experts]
         fused = reciprocal_rank_fusion(rankings, self._settings.rrf_k, top_k)
         names = [e.name for e in experts]
-        reason = f"{info.reason}; {why}: fused {' and '.join(names)} by reciprocal-rank fusion"
-        info = info.model_copy(update={"retrievers": names, "fused": True, "reason": reason})
+        info = searched_record(info, names, f"{why}: fused {' and '.join(names)} by reciprocal-rank fusion")
         passages = [_passage(name, hit, hit.score, fused_score) for name, hit, fused_score in fused]
         return Retrieval(passages, info, leases)
 

@@ -1,12 +1,20 @@
-"""The decision record (`RoutingInfo`), built in one place for every endpoint and for both modes (one
-machine, and the Ray ingress): which expert served the request, with what score, and why."""
+"""The decision record (`RoutingInfo`): which expert served the request, with what score, and why.
+
+This module is its one writer, for every endpoint and both modes (one machine, the Ray gateway): routing
+makes it (`decision_record`, `unrouted_record`, `mixture_record`, `retriever_record`), retrieval says what
+it searched (`searched_record`), and once the backend has reported where the generation ran (its
+`Placement`, on the stream's first chunk) `served_record` completes it. Nothing else builds or amends
+one."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from routers.base import ContextSummary, Decision, Evidence
-from server.protocol import RoutingInfo
+from experts.backends.base import Placement
+from routers.base import ContextSummary, Decision, Evidence, ScoredExpert
+from server.protocol import MixtureComponentOut, RoutingInfo
+
+MIXTURE_JOIN = "+"  # model="sql+math": a mixture of those experts (equal weights); a mixture's record name
 
 ExpertKind = Literal["adapter", "retriever", "generalist"]
 
@@ -37,6 +45,44 @@ def unrouted_record(expert: str, kind: ExpertKind, reason: str, fallback: bool, 
         expert=expert, kind=kind, score=None, runner_up=None, runner_up_score=None, fallback=fallback,
         reason=reason, router="pinned", threshold=None, registry_version=version, routing_ms=0.0,
     )
+
+
+def mixture_record(info: RoutingInfo, components: list[tuple[str, float]], why: str | None = None) -> RoutingInfo:
+    """`info` as the record of a mixture: its joined name, every component with its weight, and why it
+    was mixed (a routed mixture)."""
+    return info.model_copy(update={
+        "expert": MIXTURE_JOIN.join(name for name, _ in components), "kind": "mixture",
+        "experts": [MixtureComponentOut(name=name, weight=weight) for name, weight in components],
+        "reason": f"{info.reason}; {why}" if why else info.reason})
+
+
+def retriever_record(info: RoutingInfo, best: ScoredExpert, second: ScoredExpert | None, fallback: bool,
+                     threshold: float | None, reason: str) -> RoutingInfo:
+    """The decision among the retrievers only (retrieval and embeddings read no adapter's score)."""
+    return info.model_copy(update={
+        "expert": best.name, "kind": "retriever", "score": best.score,
+        "runner_up": second.name if second else None, "runner_up_score": second.score if second else None,
+        "fallback": fallback, "reason": reason, "threshold": threshold})
+
+
+def searched_record(info: RoutingInfo, retrievers: list[str], why: str | None = None) -> RoutingInfo:
+    """What was searched: one retriever, or two fused by reciprocal-rank fusion; `why` joins the reason."""
+    return info.model_copy(update={"retrievers": retrievers, "fused": len(retrievers) > 1,
+                                   "reason": f"{info.reason}; {why}" if why else info.reason})
+
+
+def served_record(info: RoutingInfo, placement: Placement | None, generator: str | None = None) -> RoutingInfo:
+    """The record completed with where the generation ran (the backend's report) and, for grounded chat,
+    the model that wrote the answer."""
+    update: dict[str, Any] = {}
+    if generator is not None:
+        update["generator"] = generator
+    if placement is not None:
+        update.update(engine=placement.engine, replica=placement.replica)
+        if placement.tier is not None:
+            update.update(adapter_tier=placement.tier.value,
+                          adapter_load_ms=round(placement.load_ms or 0.0, 3))
+    return info.model_copy(update=update) if update else info
 
 
 def _context_fields(context: ContextSummary | None) -> dict[str, Any]:

@@ -41,15 +41,14 @@ from routers.embedding_cache import EmbeddingCache
 from routers.mixture import MAX_MIXTURE, MixtureParams, RoutedMixture, routed_mixture
 from server.failures import NotFound
 from server.observability.metrics import Metrics
-from server.protocol import MixtureComponentOut, RoutingInfo
+from server.protocol import RoutingInfo
 from server.routing.affinity import SessionStore
-from server.routing.record import decision_record, unrouted_record
+from server.routing.record import MIXTURE_JOIN, decision_record, mixture_record, unrouted_record
 from server.runtime.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
 AUTO_MODEL = "auto"
-MIXTURE_JOIN = "+"  # model="sql+math": a mixture of those experts, equal weights
 _MAX_REROUTES = 3
 
 
@@ -216,14 +215,7 @@ class RoutingService:
                                lambda name: name in snapshot.experts and snapshot.experts[name].kind == "adapter")
         if mixed is None:
             return info, None
-        info = info.model_copy(update={"reason": f"{info.reason}; {mixed.reason}"})
-        return self._mixture_record(info, list(mixed.components)), mixed
-
-    def _mixture_record(self, info: RoutingInfo, components: list[tuple[str, float]]) -> RoutingInfo:
-        """`info` as the record of a mixture: its joined name, and every component with its weight."""
-        return info.model_copy(update={
-            "expert": MIXTURE_JOIN.join(name for name, _ in components), "kind": "mixture",
-            "experts": [MixtureComponentOut(name=name, weight=weight) for name, weight in components]})
+        return mixture_record(info, list(mixed.components), mixed.reason), mixed
 
     def _routed_target(self, decision: Decision, snapshot: Snapshot, info: RoutingInfo,
                        mixed: RoutedMixture | None) -> Target:
@@ -249,7 +241,7 @@ class RoutingService:
         components = [(self._mixable(snapshot, name), weight) for name, weight in weighted]
         info = unrouted_record(MIXTURE_JOIN.join(names), "mixture", "the mixture was pinned by the request; "
                                "routing skipped", False, snapshot.version)
-        return self._lease_mixture(components, self._mixture_record(info, weighted))
+        return self._lease_mixture(components, mixture_record(info, weighted))
 
     def _mixable(self, snapshot: Snapshot, name: str) -> Expert | None:
         """A pinned mixture's component: an adapter expert, or None for the generalist's share."""

@@ -25,8 +25,8 @@ from ray.serve.exceptions import BackPressureError
 
 from experts import errors
 from experts.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterFiles
-from experts.backends.base import GenerationChunk, GenerationRequest
-from experts.backends.residency import Activation, Tier
+from experts.backends.base import GenerationChunk, GenerationRequest, Placement
+from experts.backends.residency import Tier
 from experts.errors import AdapterRejected, ExpertError
 from server.failures import Overloaded
 
@@ -88,19 +88,19 @@ class ReplicaBackend:
             if isinstance(exc.cause, ExpertError):
                 raise exc.cause from exc
             raise
-        activation = None
-        if keys:
-            tier = Tier.DEVICE if placement["adapter_cache_hit"] else Tier.DISK
-            activation = Activation(tier, placement["adapter_load_ms"] or 0.0)
         first, finished = True, False
         try:
             async for chunk in stream:
                 if isinstance(chunk, dict):
                     raise _replica_error(chunk)
                 finished = chunk.finish_reason is not None
-                yield replace(chunk, activation=activation if first else None,
-                              replica=placement["replica"] if first else None)
+                if first:  # where it ran: the replica, and whether its multiplexed LRU already held the adapter
+                    engine = chunk.placement.engine if chunk.placement is not None else "unknown"
+                    tier = (Tier.DEVICE if placement["adapter_cache_hit"] else Tier.DISK) if keys else None
+                    load_ms = (placement["adapter_load_ms"] or 0.0) if keys else None
+                    chunk = replace(chunk, placement=Placement(engine, tier, load_ms, placement["replica"]))
                 first = False
+                yield chunk
         finally:
             if not finished:  # the client went away, or the request timed out: stop the replica's work
                 stream.cancel()

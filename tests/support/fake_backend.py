@@ -17,11 +17,12 @@ from experts.adapters import AdapterFiles
 from experts.backends.base import (
     GenerationChunk,
     GenerationRequest,
+    Placement,
     TokenLogprob,
     check_prompt_fits,
     check_sampling_fits,
 )
-from experts.backends.residency import Activation, Tier
+from experts.backends.residency import Tier
 
 VOCAB_SIZE = 1000
 WORD = "lorem"
@@ -61,8 +62,8 @@ class FakeBackend:
         check_sampling_fits(sampling, VOCAB_SIZE)
         words = answer_words(request)
         text_so_far, finish = "", "length"
-        activation = Activation(Tier.DEVICE, 0.0) if request.adapter_keys else None
-        yield GenerationChunk("", prompt_tokens=prompt_tokens, activation=activation)
+        placement: Placement | None = Placement(self.name, Tier.DEVICE if request.adapter_keys else None,
+                                                0.0 if request.adapter_keys else None)
         for count, word in enumerate(words, start=1):
             piece = word if count == 1 else f" {word}"
             if any(stop in text_so_far + piece for stop in sampling.stop):
@@ -73,13 +74,15 @@ class FakeBackend:
                 if sampling.logprobs is not None else ()
             if self.delay:
                 await asyncio.sleep(self.delay)
-            yield GenerationChunk(piece, prompt_tokens=prompt_tokens, completion_tokens=count, logprobs=logprobs)
+            yield GenerationChunk(piece, prompt_tokens=prompt_tokens, completion_tokens=count, logprobs=logprobs,
+                                  placement=placement)
+            placement = None
             if count == sampling.max_tokens:
                 break
         else:
             finish = "stop"
         yield GenerationChunk("", finish_reason=finish, prompt_tokens=prompt_tokens,
-                              completion_tokens=len(text_so_far.split()))
+                              completion_tokens=len(text_so_far.split()), placement=placement)
 
     async def base_checksum(self) -> str | None:
         return hashlib.sha256(self.model_id.encode()).hexdigest()
