@@ -132,10 +132,12 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
     if security.admin_token is None and not security.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_SECURITY__ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, generalist)
-    return AppState(settings, metrics, encoder, batcher, backend, registry, manifest, routing,
-                    ChatService(generation, settings.generation), CompletionService(generation, settings.generation),
-                    ResponsesService(generation, settings.generation), feedback, admission, indexing, retrieval,
-                    embeddings, lanes, time.time())
+    return AppState(
+        settings=settings, metrics=metrics, encoder=encoder, batcher=batcher, backend=backend, registry=registry,
+        manifest=manifest, routing=routing, chat=ChatService(generation, settings.generation),
+        completions=CompletionService(generation, settings.generation),
+        responses=ResponsesService(generation, settings.generation), feedback=feedback, admission=admission,
+        indexing=indexing, retrieval=retrieval, embeddings=embeddings, lanes=lanes, started_at=time.time())
 
 
 def create_app(settings: Settings, backend_factory: BackendFactory = local_backend) -> FastAPI:

@@ -24,7 +24,7 @@ from server.runtime.lanes import Lanes
 from server.settings import Settings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AppState:
     settings: Settings
     metrics: Metrics
