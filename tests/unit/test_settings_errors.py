@@ -137,3 +137,15 @@ def test_serve_ray_hands_its_deployment_the_file_it_checked(tmp_path: Path, cli,
     finally:
         config.unlink()
     assert done.returncode == 0 and started == [config], (done.stderr, started)
+
+
+@pytest.mark.parametrize("variable, value", [("SWITCHYARD_SECURITY__ADMIN_TOKEN", ""),
+                                             ("SWITCHYARD_ADMIN_TOKEN", "  "),  # the previous release's name
+                                             ("SWITCHYARD_SECURITY__API_KEYS", '["good-key", ""]')])
+def test_a_blank_token_refuses_to_start_and_says_why(variable: str, value: str, cli,  # noqa: ANN001
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token from an unset shell variable would match an empty bearer: the server refuses to start."""
+    monkeypatch.setenv(variable, value)
+    done = cli("serve", "--port", "1")
+    assert done.returncode == 2
+    assert "will not start" in done.stderr and "blank" in done.stderr
