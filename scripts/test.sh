@@ -10,10 +10,20 @@ ruff check .
 lint-imports
 hadolint docker/Dockerfile docker/Dockerfile.gpu
 kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/*/*.yaml
+# SWITCHYARD_COVERAGE=1 measures line coverage of both runs, the servers they start included, and prints
+# the total (slower: the servers' Python runs under the tracer).
+coverage=()
+if [ -n "${SWITCHYARD_COVERAGE:-}" ]; then
+  coverage=(--cov --cov-append --cov-report=)
+  rm -f .coverage .coverage.*
+fi
 # The console's browser tests fail (not skip) here when Chromium is missing.
-SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "$@"
+SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "${coverage[@]}" "$@"
 # The whole run also drives the contract suite (tests marked `contract`) against a local Ray cluster:
 # the same tests, with the session server on Ray Serve (about 3 minutes).
 if [ $# -eq 0 ]; then
-  python -m pytest -q --server-mode ray -m contract
+  python -m pytest -q --server-mode ray -m contract "${coverage[@]}"
+fi
+if [ -n "${SWITCHYARD_COVERAGE:-}" ]; then
+  python -m coverage report --precision=1 | tail -1
 fi
