@@ -37,9 +37,11 @@ def load_eval_set(path: Path = EVAL_SET) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def start_demo_server(directory: Path, **settings: object) -> ServerProcess:
+def start_demo_server(directory: Path, fake_backend: bool = False, **settings: object) -> ServerProcess:
+    """The demo retrievers on a server of their own; retrieval generates nothing, so a test may run it with
+    the deterministic backend (`fake_backend`) and skip loading the base model."""
     config = write_config(directory, seed_experts=[str(SEEDS)], document_roots=[str(DOC_ROOT)], **settings)
-    return ServerProcess(config, directory / "server.log").start()
+    return ServerProcess(config, directory / "server.log", fake_backend=fake_backend).start()
 
 
 def wait_for_indexing(base_url: str, timeout: float = 900) -> list[dict]:

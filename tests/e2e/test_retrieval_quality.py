@@ -19,7 +19,7 @@ REQUIRED = ["python3.11/html/tutorial", "debian-policy/policy.html", "git-doc/gi
 def test_routed_retrieval_beats_the_worst_single_retriever(tmp_path: Path) -> None:
     missing = [p for p in REQUIRED if not (DOC_ROOT / p).exists()]
     assert not missing, f"demo documents missing under {DOC_ROOT}: {missing}; run scripts/setup.sh as root"
-    server = start_demo_server(tmp_path)
+    server = start_demo_server(tmp_path, fake_backend=True)  # retrieval only: no base model needed
     try:
         jobs = wait_for_indexing(server.base_url)
         assert all(j["state"] == "done" for j in jobs), jobs
