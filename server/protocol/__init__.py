@@ -1,6 +1,7 @@
 """Request and response schemas of the public API (OpenAI-compatible, routing and admin), one module per
 feature: `base` (limits, sampling parameters), `chat`, `completions`, `responses`, `records` (the decision
-record and citations every answer carries), `routing` (models, route, retrieve, embeddings) and `admin`.
+record and citations every answer carries), `routing` (models, route, feedback), `retrieval` (retrieve,
+embeddings) and `admin`.
 
 The OpenAI shapes follow the official API closely enough that the `openai` client parses them unchanged;
 Switchyard's explanation of each answer travels in the extension field `switchyard` (a `RoutingInfo`).
@@ -21,9 +22,6 @@ from server.protocol.admin import (  # noqa: F401
     ExpertCreate,
     ExpertList,
     ExpertOut,
-    FeedbackList,
-    FeedbackOut,
-    FeedbackRequest,
     IndexInfo,
     IndexingJobOut,
     LabelledQuery,
@@ -96,17 +94,22 @@ from server.protocol.responses import (  # noqa: F401
     ResponseTextConfig,
     ResponseUsage,
 )
-from server.protocol.routing import (  # noqa: F401
+from server.protocol.retrieval import (  # noqa: F401
     MAX_EMBEDDING_INPUTS,
-    ConversationQuery,
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
-    ModelCard,
-    ModelList,
     RetrieveRequest,
     RetrieveResponse,
+)
+from server.protocol.routing import (  # noqa: F401
+    ConversationQuery,
+    FeedbackList,
+    FeedbackOut,
+    FeedbackRequest,
+    ModelCard,
+    ModelList,
     RouteRequest,
     RouteResponse,
 )

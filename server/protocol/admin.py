@@ -1,4 +1,4 @@
-"""The admin API: experts, documents, indexing jobs, calibration, evaluation and feedback."""
+"""The admin API: experts, documents, indexing jobs, calibration and evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.spec import ExpertSpec
 from server.protocol.base import MAX_MESSAGES, RequestModel
-from server.protocol.routing import ConversationQuery
 
 # -- admin -------------------------------------------------------------------------------------------
 
@@ -161,27 +160,6 @@ class CalibrationOut(BaseModel):
     context: dict[str, float | int] | None = Field(None, description="conversation routing's parameters in force")
     out_of_scope_labels: list[str] | None = Field(None, description="conversation domains with no expert, "
                                                   "fitted as out of scope")
-
-
-class FeedbackRequest(ConversationQuery):
-    """The query, or a conversation whose last user turn was misrouted: that turn becomes the example."""
-
-    expert: str = Field(min_length=1, max_length=128, description="the expert that should answer, or 'generalist'")
-    response_id: str | None = Field(None, max_length=128, description="the chat completion id, for your records")
-
-
-class FeedbackOut(BaseModel):
-    id: int
-    target: str
-    query: str
-    created_at: float
-    undone: bool
-    registry_version: int | None = Field(None, description="the registry version that applied this change")
-
-
-class FeedbackList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FeedbackOut]
 
 
 class AdapterUploaded(BaseModel):

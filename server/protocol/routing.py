@@ -1,4 +1,4 @@
-"""Models, route, retrieve and embeddings: Switchyard's own read endpoints beside the OpenAI ones."""
+"""Models, route and feedback: what routing decides, and how a client corrects it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.protocol.base import MAX_MESSAGES, RequestModel
 from server.protocol.chat import ChatMessage
-from server.protocol.records import Passage, RoutingInfo, ScoredExpertOut
+from server.protocol.records import RoutingInfo, ScoredExpertOut
 
 # -- models and routing ------------------------------------------------------------------------------
 
@@ -57,57 +57,24 @@ class RouteResponse(BaseModel):
     ranking: list[ScoredExpertOut]
 
 
-class RetrieveRequest(ConversationQuery):
-    """Routed on the whole conversation when `messages` are given; searched with the last user turn."""
+# -- feedback ----------------------------------------------------------------------------------------
 
-    model: str = Field("auto", min_length=1, max_length=128, description="'auto' or a retriever's name")
-    top_k: int | None = Field(None, description="passages to return (default and maximum are settings)")
-    fuse: Literal["auto", "always", "never"] = Field(
-        "auto", description="auto: fuse the two best retrievers when their scores are close or neither is "
-                            "confident; always / never: force it (routed requests only)")
+class FeedbackRequest(ConversationQuery):
+    """The query, or a conversation whose last user turn was misrouted: that turn becomes the example."""
+
+    expert: str = Field(min_length=1, max_length=128, description="the expert that should answer, or 'generalist'")
+    response_id: str | None = Field(None, max_length=128, description="the chat completion id, for your records")
 
 
-class RetrieveResponse(BaseModel):
-    object: Literal["retrieval"] = "retrieval"
+class FeedbackOut(BaseModel):
+    id: int
+    target: str
     query: str
-    model: str = Field(description="the retriever that answered (the best one when fused)")
-    data: list[Passage]
-    switchyard: RoutingInfo
+    created_at: float
+    undone: bool
+    registry_version: int | None = Field(None, description="the registry version that applied this change")
 
 
-MAX_EMBEDDING_INPUTS = 256
-
-
-class EmbeddingRequest(RequestModel):
-    """OpenAI's embeddings request. Token-id inputs are not supported (these encoders take text); an
-    unknown field is refused by name."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(min_length=1, max_length=128)
-    input: str | list[str] = Field(description="text, or a list of texts")
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
-
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingResponse(BaseModel):
+class FeedbackList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingUsage
-    switchyard: RoutingInfo
+    data: list[FeedbackOut]
