@@ -6,7 +6,7 @@ pinned to the churning expert either streams to the end or gets a clean 404; `au
 What churns is the registry (snapshots, leases, drains, the manifest, the routing index), so the server
 runs with the deterministic backend at 10 ms a token: the streams overlap the churn as a model's would,
 and the run takes a minute, not eight. The real engines' hot load and unload under decoding traffic are
-tests/e2e/test_backend_contract.py's (both backends), test_mixed_batching.py's and test_soak.py's.
+tests/e2e/backends/test_backend_contract.py's (both backends), test_mixed_batching.py's and test_soak.py's.
 """
 
 from __future__ import annotations

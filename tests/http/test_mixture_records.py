@@ -1,7 +1,7 @@
 """Routed mixtures' bookkeeping, in process on the deterministic backend: with routed mixtures on and a margin
 wide enough that a query between two adapters is mixed, the record, the headers and the model name say
 which experts answered with what weights, and the model list documents the syntax. (What a mixture
-computes is tests/e2e/test_mixtures.py's, on both real backends.)"""
+computes is tests/e2e/backends/test_mixtures.py's, on both real backends.)"""
 
 from __future__ import annotations
 
