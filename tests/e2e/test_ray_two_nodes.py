@@ -77,11 +77,14 @@ def test_killing_the_worker_node_serves_its_experts_from_the_head(
     for name in ("sql", "math"):
         assert admin.post("/admin/experts", json=spec(experts[name])).status_code == 201
     before = {name: chat(client, experts[name]["held_out"][0])["replica"] for name in ("sql", "math")}
-    assert len(expert_replica_pids()) == 2
+    original = set(expert_replica_pids())
+    assert len(original) == 2
 
     os.kill(_worker_raylet(worker_port), signal.SIGKILL)  # the worker machine dies
     deadline = time.monotonic() + 240
-    while len(expert_replica_pids()) != 1:  # the worker's replica went with its node
+    # The worker's replica goes with its node. Watched by process id: Serve may start its replacement on the
+    # head before the old process is gone, so the count of replicas need never read one.
+    while original <= set(expert_replica_pids()):
         assert time.monotonic() < deadline, f"the worker's {REPLICA_PROCESS} outlived its node"
         time.sleep(1)
 
