@@ -10,7 +10,7 @@ import openai
 import pytest
 import yaml
 
-from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, write_config
+from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, running, write_config
 
 SERVER_MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
 
@@ -39,13 +39,9 @@ def server_mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, server_mode: str) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(write_config(directory), directory / "server.log",
-                         extra_args=SERVER_MODES[server_mode]).start()
-    proc.directory = directory  # type: ignore[attr-defined]
-    try:
+    with running(ServerProcess(write_config(directory), directory / "server.log",
+                               extra_args=SERVER_MODES[server_mode]), directory) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from experts.encoders.pool import EncoderConfig
 from server.settings.groups import (
     BackendSettings,
     GenerationSettings,
@@ -95,7 +96,7 @@ class Settings(BaseModel):
         plain["security"]["api_keys"] = [key.get_secret_value() for key in security.api_keys]
         return plain
 
-    def encoder_config(self):  # noqa: ANN201 - experts.encoders.pool.EncoderConfig
+    def encoder_config(self) -> EncoderConfig:
         """The shared query encoder's configuration (its export cache lives under the model cache)."""
         return self.routing.encoder_config(self.server.model_cache_dir)
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
-from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, running, write_config
 
 pytestmark = pytest.mark.e2e
 CYCLES = 100
@@ -32,12 +32,9 @@ CLIENTS = [("auto", COOKING_QUERY), ("auto", "Write SQL to count orders"), ("aut
 @pytest.fixture(scope="module")
 def churned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("churn")
-    proc = ServerProcess(write_config(directory), directory / "server.log", fake_backend=True, token_delay=0.01)
-    proc.directory = directory  # type: ignore[attr-defined]
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
+    with running(ServerProcess(write_config(directory), directory / "server.log", fake_backend=True,
+                               token_delay=0.01), directory) as proc:
+        yield proc
 
 
 def stream_once(http: httpx.Client, model: str, query: str) -> tuple[str, str]:

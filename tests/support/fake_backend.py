@@ -70,8 +70,8 @@ class FakeBackend:
                 finish = "stop"
                 break
             text_so_far += piece
-            logprobs = (TokenLogprob(piece, -0.5, (( piece, -0.5),) * (sampling.logprobs or 0)),) \
-                if sampling.logprobs is not None else ()
+            top = ((piece, -0.5),) * (sampling.logprobs or 0)
+            logprobs = (TokenLogprob(piece, -0.5, top),) if sampling.logprobs is not None else ()
             if self.delay:
                 await asyncio.sleep(self.delay)
             yield GenerationChunk(piece, prompt_tokens=prompt_tokens, completion_tokens=count, logprobs=logprobs,

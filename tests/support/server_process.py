@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,17 @@ def write_config(directory: Path, **overrides: object) -> Path:
     path = directory / "switchyard.yaml"
     path.write_text(yaml.safe_dump(grouped))
     return path
+
+
+@contextlib.contextmanager
+def running(proc: ServerProcess, directory: Path | None = None, timeout: float = 300.0) -> Iterator[ServerProcess]:
+    """`proc` started (its data directory, when given, as `proc.directory`), and stopped on exit."""
+    if directory is not None:
+        proc.directory = directory  # type: ignore[attr-defined]
+    try:
+        yield proc.start(timeout=timeout)
+    finally:
+        proc.stop()
 
 
 class ServerProcess:

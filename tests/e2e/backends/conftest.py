@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.server_process import ADMIN_TOKEN, ServerProcess, write_config
+from tests.support.server_process import ADMIN_TOKEN, ServerProcess, running, write_config
 
 # The backends `backend_server` runs on, one lean server each for this package: pytest groups its tests by
 # backend and stops each server after its last test (an idle vLLM CPU engine still spins a core). The vLLM
@@ -26,24 +26,26 @@ def backend_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     """One server on each backend in turn, shared by every test that holds for every backend (each leaves
     the registry as it found it)."""
     directory = tmp_path_factory.mktemp(f"backend-{request.param}")
-    config = write_config(directory, backend=request.param, max_batch_size=8)
-    proc = ServerProcess(config, directory / "server.log").start(timeout=600)
-    proc.directory = directory  # type: ignore[attr-defined]
-    try:
+    with running(ServerProcess(write_config(directory, backend=request.param, max_batch_size=8),
+                               directory / "server.log"), directory, timeout=600) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
+# In this package `client`, `admin` and `http` talk to `backend_server`, not to the session's server.
 @pytest.fixture(scope="package")
-def backend_client(backend_server: ServerProcess) -> openai.OpenAI:
-    """The official client on `backend_server` (generous timeout: vLLM's CPU build is slow to first token)."""
+def client(backend_server: ServerProcess) -> openai.OpenAI:
+    """The official client (generous timeout: vLLM's CPU build is slow to first token)."""
     return openai.OpenAI(base_url=f"{backend_server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="package")
-def backend_admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
-    """An HTTP client on `backend_server` with the admin token."""
+def admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
+    """An HTTP client with the admin token."""
     with httpx.Client(base_url=backend_server.base_url, timeout=300,
                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
         yield c
+
+
+@pytest.fixture(scope="package")
+def http(admin: httpx.Client) -> httpx.Client:
+    return admin

@@ -29,16 +29,6 @@ MIXED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def client(backend_client: openai.OpenAI) -> openai.OpenAI:
-    return backend_client
-
-
-@pytest.fixture(scope="module")
-def admin(backend_admin: httpx.Client) -> httpx.Client:
-    return backend_admin
-
-
 def greedy(client: openai.OpenAI, model: str, text: str, max_tokens: int = 24, **extra: object) -> str:
     completion = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
                                                 max_tokens=max_tokens, temperature=0, **extra)

@@ -24,16 +24,6 @@ PROMPT = "Question: how many customers placed more than 3 orders?\nAnswer:"
 PROMPT_SCORES: dict[str, dict[str, list[float]]] = {}
 
 
-@pytest.fixture(scope="module")
-def client(backend_client: openai.OpenAI) -> openai.OpenAI:
-    return backend_client
-
-
-@pytest.fixture(scope="module")
-def admin(backend_admin: httpx.Client) -> httpx.Client:
-    return backend_admin
-
-
 def greedy(client: openai.OpenAI, model: str, text: str, max_tokens: int = 32, **extra: object
            ) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],

@@ -39,16 +39,6 @@ class City(BaseModel):
     population: int
 
 
-@pytest.fixture(scope="module")
-def client(backend_client: openai.OpenAI) -> openai.OpenAI:
-    return backend_client
-
-
-@pytest.fixture(scope="module")
-def http(backend_admin: httpx.Client) -> httpx.Client:
-    return backend_admin
-
-
 # -- structured outputs ------------------------------------------------------------------------------
 
 
