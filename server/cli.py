@@ -90,9 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.ray:
         from server.scaleout.app import run
 
-        scale_out = settings.scale_out
-        return run(_config_file(args), settings.server.host, settings.server.port, scale_out.expert_replicas,
-                   scale_out.ray_address)
+        return run(settings)
     from server.serving import serve
 
     serve(settings)

@@ -21,6 +21,7 @@ from routers.capability_suggestions import suggest_capabilities
 from routers.labelled_data import LabelledDataError, parse_labelled_turns
 from server.api.deps import AdminAccess, State
 from server.failures import InvalidRequest, NotFound
+from server.observability.fleet import gateway_id, replica_views
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
@@ -292,6 +293,17 @@ async def model_integrity(state: State) -> dict[str, Any]:
     backend = state.backend
     return {"backend": backend.name, "model": backend.model_id, "device": backend.device,
             "base_checksum": await backend.base_checksum(), "problems": await backend.health()}
+
+
+@api.get("/fleet")
+async def fleet(state: State) -> dict[str, Any]:
+    """The gateway and every engine instance generating for it: engine, resident adapters, in-flight
+    generations, health (server/observability/fleet.py)."""
+    snapshot = state.registry.snapshot
+    replicas = await replica_views(state.backend, state.registry, state.admission.in_flight)
+    gateway = {"gateway": gateway_id(), "registry_version": snapshot.version, "experts": len(snapshot.experts),
+               "in_flight": state.admission.in_flight, "backend": state.backend.name}
+    return {"gateways": [gateway], "replicas": replicas}
 
 
 @api.get("/calibration")

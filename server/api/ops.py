@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.api.deps import State
+from server.observability.fleet import ReportsReplicas
 
 api = APIRouter(tags=["ops"])
 
@@ -42,4 +43,6 @@ async def ready(request: Request, state: State) -> JSONResponse:
 async def metrics(state: State) -> Response:
     for tier, count in state.backend.tier_counts().items():
         state.metrics.adapters.labels(tier).set(count)
+    if isinstance(state.backend, ReportsReplicas):
+        state.metrics.fleet(await state.backend.replicas())
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

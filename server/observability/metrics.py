@@ -5,6 +5,8 @@ Each app owns its own `CollectorRegistry`, so several apps in one process (tests
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from server.observability.activity import RecentActivity
@@ -61,6 +63,26 @@ class Metrics:
             "Ray mode: generations by the expert replica that ran them.",
             ["replica"],
             registry=self.registry,
+        )
+        self.replica_resident_adapters = Gauge(
+            "switchyard_replica_resident_adapters", "Ray mode: adapters loaded in each expert replica's engine.",
+            ["replica"], registry=self.registry,
+        )
+        self.replica_in_flight = Gauge(
+            "switchyard_replica_in_flight", "Ray mode: generations running on each expert replica.",
+            ["replica"], registry=self.registry,
+        )
+        self.replica_adapter_loads = Gauge(
+            "switchyard_replica_adapter_loads", "Ray mode: adapter loads (multiplex misses) since the replica "
+            "started.", ["replica"], registry=self.registry,
+        )
+        self.replica_adapter_evictions = Gauge(
+            "switchyard_replica_adapter_evictions", "Ray mode: adapters evicted from the replica's LRU since it "
+            "started.", ["replica"], registry=self.registry,
+        )
+        self.replica_adapter_load_seconds = Gauge(
+            "switchyard_replica_adapter_load_seconds", "Ray mode: time spent loading adapters (fetch and load) "
+            "since the replica started.", ["replica"], registry=self.registry,
         )
         self.admin_operations = Counter(
             "switchyard_admin_operations_total",
@@ -180,6 +202,23 @@ class Metrics:
         if seconds is not None and status == "ok":
             self.request_duration.labels(endpoint, expert).observe(seconds)
             self.activity.served(endpoint, expert, seconds)
+
+    def fleet(self, replicas: list[dict[str, Any]]) -> None:
+        """The replicas' last reports as gauges (a replica that left the fleet leaves the metrics)."""
+        gauges = {"resident": self.replica_resident_adapters, "in_flight": self.replica_in_flight,
+                  "loads": self.replica_adapter_loads, "evictions": self.replica_adapter_evictions,
+                  "seconds": self.replica_adapter_load_seconds}
+        for gauge in gauges.values():
+            gauge.clear()
+        for view in replicas:
+            if "adapter_loads" not in view:  # one machine's backend: its own counters say the same
+                continue
+            replica = str(view["replica"])
+            gauges["resident"].labels(replica).set(len(view.get("resident_adapters") or []))
+            gauges["in_flight"].labels(replica).set(view.get("in_flight", 0))
+            gauges["loads"].labels(replica).set(view["adapter_loads"])
+            gauges["evictions"].labels(replica).set(view.get("adapter_evictions", 0))
+            gauges["seconds"].labels(replica).set(view.get("adapter_load_ms_total", 0.0) / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

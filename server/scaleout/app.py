@@ -4,7 +4,8 @@
                         app (`create_app`): routing, registry, retrieval, admin, metrics, console
                         │  ReplicaBackend: handle.options(multiplexed_model_id=<adapter key>)
                         ▼
-                     ExpertReplica (M replicas: base model + LRU of adapters)
+                     ExpertReplica (M replicas, fixed or autoscaled: the configured engine + LRU of
+                        │            adapters) ──reports──▶ fleet board actor: GET /admin/fleet
                         ▲  adapter bytes, fetched lazily on first use
                         │
                      catalogue actor (detached, head node, persisted): adapter files by key
@@ -27,6 +28,7 @@ from ray import serve
 from ray.serve.config import ProxyLocation
 
 from server.scaleout.catalogue import catalogue_actor
+from server.scaleout.fleet_board import fleet_board_actor
 from server.scaleout.gateway import gateway_deployment
 from server.scaleout.replica import ExpertReplica
 from server.settings import Settings, config_file_from
@@ -37,24 +39,49 @@ APP_NAME = "switchyard"
 
 def build_app(args: dict[str, Any]) -> Any:
     """Application builder: `args` are `config` (a settings file; else SWITCHYARD_CONFIG) and optionally
-    `expert_replicas` (else the `scale_out` settings). Settings load as in every other mode."""
-    config = args.get("config")
-    settings = Settings.load(config_file_from(Path(config) if config else None))
+    `expert_replicas` (else the `scale_out` settings). Settings load as in every other mode; `serve --ray`
+    passes the settings it loaded (`settings`: flags, environment and file) so nothing is read twice."""
+    if args.get("settings") is not None:
+        settings = Settings.model_validate(args["settings"])
+    else:
+        config = args.get("config")
+        settings = Settings.load(config_file_from(Path(config) if config else None))
     if int(args.get("ingress_replicas", 1)) != 1:
         raise ValueError("the gateway holds the registry and runs as one replica; drop `ingress_replicas` "
                          "(Ray Serve's proxies on every node forward to it)")
     catalogue_actor(settings.server.data_dir.resolve() / "cluster-catalogue")
+    fleet_board_actor()
+    if args.get("expert_replicas"):
+        settings = settings.model_copy(update={"scale_out": settings.scale_out.model_copy(
+            update={"expert_replicas": int(args["expert_replicas"])})})
     plain = settings.transport()
-    replicas = serve.deployment(
-        num_replicas=int(args.get("expert_replicas") or settings.scale_out.expert_replicas),
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=settings.limits.max_active_requests,
-        max_queued_requests=settings.limits.max_queued_requests,
-    )(ExpertReplica).bind(plain)
+    replicas = serve.deployment(**expert_replica_options(settings))(ExpertReplica).bind(plain)
     return gateway_deployment(settings).bind(replicas, plain)
 
 
-def run(settings_file: Path | None, host: str, port: int, expert_replicas: int, address: str | None) -> int:
-    """Start (or join) a Ray cluster, run the application on `host:port` until SIGTERM/SIGINT."""
+def expert_replica_options(settings: Settings) -> dict[str, Any]:
+    """The expert replicas' deployment: a fixed count, or Serve's autoscaling between the bounds on ongoing
+    generations per replica. A replica Serve removes stops taking requests and gets `replica_drain_seconds`
+    to finish the ones it runs (scale-down fails none); Serve's health checks replace a broken engine."""
+    scale = settings.scale_out
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": settings.limits.max_active_requests,
+        "max_queued_requests": settings.limits.max_queued_requests,
+        "graceful_shutdown_timeout_s": scale.replica_drain_seconds, "health_check_period_s": 5,
+    }
+    if not scale.autoscaling:
+        return {**options, "num_replicas": scale.expert_replicas}
+    return {**options, "num_replicas": "auto", "autoscaling_config": {
+        "min_replicas": scale.min_expert_replicas, "initial_replicas": scale.expert_replicas,
+        "max_replicas": scale.max_expert_replicas, "target_ongoing_requests": scale.target_ongoing_requests,
+        "upscale_delay_s": scale.upscale_delay_seconds, "downscale_delay_s": scale.downscale_delay_seconds,
+    }}
+
+
+def run(settings: Settings) -> int:
+    """Start (or join) a Ray cluster, run the application on the settings' host and port until
+    SIGTERM/SIGINT."""
+    address, host, port = settings.scale_out.ray_address, settings.server.host, settings.server.port
     if address:
         ray.init(address=address, namespace="switchyard")
     else:
@@ -62,10 +89,10 @@ def run(settings_file: Path | None, host: str, port: int, expert_replicas: int, 
     # One address, the head's (as one machine's server has one): `serve deploy deploy/ray/serve.yaml` puts
     # a proxy on every node instead. Nodes that share a machine could not all bind the same port anyway.
     serve.start(proxy_location=ProxyLocation.HeadOnly, http_options={"host": host, "port": port})
-    application = build_app({"config": str(settings_file) if settings_file else None,
-                             "expert_replicas": expert_replicas})
+    application = build_app({"settings": settings.transport()})
     serve.run(application, name=APP_NAME, route_prefix="/")
-    log.info("switchyard on Ray Serve: http://%s:%d (%d expert replicas)", host, port, expert_replicas)
+    log.info("switchyard on Ray Serve: http://%s:%d (%s expert replicas)", host, port,
+             "autoscaled" if settings.scale_out.autoscaling else settings.scale_out.expert_replicas)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -21,6 +21,7 @@ from ray import serve
 from experts.backends import Backend
 from server.app import create_app
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
+from server.scaleout.fleet_board import FLEET_BOARD_ACTOR, FLEET_BOARD_NAMESPACE
 from server.scaleout.replica_backend import ReplicaBackend
 from server.settings import Settings
 
@@ -39,7 +40,8 @@ class Gateway:
 
         async def replica_backend(settings: Settings) -> Backend:
             catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
-            return ReplicaBackend(replicas, catalogue, settings.backend.base_model,
+            board = ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE)
+            return ReplicaBackend(replicas, catalogue, board, settings.backend.base_model,
                                   settings.limits.retry_after_seconds)
 
         return create_app(self._settings, replica_backend)

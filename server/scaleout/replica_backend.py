@@ -38,9 +38,10 @@ class ReplicaBackend:
 
     name = "ray"
 
-    def __init__(self, replicas: Any, catalogue: Any, model_id: str, retry_after_seconds: int) -> None:
+    def __init__(self, replicas: Any, catalogue: Any, board: Any, model_id: str, retry_after_seconds: int) -> None:
         self._replicas = replicas  # a DeploymentHandle to ExpertReplica
         self._catalogue = catalogue  # the AdapterCatalogue actor
+        self._board = board  # the FleetBoard actor: what each replica last reported
         self.model_id = model_id
         self.device = "ray"  # the replicas' devices are theirs: `GET /admin/model` asks one
         self._retry_after = retry_after_seconds
@@ -113,6 +114,14 @@ class ReplicaBackend:
             return await self._replicas.health.remote()
         except RayError as exc:
             return [f"no expert replica answered: {type(exc).__name__}"]
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """Every expert replica's last report (the fleet view); empty when the board does not answer."""
+        try:
+            return await self._board.replicas.remote()
+        except RayError:
+            log.warning("the fleet board did not answer", exc_info=True)
+            return []
 
     async def close(self) -> None:
         if self._pending:

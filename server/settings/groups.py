@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from experts.encoders.pool import EncoderConfig
 from experts.encoders.query import EMBEDDED_ENCODER
@@ -225,10 +225,34 @@ class SecuritySettings(Group):
 
 
 class ScaleOutSettings(Group):
-    """Ray Serve mode (`serve --ray`, deploy/ray/serve.yaml)."""
+    """Ray Serve mode (`serve --ray`, deploy/ray/serve.yaml): how many expert replicas, and when they scale.
 
-    expert_replicas: int = Field(2, ge=1, description="expert-serving replicas, each with the base model")
+    Each expert replica runs `backend.kind` with `backend.max_loras` adapters resident (Serve's multiplex
+    LRU and the engine's adapter slots are the same number)."""
+
+    expert_replicas: int = Field(2, ge=1, description="expert-serving replicas, each with the base model (the "
+                                 "starting count when autoscaling)")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
+    autoscaling: bool = Field(False, description="scale expert replicas between min_expert_replicas and "
+                              "max_expert_replicas on load (Ray Serve autoscaling)")
+    min_expert_replicas: int = Field(1, ge=1, description="autoscaling: the fewest expert replicas")
+    max_expert_replicas: int = Field(4, ge=1, description="autoscaling: the most expert replicas")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="autoscaling: generations per replica that "
+                                           "Serve aims for (more scales up, fewer scales down)")
+    upscale_delay_seconds: float = Field(5.0, ge=0, description="autoscaling: how long load must stay high "
+                                         "before a replica is added")
+    downscale_delay_seconds: float = Field(30.0, ge=0, description="autoscaling: how long load must stay low "
+                                           "before a replica is removed")
+    replica_drain_seconds: float = Field(120.0, gt=0, description="a replica being removed finishes its running "
+                                         "generations for up to this long before it stops")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScaleOutSettings:
+        if self.autoscaling and not (self.min_expert_replicas <= self.expert_replicas <= self.max_expert_replicas):
+            raise ValueError(f"scale_out: min_expert_replicas ({self.min_expert_replicas}) <= expert_replicas "
+                             f"({self.expert_replicas}) <= max_expert_replicas ({self.max_expert_replicas}) "
+                             "must hold when autoscaling")
+        return self
 
 
 GROUPS: dict[str, type[Group]] = {

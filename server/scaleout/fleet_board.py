@@ -1,0 +1,65 @@
+"""Where the fleet's adapters live: each expert replica's last report, for the gateway's `GET /admin/fleet`
+and its per-replica metrics.
+
+Ray Serve routes a request to a replica that holds its adapter (model multiplexing), but nothing in Serve
+says which replica holds which adapter, how busy it is, or what its cold loads cost. Each replica reports
+that here when its adapters change and on every Serve health check (`ExpertReplica.check_health`); the
+board keeps the last report per replica. A replica that stops reporting (killed, or its node gone) is
+shown as not healthy once its report is `stale_after` old, and forgotten after `forget_after`; one that
+Serve stops on purpose (scale-down) says so itself.
+
+The board holds nothing that cannot be rebuilt: a restarted board fills again within one health-check
+period. `FleetBoard` is a plain class (tested without Ray); `fleet_board_actor` wraps it unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+FLEET_BOARD_ACTOR = "switchyard-fleet-board"
+FLEET_BOARD_NAMESPACE = "switchyard"
+
+
+class FleetBoard:
+    """Replica id -> its last report (a dict: `ExpertReplica.report`), with the time it arrived."""
+
+    def __init__(self, stale_after: float = 30.0, forget_after: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._stale_after, self._forget_after = stale_after, forget_after
+        self._clock = clock
+        self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def report(self, report: dict[str, Any]) -> None:
+        self._reports[str(report["replica"])] = (self._clock(), dict(report))
+
+    def leave(self, replica: str) -> None:
+        """A replica that Serve stops on purpose (scale-down, redeploy) leaves the board at once."""
+        self._reports.pop(replica, None)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Every replica heard from recently, oldest report first; a silent one is marked unhealthy."""
+        now = self._clock()
+        self._reports = {r: (at, rep) for r, (at, rep) in self._reports.items() if now - at <= self._forget_after}
+        views = []
+        for at, report in sorted(self._reports.values(), key=lambda entry: entry[0]):
+            age = now - at
+            view = {**report, "reported_seconds_ago": round(age, 3)}
+            if age > self._stale_after:
+                view["healthy"] = False
+                view["problems"] = [*report.get("problems", []), f"no report for {age:.0f} s"]
+            views.append(view)
+        return views
+
+
+def fleet_board_actor() -> Any:
+    """Get or create the board: detached (it outlives whichever process built the application), on the
+    head node beside the gateway and the catalogue, restarted by Ray if it dies (replicas refill it)."""
+    import ray
+
+    actor_class = ray.remote(FleetBoard)
+    return actor_class.options(
+        name=FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE, get_if_exists=True, lifetime="detached",
+        max_restarts=-1, num_cpus=0, resources={"node:__internal_head__": 0.001},
+    ).remote()
