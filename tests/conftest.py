@@ -12,7 +12,13 @@ import yaml
 
 from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, running, write_config
 
-SERVER_MODES = {"local": (), "ray": ("--ray", "--expert-replicas", "1")}
+SERVER_MODES = {"local": (), "ray": ("--ray",)}
+# Ray mode: the session server reads its settings from SWITCHYARD_CONFIG (test_ray_scaleout's cluster uses
+# --config), and its expert replicas autoscale 1 -> 2 on load (tests/e2e/test_fleet.py drives it).
+RAY_SETTINGS = {"scale_out": {"autoscaling": True, "min_expert_replicas": 1, "expert_replicas": 1,
+                              "max_expert_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_seconds": 0,
+                              "downscale_delay_seconds": 5, "replica_drain_seconds": 60},
+                "max_loras": 6}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,8 +45,10 @@ def server_mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, server_mode: str) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("server")
-    with running(ServerProcess(write_config(directory), directory / "server.log",
-                               extra_args=SERVER_MODES[server_mode]), directory) as proc:
+    ray = server_mode == "ray"
+    config = write_config(directory, **(RAY_SETTINGS if ray else {}))
+    with running(ServerProcess(config, directory / "server.log", extra_args=SERVER_MODES[server_mode],
+                               config_from_env=ray), directory) as proc:
         yield proc
 
 

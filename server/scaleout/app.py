@@ -38,22 +38,18 @@ APP_NAME = "switchyard"
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """Application builder: `args` are `config` (a settings file; else SWITCHYARD_CONFIG) and optionally
-    `expert_replicas` (else the `scale_out` settings). Settings load as in every other mode; `serve --ray`
-    passes the settings it loaded (`settings`: flags, environment and file) so nothing is read twice."""
-    if args.get("settings") is not None:
-        settings = Settings.model_validate(args["settings"])
-    else:
-        config = args.get("config")
-        settings = Settings.load(config_file_from(Path(config) if config else None))
+    """Application builder. `args`: `config` (a settings file; else SWITCHYARD_CONFIG), `settings` (grouped
+    settings over the file and the environment: a RayService can carry them inline, and `serve --ray` passes
+    the ones it loaded) and `expert_replicas`. Settings load as in every other mode (`Settings.load`)."""
+    config, overrides = args.get("config"), dict(args.get("settings") or {})
+    if args.get("expert_replicas"):
+        overrides["scale_out"] = {**overrides.get("scale_out", {}), "expert_replicas": int(args["expert_replicas"])}
+    settings = Settings.load(config_file_from(Path(config) if config else None), **overrides)
     if int(args.get("ingress_replicas", 1)) != 1:
         raise ValueError("the gateway holds the registry and runs as one replica; drop `ingress_replicas` "
                          "(Ray Serve's proxies on every node forward to it)")
     catalogue_actor(settings.server.data_dir.resolve() / "cluster-catalogue")
     fleet_board_actor()
-    if args.get("expert_replicas"):
-        settings = settings.model_copy(update={"scale_out": settings.scale_out.model_copy(
-            update={"expert_replicas": int(args["expert_replicas"])})})
     plain = settings.transport()
     replicas = serve.deployment(**expert_replica_options(settings))(ExpertReplica).bind(plain)
     return gateway_deployment(settings).bind(replicas, plain)

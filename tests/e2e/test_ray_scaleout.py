@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("ray")
-    proc = ServerProcess(write_config(directory, seed_experts=[]), directory / "server.log",
+    proc = ServerProcess(write_config(directory, seed_experts=[], max_loras=3), directory / "server.log",
                          extra_args=("--ray", "--expert-replicas", "2"))
     proc.start(timeout=300)
     proc.adapter_root = directory / "adapters"  # type: ignore[attr-defined]
@@ -72,6 +72,12 @@ def test_cluster_routes_with_affinity_and_takes_new_experts_live(
         holders.add(probe["replica"])
         assert time.monotonic() < deadline, "no request found the adapter already loaded"
     later = [chat(client, q) for q in experts["sql"]["held_out"][1:5]]
+    # Every replica runs the settings the gateway loaded from --config (adapter slots: max_loras).
+    deadline = time.monotonic() + 30  # each replica reports on its health checks (every 5 s)
+    while len(fleet := admin.get("/admin/fleet").json()["replicas"]) < 2:
+        assert time.monotonic() < deadline, fleet
+        time.sleep(0.5)
+    assert {(r["adapter_slots"], r["settings"]["max_loras"]) for r in fleet} == {(3, 3)}
     assert {info["expert"] for info in later} == {"sql"}
     assert {info["replica"] for info in later} <= holders
     assert all(info["adapter_tier"] == "device" for info in later)

@@ -27,7 +27,9 @@ def free_port() -> int:
 
 def write_config(directory: Path, **overrides: object) -> Path:
     """A config for a test server: its own data dir, the demo experts, a writable adapter root. Overrides
-    name settings by key (`max_loras=1`) and are written into their groups."""
+    name settings by key (`max_loras=1`), written into their groups, or a whole group by its name
+    (`scale_out={"autoscaling": True}`)."""
+    from server.settings.groups import GROUPS
     from server.settings.sources import FLAT_KEYS
 
     (directory / "adapters").mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,9 @@ def write_config(directory: Path, **overrides: object) -> Path:
     }
     grouped: dict[str, dict[str, object]] = {}
     for key, value in config.items():
+        if key in GROUPS:
+            grouped.setdefault(key, {}).update(value)  # type: ignore[arg-type]
+            continue
         group, name = FLAT_KEYS[key]
         grouped.setdefault(group, {})[name] = value
     path = directory / "switchyard.yaml"
@@ -69,8 +74,9 @@ class ServerProcess:
     deterministic `FakeBackend` (tests/support/fake_server.py), which starts in seconds."""
 
     def __init__(self, config: Path, log_path: Path, extra_args: tuple[str, ...] = (),
-                 fake_backend: bool = False, token_delay: float = 0.0) -> None:
+                 fake_backend: bool = False, token_delay: float = 0.0, config_from_env: bool = False) -> None:
         self.config = config
+        self._config_from_env = config_from_env  # SWITCHYARD_CONFIG rather than --config
         self._extra_args = extra_args
         self._entry = (["-m", "tests.support.fake_server", "--token-delay", str(token_delay)] if fake_backend
                        else ["-m", "server.cli", "serve"])
@@ -82,10 +88,12 @@ class ServerProcess:
     def start(self, timeout: float = 300.0) -> ServerProcess:
         env = {**os.environ, "SWITCHYARD_SECURITY__ADMIN_TOKEN": ADMIN_TOKEN, "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
+        config_args = ["--config", str(self.config)]
+        if self._config_from_env:
+            env["SWITCHYARD_CONFIG"], config_args = str(self.config), []
         log = self._log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, *self._entry, "--config", str(self.config), "--port", str(self.port),
-             *self._extra_args],
+            [sys.executable, *self._entry, *config_args, "--port", str(self.port), *self._extra_args],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
