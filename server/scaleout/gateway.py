@@ -42,7 +42,8 @@ class Gateway:
             catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
             board = ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE)
             return ReplicaBackend(replicas, catalogue, board, settings.backend.base_model,
-                                  settings.limits.retry_after_seconds)
+                                  settings.limits.retry_after_seconds,
+                                  adapter_affinity=settings.scale_out.placement == "adapter_affinity")
 
         return create_app(self._settings, replica_backend)
 

@@ -154,9 +154,10 @@ class ExpertReplica:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[dict[str, Any] | GenerationChunk]:
         """Stream one generation. The first item (a dict) says where it ran; the rest are the backend's
         chunks, or a dict naming the error that stopped it."""
-        model_id = serve.get_multiplexed_model_id()  # the adapter, or a mixture's first component
+        model_id = serve.get_multiplexed_model_id()  # the adapter, or a mixture's first component; or none
+        first = request.adapter_keys[0] if request.adapter_keys else None  # (placement: any_replica)
         held: dict[str, LoadedExpert] = {}  # gateway key -> this replica's loaded copy, each acquired
-        cache_hit = model_id in self._held if model_id else None
+        cache_hit = first in self._held if first else None
         self._in_flight += 1
         try:
             for key in request.adapter_keys:  # a mixture needs every component in this replica's model

@@ -38,13 +38,15 @@ class ReplicaBackend:
 
     name = "ray"
 
-    def __init__(self, replicas: Any, catalogue: Any, board: Any, model_id: str, retry_after_seconds: int) -> None:
+    def __init__(self, replicas: Any, catalogue: Any, board: Any, model_id: str, retry_after_seconds: int,
+                 adapter_affinity: bool = True) -> None:
         self._replicas = replicas  # a DeploymentHandle to ExpertReplica
         self._catalogue = catalogue  # the AdapterCatalogue actor
         self._board = board  # the FleetBoard actor: what each replica last reported
         self.model_id = model_id
         self.device = "ray"  # the replicas' devices are theirs: `GET /admin/model` asks one
         self._retry_after = retry_after_seconds
+        self._affinity = adapter_affinity  # scale_out.placement: tag requests with their adapter, or not
         self._loop = asyncio.get_running_loop()  # built in the app's lifespan; leases may end on any thread
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -78,7 +80,7 @@ class ReplicaBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         keys = request.adapter_keys  # a mixture goes where its first component is (the replica loads the rest)
-        handle = self._replicas.options(multiplexed_model_id=keys[0] if keys else "", stream=True)
+        handle = self._replicas.options(multiplexed_model_id=keys[0] if keys and self._affinity else "", stream=True)
         stream = handle.generate.remote(request)  # the dataclasses travel as they are (pickled)
         try:
             placement = await stream.__anext__()

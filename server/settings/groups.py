@@ -233,6 +233,9 @@ class ScaleOutSettings(Group):
     expert_replicas: int = Field(2, ge=1, description="expert-serving replicas, each with the base model (the "
                                  "starting count when autoscaling)")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
+    placement: Literal["adapter_affinity", "any_replica"] = Field(
+        "adapter_affinity", description="adapter_affinity: a request goes to a replica that holds its adapter "
+        "when one exists (Serve's model multiplexing); any_replica ignores residency (bench/fleet.py's baseline)")
     autoscaling: bool = Field(False, description="scale expert replicas between min_expert_replicas and "
                               "max_expert_replicas on load (Ray Serve autoscaling)")
     min_expert_replicas: int = Field(1, ge=1, description="autoscaling: the fewest expert replicas")
