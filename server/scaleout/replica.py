@@ -101,7 +101,11 @@ class ExpertReplica:
         self._load_ms_total = 0.0
         self._held: dict[str, LoadedExpert] = {}  # mirrors Ray's LRU: added on load, dropped on eviction
         # Serve fixes an LRU's size when it is declared: declared per replica, it is the settings' slots.
-        self.expert = serve.multiplexed(max_num_models_per_replica=engine.max_loras)(self._load_expert)
+        # (A plain function, as Ray Serve LLM's server does: Serve keeps the LRU on the decorated object.)
+        async def load_expert(model_id: str) -> LoadedExpert:
+            return await self._load_expert(model_id)
+
+        self.expert = serve.multiplexed(max_num_models_per_replica=engine.max_loras)(load_expert)
 
     async def _load(self, files: dict[str, bytes]) -> tuple[str, Path]:
         """Write an adapter's bytes to this replica's scratch disk, check them as any adapter is checked,

@@ -71,9 +71,10 @@ def test_expert_replicas_scale_up_under_load_and_down_after_it_with_no_failed_re
 
     def load() -> None:  # long answers, so that each of the workers keeps a generation running
         while not stop.is_set():
-            try:
+            try:  # the generalist: Serve spreads it over every replica (an adapter's requests stay with the
+                # replicas holding it until those are full: max_ongoing_requests)
                 reply = client.chat.completions.create(
-                    model="auto", messages=[{"role": "user", "content": SQL}], max_tokens=24, temperature=0,
+                    model="base", messages=[{"role": "user", "content": SQL}], max_tokens=24, temperature=0,
                     extra_body={"ignore_eos": True})
                 served_by.add(reply.model_extra["switchyard"]["replica"])
             except openai.APIError as exc:
