@@ -12,19 +12,23 @@ import yaml
 
 from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, running, write_config
 
-SERVER_MODES = {"local": (), "ray": ("--ray",)}
+SERVER_MODES = {"local": (), "ray": ("--ray",), "ray-vllm": ("--ray",)}
 # Ray mode: the session server reads its settings from SWITCHYARD_CONFIG (test_ray_scaleout's cluster uses
 # --config), and its expert replicas autoscale 1 -> 2 on load (tests/e2e/test_fleet.py drives it).
 RAY_SETTINGS = {"scale_out": {"autoscaling": True, "min_expert_replicas": 1, "expert_replicas": 1,
                               "max_expert_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_seconds": 0,
                               "downscale_delay_seconds": 5, "replica_drain_seconds": 60},
                 "max_loras": 6}
+# ray-vllm: the same contract with one vLLM expert replica (vLLM's CPU build here; one GPU each on a cluster).
+MODE_SETTINGS = {"local": {}, "ray": RAY_SETTINGS, "ray-vllm": {"backend": "vllm", "max_batch_size": 8, "max_loras": 6,
+                                                                "scale_out": {"expert_replicas": 1}}}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--server-mode", choices=sorted(SERVER_MODES), default="local",
-                     help="run the session server on one machine (default) or on a local Ray cluster: the "
-                          "contract suite (tests marked `contract`) runs unchanged against both")
+                     help="run the session server on one machine (default) or on a local Ray cluster, with "
+                          "transformers or vLLM expert replicas: the contract suite (tests marked `contract`) "
+                          "runs unchanged against each")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,10 +49,9 @@ def server_mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, server_mode: str) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("server")
-    ray = server_mode == "ray"
-    config = write_config(directory, **(RAY_SETTINGS if ray else {}))
+    config = write_config(directory, **MODE_SETTINGS[server_mode])
     with running(ServerProcess(config, directory / "server.log", extra_args=SERVER_MODES[server_mode],
-                               config_from_env=ray), directory) as proc:
+                               config_from_env=server_mode != "local"), directory, timeout=600) as proc:
         yield proc
 
 

@@ -48,7 +48,7 @@ def write_config(directory: Path, **overrides: object) -> Path:
     }
     grouped: dict[str, dict[str, object]] = {}
     for key, value in config.items():
-        if key in GROUPS:
+        if key in GROUPS and isinstance(value, dict):
             grouped.setdefault(key, {}).update(value)  # type: ignore[arg-type]
             continue
         group, name = FLAT_KEYS[key]
