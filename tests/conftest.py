@@ -32,7 +32,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In Ray mode only the contract suite runs: the other e2e modules start servers of their own."""
+    """Tests marked `last` (they break the session server on purpose) run after the rest. In Ray mode only
+    the contract suite runs: the other e2e modules start servers of their own."""
+    items.sort(key=lambda item: "last" in item.keywords)  # stable: the rest keep their order
     if config.getoption("--server-mode") == "local":
         return
     skip = pytest.mark.skip(reason="not part of the contract suite run against a Ray cluster")
