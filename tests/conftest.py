@@ -35,26 +35,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests marked `last` (they break the session server on purpose) run after the rest. In Ray mode only
     the contract suite runs: the other e2e modules start servers of their own."""
     items.sort(key=lambda item: "last" in item.keywords)  # stable: the rest keep their order
-    for item in items:  # `pytest -n 2 --dist loadgroup` (scripts/test.sh): see xdist_group
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
     if config.getoption("--server-mode") == "local":
         return
     skip = pytest.mark.skip(reason="not part of the contract suite run against a Ray cluster")
     for item in items:
         if "contract" not in item.keywords:
             item.add_marker(skip)
-
-
-def xdist_group(item: pytest.Item) -> str:
-    """Which tests one xdist worker runs together: a module's tests share its module-scoped server; the
-    backend package shares one server per backend (one vLLM engine); the Ray tests each start a cluster on
-    the machine's one set of Ray ports, so one worker runs them one after the other."""
-    path = item.path.relative_to(Path(__file__).parent)
-    if "ray" in item.keywords:
-        return "ray"
-    if path.parts[:2] == ("e2e", "backends"):
-        return "e2e-backends"
-    return str(path.with_suffix(""))
 
 
 @pytest.fixture(scope="session")
