@@ -126,17 +126,19 @@ def test_config_check_prints_the_effective_settings_with_secrets_redacted(tmp_pa
 
 def test_serve_ray_hands_its_deployment_the_file_it_checked(tmp_path: Path, cli,  # noqa: ANN001
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """With SWITCHYARD_CONFIG and no --config, Ray mode once built its settings without the file."""
+    """With SWITCHYARD_CONFIG and no --config, Ray mode once built its settings without the file: now it
+    hands its application the settings it loaded (file, environment and flags)."""
     from server.scaleout import app
 
-    started: list[Path | None] = []
-    monkeypatch.setattr(app, "run", lambda settings_file, *_: started.append(settings_file) or 0)
+    started: list[Settings] = []
+    monkeypatch.setattr(app, "run", lambda settings: started.append(settings) or 0)
     config = _config(tmp_path, {"router": "centroid", "router_params": {}})
     try:
-        done = cli("serve", "--ray", config_env=config)
+        done = cli("serve", "--ray", "--expert-replicas", "3", config_env=config)
     finally:
         config.unlink()
-    assert done.returncode == 0 and started == [config], (done.stderr, started)
+    assert done.returncode == 0 and len(started) == 1, (done.stderr, started)
+    assert (started[0].routing.router, started[0].scale_out.expert_replicas) == ("centroid", 3)
 
 
 @pytest.mark.parametrize("variable, value", [("SWITCHYARD_SECURITY__ADMIN_TOKEN", ""),
