@@ -21,7 +21,7 @@ fi
 SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "${coverage[@]}" "$@"
 # The whole run also drives the contract suite (tests marked `contract`) against a local Ray cluster:
 # the same tests, with the session server on Ray Serve, its expert replicas autoscaled transformers ones
-# (about 4 minutes), then one vLLM replica (vLLM's CPU build; about 5 minutes).
+# (about 3 minutes), then one vLLM replica (vLLM's CPU build; about 6 minutes, its fault test included).
 if [ $# -eq 0 ]; then
   python -m pytest -q --server-mode ray -m contract "${coverage[@]}"
   python -m pytest -q --server-mode ray-vllm -m contract "${coverage[@]}"
