@@ -210,15 +210,13 @@ class Metrics:
                   "seconds": self.replica_adapter_load_seconds}
         for gauge in gauges.values():
             gauge.clear()
-        for view in replicas:
-            if "adapter_loads" not in view:  # one machine's backend: its own counters say the same
-                continue
+        for view in replicas:  # ExpertReplica.report, as the fleet board keeps it
             replica = str(view["replica"])
-            gauges["resident"].labels(replica).set(len(view.get("resident_adapters") or []))
-            gauges["in_flight"].labels(replica).set(view.get("in_flight", 0))
+            gauges["resident"].labels(replica).set(len(view["resident_adapters"]))
+            gauges["in_flight"].labels(replica).set(view["in_flight"])
             gauges["loads"].labels(replica).set(view["adapter_loads"])
-            gauges["evictions"].labels(replica).set(view.get("adapter_evictions", 0))
-            gauges["seconds"].labels(replica).set(view.get("adapter_load_ms_total", 0.0) / 1000)
+            gauges["evictions"].labels(replica).set(view["adapter_evictions"])
+            gauges["seconds"].labels(replica).set(view["adapter_load_ms_total"] / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

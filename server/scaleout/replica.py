@@ -99,6 +99,7 @@ class ExpertReplica:
         self._keys = itertools.count(1)
         self._loads = self._evictions = self._in_flight = 0
         self._load_ms_total = 0.0
+        self._problems: list[str] = []  # the engine's, as the last health check found them
         self._held: dict[str, LoadedExpert] = {}  # mirrors Ray's LRU: added on load, dropped on eviction
         # Serve fixes an LRU's size when it is declared: declared per replica, it is the settings' slots.
         # (A plain function, as Ray Serve LLM's server does: Serve keeps the LRU on the decorated object.)
@@ -193,24 +194,24 @@ class ExpertReplica:
     async def check_health(self) -> None:
         """Serve's periodic health check: report to the fleet board, and fail when the engine is broken so
         that Serve replaces this replica (its experts are fetched from the catalogue again)."""
-        problems = await self._backend.health()
-        self._publish(problems)
-        if problems:
-            raise RuntimeError(f"replica {self._replica}: {'; '.join(problems)}")
+        self._problems = await self._backend.health()
+        self._publish()
+        if self._problems:
+            raise RuntimeError(f"replica {self._replica}: {'; '.join(self._problems)}")
 
-    def report(self, problems: list[str] | None = None) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         """What `GET /admin/fleet` and the per-replica metrics show of this replica."""
         engine = self._settings.backend
         return {"replica": self._replica, "node": ray.get_runtime_context().get_node_id(),
                 "engine": self._backend.name, "device": self._backend.device, "adapter_slots": engine.max_loras,
                 "resident_adapters": sorted(self._held), "in_flight": self._in_flight,
-                "healthy": not problems, "problems": list(problems or []), "adapter_loads": self._loads,
+                "healthy": not self._problems, "problems": self._problems, "adapter_loads": self._loads,
                 "adapter_evictions": self._evictions, "adapter_load_ms_total": round(self._load_ms_total, 3),
                 "settings": {"router": self._settings.routing.router, "backend": engine.kind,
                              "max_loras": engine.max_loras, "base_model": engine.base_model}}
 
-    def _publish(self, problems: list[str] | None = None) -> None:
-        self._board.report.remote(self.report(problems))  # not awaited: the board is informational
+    def _publish(self) -> None:
+        self._board.report.remote(self.report())  # not awaited: the board is informational
 
     def __del__(self) -> None:
         """Serve stops this replica (after draining it): leave the board now rather than go stale."""
