@@ -33,6 +33,11 @@ class ManifestError(ExpertError):
     """The persistent manifest could not be written; the registry change was rolled back."""
 
 
+class RegistryMoved(ExpertError):
+    """Another gateway changed the shared registry while this write was being prepared; nothing was
+    written, and the same request can be sent again."""
+
+
 class DocumentsRejected(ExpertError):
     """Documents or an index that cannot be used: unparsable upload, unreadable directory, bad segment."""
 

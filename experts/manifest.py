@@ -3,6 +3,11 @@
 SQLite in WAL mode gives atomic, durable commits from the standard library: a registration is
 acknowledged only after its row is committed, so a crash never loses an acknowledged expert and never
 leaves half of one.
+
+Several gateways can share one manifest (Ray mode, `server/scaleout/registry_store.py`). Two things make
+that safe: every change commits only over an older registry version (`RegistryMoved` otherwise: another
+gateway wrote first), and `changes_since` gives a follower what changed after the version it has (rows
+of newer versions, tombstones of removed experts), so it applies changes incrementally.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experts.errors import ManifestError
+from experts.errors import ManifestError, RegistryMoved
 from experts.spec import ExpertSpec
 
 _SCHEMA = """
@@ -28,6 +35,7 @@ CREATE TABLE IF NOT EXISTS experts (
     index_json TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS removed (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,
@@ -55,8 +63,26 @@ class ManifestRecord:
     index_state: dict[str, Any] | None = None  # retrievers: the segments and deletions of their index
 
 
+@dataclass(frozen=True)
+class ManifestChanges:
+    """What changed after a version: the experts written since (current rows), the names removed since,
+    and the generalist's examples when they changed."""
+
+    version: int
+    records: list[ManifestRecord]
+    removed: list[str]
+    generalist_examples: list[str] | None
+
+
 class Manifest:
     """A small, synchronous store; calls are short and serialised by the registry's writer lock."""
+
+    shared = False  # one registry writes it; several gateways share a `RemoteManifest`
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[None]:
+        """The writer lease of a shared manifest; this one has a single writer, so there is none to take."""
+        yield
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,14 +97,37 @@ class Manifest:
 
     def load(self) -> tuple[int, list[ManifestRecord]]:
         """Return the last registry version and every registered expert, oldest first."""
+        changes = self.changes_since(0)
+        return changes.version, changes.records
+
+    def changes_since(self, version: int) -> ManifestChanges:
+        """Every change after `version`, read in one transaction (a consistent view)."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key='registry_version'").fetchone()
-            rows = self._db.execute(
-                "SELECT spec_json, version, adapter_version, index_json FROM experts ORDER BY version").fetchall()
-        records = [ManifestRecord(ExpertSpec.model_validate_json(spec), version, adapter,
+            self._db.execute("BEGIN")
+            try:
+                current = self._meta_int("registry_version")
+                rows = self._db.execute(
+                    "SELECT spec_json, version, adapter_version, index_json FROM experts WHERE version > ? "
+                    "ORDER BY version", (version,)).fetchall()
+                removed = [name for (name,) in self._db.execute(
+                    "SELECT name FROM removed WHERE version > ? ORDER BY version", (version,))]
+                generalist = (self._generalist_examples() if self._meta_int("generalist_version") > version
+                              else None)
+            finally:
+                self._db.execute("COMMIT")
+        records = [ManifestRecord(ExpertSpec.model_validate_json(spec), row_version, adapter,
                                   json.loads(index) if index else None)
-                   for spec, version, adapter, index in rows]
-        return (int(row[0]) if row else 0), records
+                   for spec, row_version, adapter, index in rows]
+        return ManifestChanges(current, records, removed, generalist)
+
+    def stamp(self) -> tuple[int, int]:
+        """(registry version, settings serial): a follower compares stamps to know what to re-read."""
+        with self._lock:
+            return self._meta_int("registry_version"), self._meta_int("settings_serial")
+
+    def _meta_int(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return int(row[0]) if row else 0
 
     def get_setting(self, key: str) -> str | None:
         """A value stored beside the experts (e.g. the calibrated fallback rule), or None."""
@@ -96,6 +145,7 @@ class Manifest:
     def put_setting(self, key: str, value: str | None) -> None:
         with self._lock:
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 if value is None:
                     self._db.execute("DELETE FROM meta WHERE key=?", (f"setting:{key}",))
                 else:
@@ -104,21 +154,28 @@ class Manifest:
                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                         (f"setting:{key}", value),
                     )
+                self._set_meta("settings_serial", self._meta_int("settings_serial") + 1)
+                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise ManifestError(f"the setting {key!r} could not be stored: {exc}") from exc
 
     def put_generalist_examples(self, examples: list[str], version: int) -> None:
         """Queries that feedback said the generalist should answer, with the new registry version."""
         self._write(
-            "INSERT INTO meta(key, value) VALUES ('generalist_examples', ?) "
+            "INSERT INTO meta(key, value) VALUES ('generalist_examples', ?), ('generalist_version', ?) "
             "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (json.dumps(examples),),
+            (json.dumps(examples), str(version)),
             version,
         )
 
     def generalist_examples(self) -> list[str]:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key='generalist_examples'").fetchone()
+            return self._generalist_examples()
+
+    def _generalist_examples(self) -> list[str]:
+        row = self._db.execute("SELECT value FROM meta WHERE key='generalist_examples'").fetchone()
         return json.loads(row[0]) if row else []
 
     def add_feedback(self, target: str, text: str) -> int:
@@ -156,6 +213,7 @@ class Manifest:
             (spec.name, version, adapter_version, spec.model_dump_json(exclude_none=True), time.time(),
              json.dumps(index_state) if index_state is not None else None),
             version,
+            ("DELETE FROM removed WHERE name=?", (spec.name,)),
         )
 
     def put_version(self, version: int) -> None:
@@ -163,24 +221,34 @@ class Manifest:
         self._write("SELECT 1", (), version)
 
     def delete(self, name: str, version: int) -> None:
-        self._write("DELETE FROM experts WHERE name=?", (name,), version)
+        self._write("DELETE FROM experts WHERE name=?", (name,), version,
+                    ("INSERT INTO removed(name, version) VALUES (?, ?) "
+                     "ON CONFLICT(name) DO UPDATE SET version=excluded.version", (name, version)))
 
-    def _write(self, sql: str, params: tuple[object, ...], version: int) -> None:
-        """Apply one change and the new registry version in a single transaction."""
+    def _write(self, sql: str, params: tuple[object, ...], version: int,
+               *more: tuple[str, tuple[object, ...]]) -> None:
+        """Apply one change (and `more`) and the new registry version in a single transaction, only over
+        an older version: an equal or newer one means another gateway committed first (`RegistryMoved`)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, params)
-                self._db.execute(
-                    "INSERT INTO meta(key, value) VALUES ('registry_version', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (str(version),),
-                )
+                current = self._meta_int("registry_version")
+                if current >= version:
+                    self._db.execute("ROLLBACK")
+                    raise RegistryMoved(f"the registry moved to version {current} while this change (version "
+                                        f"{version}) was prepared; send it again")
+                for statement, values in ((sql, params), *more):
+                    self._db.execute(statement, values)
+                self._set_meta("registry_version", version)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise ManifestError(f"the expert manifest could not be written: {exc}") from exc
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, str(value)))
 
     def close(self) -> None:
         with self._lock:

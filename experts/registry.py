@@ -6,6 +6,11 @@ lock and follow the same order every time: check, load and validate completely, 
 failure before publishing undoes what was done, so a refused registration leaves the registry exactly
 as it was.
 
+Several registries may share one manifest (gateways in Ray mode: `Manifest.shared`). Each then follows it:
+`catch_up` applies what the others committed (new, replaced and removed experts, examples, the
+generalist's examples) incrementally, and every write first takes the manifest's writer lease and catches
+up, so versions stay one sequence and a write is checked against the registry as it is now.
+
 A running request holds a `Lease` on the expert version it was routed to. Removing or replacing an expert
 retires the old version: it disappears from the next snapshot at once, and its adapter is unloaded when
 its last lease is released (the drain).
@@ -16,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import MappingProxyType
 
@@ -32,8 +38,9 @@ from experts.errors import (
     ExpertExists,
     ExpertGone,
     ExpertNotFound,
+    ManifestError,
 )
-from experts.manifest import Manifest, ManifestRecord
+from experts.manifest import Manifest, ManifestChanges, ManifestRecord
 from experts.retrieval.index import DocumentIndex
 from experts.retrieval.store import SegmentStore
 from experts.spec import ExpertSpec
@@ -147,6 +154,69 @@ class ExpertRegistry:
 
     # -- writes -----------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """Serialise a write. For a shared manifest: its writer lease first (this registry keeps following
+        while it waits), then this registry's lock, then catch up with what other registries committed."""
+        if self._manifest is None or not self._manifest.shared:
+            async with self._write_lock:
+                yield
+            return
+        async with self._manifest.writer(), self._write_lock:
+            await self._apply(await asyncio.to_thread(self._manifest.changes_since, self._snapshot.version))
+            yield
+
+    async def catch_up(self) -> bool:
+        """Apply what other registries committed to a shared manifest; True when anything changed."""
+        if self._manifest is None:
+            return False
+        async with self._write_lock:
+            changes = await asyncio.to_thread(self._manifest.changes_since, self._snapshot.version)
+            return await self._apply(changes)
+
+    async def _apply(self, changes: ManifestChanges) -> bool:
+        """Publish committed changes another registry made: removals, newer expert versions (an adapter
+        or index that is the same as ours is shared, not reloaded) and the generalist's examples."""
+        if changes.version <= self._snapshot.version:
+            return False
+        experts, retired = dict(self._snapshot.experts), []
+        for name in changes.removed:
+            if name in experts:
+                retired.append(experts.pop(name))
+            self.failed.pop(name, None)
+        for record in changes.records:
+            name, current = record.spec.name, experts.get(record.spec.name)
+            if current is not None and current.version >= record.version:
+                continue
+            try:
+                expert = await self._follow(record, current)
+            except (AdapterRejected, DocumentsRejected, EncoderRejected, ManifestError, OSError) as exc:
+                log.error("expert %r version %d could not be followed: %s", name, record.version, exc)
+                self.failed[name] = str(exc)
+                if current is not None:
+                    retired.append(experts.pop(name))
+                continue
+            experts[name] = expert
+            self.failed.pop(name, None)
+            if current is not None and current.resource is not expert.resource:
+                retired.append(current)
+        if changes.generalist_examples is not None:
+            await self._set_generalist(changes.generalist_examples)
+        self._publish(experts, changes.version)
+        for expert in retired:
+            self._retire(expert)
+        return True
+
+    async def _follow(self, record: ManifestRecord, current: Expert | None) -> Expert:
+        """Our copy of a version another registry committed."""
+        spec = record.spec
+        if current is not None and current.resource.version == record.adapter_version:  # examples only
+            embeddings = await asyncio.to_thread(self._embed_examples, spec.routing_texts())
+            return Expert(spec=spec, version=record.version, example_embeddings=embeddings, resource=current.resource)
+        if spec.kind == "retriever":
+            return await self._restore_retriever(record, current)
+        return await self._load(spec, record.version, restoring=True, adapter_version=record.adapter_version)
+
     async def restore(self) -> None:
         """Load every expert in the manifest (on start). An expert that fails is reported, not fatal."""
         if self._manifest is None:
@@ -174,12 +244,15 @@ class ExpertRegistry:
         return {e.name: {s.id for s in e.resource.index.segments}
                 for e in self._snapshot.experts.values() if e.resource.index is not None}
 
-    async def _restore_retriever(self, record: ManifestRecord) -> Expert:
+    async def _restore_retriever(self, record: ManifestRecord, current: Expert | None = None) -> Expert:
+        """A retriever from its manifest record; segments `current`'s index already holds are shared."""
         spec, state = record.spec, record.index_state or {}
         if self._segments is None or self._load_encoder is None:
             raise DocumentsRejected("this registry has no retriever support configured")
         encoder = await asyncio.to_thread(self._load_encoder, spec.encoder)
-        segments = [await asyncio.to_thread(self._segments.read, spec.name, int(i), encoder.device)
+        held = {s.id: s for s in current.resource.index.segments} if current and current.resource.index else {}
+        segments = [held[int(i)] if int(i) in held
+                    else await asyncio.to_thread(self._segments.read, spec.name, int(i), encoder.device)
                     for i in state.get("segments", [])]
         index = DocumentIndex(segments, state.get("deleted", {}), int(state.get("dim", encoder.dim)))
         if index.dim != encoder.dim:
@@ -193,7 +266,7 @@ class ExpertRegistry:
                                 replace: bool = False) -> Expert:
         """Publish a retriever whose index an indexing job has built and written; on refusal the job's
         segments are deleted, so nothing half-indexed remains."""
-        async with self._write_lock:
+        async with self._writing():
             try:
                 previous = self._snapshot.experts.get(spec.name)
                 if replace and previous is None:
@@ -218,7 +291,7 @@ class ExpertRegistry:
 
         `written` holds segments an indexing job wrote for this change; they are deleted if it is refused.
         """
-        async with self._write_lock:
+        async with self._writing():
             try:
                 current = self._snapshot.experts.get(name)
                 if current is None:
@@ -245,7 +318,7 @@ class ExpertRegistry:
         Its manifest record stays, so a restart retries it and an operator can replace it (PUT) or remove
         it; requests already running on it finish.
         """
-        async with self._write_lock:
+        async with self._writing():
             expert = next((e for e in self._snapshot.experts.values() if e.backend_key == key), None)
             if expert is None:
                 return None
@@ -259,20 +332,20 @@ class ExpertRegistry:
             return expert
 
     async def add(self, spec: ExpertSpec) -> Expert:
-        async with self._write_lock:
+        async with self._writing():
             if spec.name in self._snapshot.experts:
                 raise ExpertExists(f"an expert named {spec.name!r} already exists; use PUT to replace it")
             return await self._install(spec, previous=None)
 
     async def replace(self, spec: ExpertSpec) -> Expert:
-        async with self._write_lock:
+        async with self._writing():
             previous = self._snapshot.experts.get(spec.name)
             if previous is None:
                 raise ExpertNotFound(f"no expert named {spec.name!r}")
             return await self._install(spec, previous=previous)
 
     async def remove(self, name: str) -> Expert | None:
-        async with self._write_lock:
+        async with self._writing():
             expert = self._snapshot.experts.get(name)
             if expert is None and name in self.failed:  # failed on restore or later: drop its record
                 version = self._snapshot.version + 1
@@ -344,7 +417,7 @@ class ExpertRegistry:
 
         This is how routing feedback takes effect without a restart and stays undoable.
         """
-        async with self._write_lock:
+        async with self._writing():
             current = self._snapshot.experts.get(name)
             if current is None:
                 raise ExpertNotFound(f"no expert named {name!r}")
@@ -364,7 +437,7 @@ class ExpertRegistry:
 
     async def update_generalist_examples(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> int:
         """Add or remove queries that the generalist should answer; returns the new registry version."""
-        async with self._write_lock:
+        async with self._writing():
             dropped = set(remove)
             examples = [e for e in self._snapshot.generalist_examples if e not in dropped]
             examples += [e for e in dict.fromkeys(add) if e not in examples]

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -25,6 +26,7 @@ from routers.batching import MicroBatcher
 from routers.embedding_cache import EmbeddingCache
 from routers.policies import create_router
 from server.api import admin, openai, ops
+from server.api.gateway_headers import GatewayHeaders
 from server.api.limits import BodyLimits
 from server.chat.completions import CompletionService
 from server.chat.generation import GenerationService
@@ -37,7 +39,7 @@ from server.observability.metrics import Metrics
 from server.retrieval.grounding import GroundingService
 from server.retrieval.indexing import IndexingService
 from server.retrieval.service import RetrievalService
-from server.routing.affinity import SessionStore
+from server.routing.affinity import Sessions, SessionStore
 from server.routing.calibration import restore_rule
 from server.routing.feedback import FeedbackService
 from server.routing.service import RoutingService
@@ -63,6 +65,21 @@ def _index_builder(router: Router):  # noqa: ANN202 - returns the registry's Ind
 BackendFactory = Callable[[Settings], Awaitable[Backend]]
 
 
+@dataclass(frozen=True)
+class SharedRegistry:
+    """What a gateway shares with the other gateways of a Ray cluster (`server/scaleout/gateway.py`): the
+    store's manifest, the sessions, and `follow`, which keeps this gateway's registry up with the store
+    for the app's life. One machine has none: its manifest is the data directory's."""
+
+    gateway: str  # this gateway's id (the fleet view's, the decision record's, the jobs' owner)
+    manifest: Manifest
+    sessions: Sessions | None
+    follow: Callable[[AppState], Awaitable[None]]  # also resumes the jobs of gateways that died
+
+
+SharedFactory = Callable[[Settings], Awaitable[SharedRegistry]]
+
+
 async def local_backend(settings: Settings) -> Backend:
     """The backend of one machine: the base model in this process (transformers+PEFT or vLLM)."""
     engine = settings.backend
@@ -70,9 +87,11 @@ async def local_backend(settings: Settings) -> Backend:
     return await asyncio.to_thread(create_backend, engine, model_dir, engine.resolved_device())
 
 
-async def build_state(settings: Settings, backend_factory: BackendFactory = local_backend) -> AppState:
-    """Every long-lived object of the request path. The backend is the one part that differs between one
-    machine (`local_backend`) and a Ray cluster (`server/scaleout/gateway.py`: generation on replicas)."""
+async def build_state(settings: Settings, backend_factory: BackendFactory = local_backend,
+                      shared_factory: SharedFactory | None = None) -> AppState:
+    """Every long-lived object of the request path. Two parts differ between one machine and a Ray cluster
+    (`server/scaleout/gateway.py`): the backend (generation on replicas) and, for a gateway, the shared
+    registry store and sessions."""
     server, routing_settings, security = settings.server, settings.routing, settings.security
     limits, data_dir = settings.limits, settings.server.data_dir
     device = settings.backend.resolved_device()
@@ -81,7 +100,8 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
     encoder = await asyncio.to_thread(shared_encoder, settings.encoder_config(), device)
     backend = await backend_factory(settings)
     metrics = Metrics()
-    manifest = Manifest(data_dir / "manifest.sqlite3")
+    shared = await shared_factory(settings) if shared_factory is not None else None
+    manifest = shared.manifest if shared is not None else Manifest(data_dir / "manifest.sqlite3")
     encoders = EncoderPool(encoder, security.encoder_roots, device)
     segments = SegmentStore(data_dir / "retrievers")
     registry = ExpertRegistry(
@@ -95,24 +115,33 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
         segments=segments,
         load_encoder=encoders.load,
     )
-    for scratch in ("experts", "adapters/uploads", "documents"):  # left by writes a crash interrupted
-        remove_scratch(data_dir / scratch)
-    await registry.restore()
-    segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
+    if shared is None:
+        for scratch in ("experts", "adapters/uploads", "documents"):  # left by writes a crash interrupted
+            remove_scratch(data_dir / scratch)
+        await registry.restore()
+        segments.collect(registry.published_segments())  # orphans of a crash between segment write and commit
+    else:  # other gateways may be writing: only what writes under the lease leave is ours to clean
+        async with manifest.writer():
+            remove_scratch(data_dir / "experts")
+            await registry.restore()
     # The bulk twin is built now, on the bulk thread, so its ONNX Runtime threads inherit its low priority
     # and its memory is part of the baseline, not a surprise under load.
     lanes = Lanes()
     await lanes.build_bulk_encoder(encoder, lambda: shared_encoder(settings.encoder_config(), device, bulk=True))
     indexing = IndexingService(registry, encoders, segments, settings.retrieval,
-                               [*security.document_roots, data_dir / "documents"], data_dir, metrics, lanes, manifest)
-    await indexing.resume()  # jobs acknowledged (202) before a crash or restart
+                               [*security.document_roots, data_dir / "documents"], data_dir, metrics, lanes, manifest,
+                               owner=shared.gateway if shared is not None else None)
+    if shared is None:
+        await indexing.resume()  # jobs acknowledged (202) before a crash or restart
     await seed_registry(registry, indexing, server.seed_experts)
     metrics.experts.set(len(registry.snapshot.experts))
     metrics.registry_version.set(registry.snapshot.version)
     batcher = MicroBatcher(encoder.encode, routing_settings.encoder_max_batch, routing_settings.encoder_max_wait_ms,
                            lanes.routing)
-    sessions = (SessionStore(routing_settings.session_max_entries, routing_settings.session_ttl_seconds)
-                if routing_settings.session_affinity else None)
+    sessions: Sessions | None = None
+    if routing_settings.session_affinity:
+        sessions = (shared.sessions if shared is not None else
+                    SessionStore(routing_settings.session_max_entries, routing_settings.session_ttl_seconds))
     generalist = routing_settings.generalist_name
     routing = RoutingService(encoder, batcher, router, registry, metrics, generalist, lanes,
                              context=routing_settings.conversation_context(), mixture=routing_settings.mixture_params(),
@@ -132,24 +161,32 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
     if security.admin_token is None and not security.insecure_dev_admin:
         log.warning("no admin token configured: the admin API is disabled (set SWITCHYARD_SECURITY__ADMIN_TOKEN)")
     feedback = FeedbackService(registry, manifest, generalist)
-    return AppState(
+    state = AppState(
         settings=settings, metrics=metrics, encoder=encoder, batcher=batcher, backend=backend, registry=registry,
         manifest=manifest, routing=routing, chat=ChatService(generation, settings.generation),
         completions=CompletionService(generation, settings.generation),
         responses=ResponsesService(generation, settings.generation), feedback=feedback, admission=admission,
         indexing=indexing, retrieval=retrieval, embeddings=embeddings, lanes=lanes, started_at=time.time())
+    if shared is not None:
+        state.follower = asyncio.create_task(shared.follow(state), name="follow the registry store")
+    return state
 
 
-def create_app(settings: Settings, backend_factory: BackendFactory = local_backend) -> FastAPI:
+def create_app(settings: Settings, backend_factory: BackendFactory = local_backend,
+               shared_factory: SharedFactory | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await build_state(settings, backend_factory)
+        state = await build_state(settings, backend_factory, shared_factory)
         app.state.switchyard = state
         log.info("switchyard ready: %d experts, router %s", len(state.registry.snapshot.experts),
                  settings.routing.router)
         try:
             yield
         finally:
+            if state.follower is not None:
+                state.follower.cancel()
+                with suppress(asyncio.CancelledError):
+                    await state.follower
             await state.indexing.close()
             await state.batcher.close()
             await state.backend.close()
@@ -165,6 +202,7 @@ def create_app(settings: Settings, backend_factory: BackendFactory = local_backe
     if security.cors_origins:  # closed by default: browsers get no cross-origin access unless configured
         app.add_middleware(CORSMiddleware, allow_origins=security.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
+    app.add_middleware(GatewayHeaders)
     app.add_middleware(BodyLimits, max_bytes=limits.max_request_bytes, body_timeout=limits.body_timeout_seconds,
                        overrides=dict.fromkeys(admin.UPLOAD_PREFIXES, limits.max_upload_bytes))
     app.include_router(openai.api)

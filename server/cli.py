@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                        "(scale_out.ray_address)")
     serve.add_argument("--expert-replicas", type=int, help="Ray mode: expert-serving replicas "
                        "(scale_out.expert_replicas, default 2)")
+    serve.add_argument("--gateway-replicas", type=int, help="Ray mode: gateways over the one registry store "
+                       "(scale_out.gateway_replicas, default 1)")
 
     prepare = sub.add_parser("prepare", help="convert and cache the base model without serving")
     prepare.add_argument("--config", type=Path)
@@ -86,7 +88,8 @@ def _load_settings(args: argparse.Namespace, **overrides: object):  # noqa: ANN2
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _load_settings(args, server={"host": args.host, "port": args.port},
-                              scale_out={"expert_replicas": args.expert_replicas, "ray_address": args.ray_address})
+                              scale_out={"expert_replicas": args.expert_replicas, "ray_address": args.ray_address,
+                                         "gateway_replicas": args.gateway_replicas})
     if args.ray:
         from server.scaleout.app import run
 

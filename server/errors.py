@@ -30,6 +30,7 @@ from experts.errors import (
     ManifestError,
     MixtureRejected,
     PromptTooLong,
+    RegistryMoved,
     RowFailed,
     SamplingRejected,
     UploadExists,
@@ -75,6 +76,7 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     ManifestError: (503, "server_error", "storage_unavailable"),
     AdapterUnavailable: (503, "server_error", "expert_failed"),
     UploadExists: (409, "conflict_error", "upload_exists"),
+    RegistryMoved: (409, "conflict_error", "registry_moved"),
     RowFailed: (500, "server_error", "generation_failed"),
     EngineUnavailable: (503, "server_error", "engine_unavailable"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from experts.backends import Backend
@@ -45,3 +46,4 @@ class AppState:
     lanes: Lanes
     started_at: float
     console: ConsoleSessions = field(default_factory=ConsoleSessions)  # signed-in /console browsers
+    follower: asyncio.Task[None] | None = None  # Ray gateways: keeps the registry up with the shared store

@@ -21,7 +21,7 @@ from routers.capability_suggestions import suggest_capabilities
 from routers.labelled_data import LabelledDataError, parse_labelled_turns
 from server.api.deps import AdminAccess, State
 from server.failures import InvalidRequest, NotFound
-from server.observability.fleet import gateway_id, replica_views
+from server.observability.fleet import gateway_id, gateway_view, gateway_views, replica_views
 from server.protocol import (
     AdapterUploaded,
     CalibrationOut,
@@ -299,11 +299,9 @@ async def model_integrity(state: State) -> dict[str, Any]:
 async def fleet(state: State) -> dict[str, Any]:
     """The gateway and every engine instance generating for it: engine, resident adapters, in-flight
     generations, health (server/observability/fleet.py)."""
-    snapshot = state.registry.snapshot
     replicas = await replica_views(state.backend, state.registry, state.admission.in_flight)
-    gateway = {"gateway": gateway_id(), "registry_version": snapshot.version, "experts": len(snapshot.experts),
-               "in_flight": state.admission.in_flight, "backend": state.backend.name}
-    return {"gateways": [gateway], "replicas": replicas}
+    own = gateway_view(gateway_id(), state.registry, state.backend, state.admission.in_flight)
+    return {"gateways": await gateway_views(state.backend, own), "replicas": replicas}
 
 
 @api.get("/calibration")

@@ -8,6 +8,7 @@ health and adapter load counts. The same views feed the per-replica metrics.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from typing import Any, Protocol, runtime_checkable
@@ -18,15 +19,37 @@ from experts.registry import ExpertRegistry
 
 @runtime_checkable
 class ReportsReplicas(Protocol):
-    """A backend whose generation runs elsewhere, on replicas that report themselves (Ray mode)."""
+    """A backend whose generation runs elsewhere, on replicas that report themselves, behind gateways
+    that report themselves too (Ray mode)."""
 
     async def replicas(self) -> list[dict[str, Any]]:
         ...
 
+    async def gateways(self) -> list[dict[str, Any]]:
+        ...
 
+
+@functools.cache
 def gateway_id() -> str:
     """This gateway process, as the fleet view and the decision record name it."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def gateway_view(gateway: str, registry: ExpertRegistry, backend: Backend, in_flight: int,
+                 applied_at: float | None = None) -> dict[str, Any]:
+    """One gateway: its registry version (and when it applied it, wall clock), experts and load."""
+    snapshot = registry.snapshot
+    return {"gateway": gateway, "registry_version": snapshot.version, "applied_at": applied_at,
+            "experts": len(snapshot.experts), "in_flight": in_flight, "backend": backend.name, "healthy": True}
+
+
+async def gateway_views(backend: Backend, own: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every gateway: the others' last reports and this one's own view, now."""
+    reported = await backend.gateways() if isinstance(backend, ReportsReplicas) else []
+    mine = next((g for g in reported if g["gateway"] == own["gateway"]), None)
+    if mine is not None and mine["registry_version"] == own["registry_version"]:  # when it applied it
+        own = {**own, "applied_at": mine.get("applied_at")}
+    return sorted([*(g for g in reported if g["gateway"] != own["gateway"]), own], key=lambda g: g["gateway"])
 
 
 async def replica_views(backend: Backend, registry: ExpertRegistry, in_flight: int) -> list[dict[str, Any]]:

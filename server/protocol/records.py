@@ -39,6 +39,8 @@ class RoutingInfo(BaseModel):
     )
     adapter_load_ms: float | None = Field(None, description="time to bring the adapter onto the device")
     replica: str | None = Field(None, description="Ray mode: the expert replica that generated the answer")
+    gateway: str | None = Field(None, description="the gateway (host:pid) that routed the request; in Ray mode "
+                                "one of `scale_out.gateway_replicas`")
     engine: str | None = Field(None, description="the engine that generated the answer: transformers or vllm")
     retrievers: list[str] | None = Field(None, description="retrievers searched (two when fused)")
     fused: bool | None = Field(None, description="rankings merged by reciprocal-rank fusion")

@@ -66,8 +66,9 @@ class IndexingJob:
 class IndexingService:
     def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
                  settings: RetrievalSettings, document_roots: list[Path], data_dir: Path, metrics: Metrics,
-                 lanes: Lanes, manifest: Manifest) -> None:
+                 lanes: Lanes, manifest: Manifest, owner: str | None = None) -> None:
         self._registry = registry
+        self._owner = owner  # this gateway, kept with each accepted job: another resumes it if we die
         self._manifest = manifest  # where accepted jobs are kept until they finish (see `resume`)
         self._pending_dir = data_dir / "pending"
         self._document_roots = document_roots
@@ -141,6 +142,7 @@ class IndexingService:
             saved.write_text("".join(json.dumps(asdict(d)) + "\n" for d in documents), encoding="utf-8")
         self._manifest.put_setting(job.record, json.dumps({
             "operation": job.operation, "expert": job.expert, "documents": str(saved) if saved else None,
+            "owner": self._owner,
             "spec": spec.model_dump(mode="json") if spec is not None else None}))
 
     def _forget(self, record: str | None) -> None:
@@ -151,15 +153,20 @@ class IndexingService:
         if json.loads(stored)["documents"]:
             Path(json.loads(stored)["documents"]).unlink(missing_ok=True)
 
-    async def resume(self) -> int:
+    async def resume(self, owners_alive: frozenset[str] = frozenset()) -> int:
         """Restart the jobs accepted before the last shutdown or crash that had not finished. A job that
-        cannot restart (its documents are gone, say) reports its expert as failed, with the reason."""
+        cannot restart (its documents are gone, say) reports its expert as failed, with the reason.
+
+        With several gateways, the jobs of the gateways in `owners_alive` (this one included: they still run them)
+        are theirs; any other gateway's unfinished job is resumed here."""
         resumed = 0
         pending = sorted(self._manifest.settings_under(_PENDING).items())
         kept = {json.loads(raw)["documents"] for _, raw in pending}
-        for orphan in self._pending_dir.glob("*.jsonl") if self._pending_dir.is_dir() else []:
+        orphans = self._pending_dir.glob("*.jsonl") if self._pending_dir.is_dir() and self._owner is None else []
+        for orphan in orphans:  # one machine only: a gateway's may be between its save and its commit
             if str(orphan) not in kept:  # saved, then a crash before its record was committed
                 orphan.unlink(missing_ok=True)
+        pending = [(record, raw) for record, raw in pending if json.loads(raw).get("owner") not in owners_alive]
         for record, raw in pending:
             stored = json.loads(raw)
             name = stored["expert"]

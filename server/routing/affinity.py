@@ -4,6 +4,10 @@ Optional: a request names its session with OpenAI's `user` field or the `x-switc
 Routing is already stateless over the `messages` a client resends; the store helps the clients that send
 only their latest message. It is bounded (least recently used entries go first) and entries expire after
 `ttl_seconds` without use, so a flood of session keys costs at most `max_entries` small entries.
+
+Routing reads and writes sessions through the async `Sessions` interface: one machine keeps them here, in
+process; gateways in Ray mode share one `SessionStore` in an actor (`server/scaleout/shared_sessions.py`),
+so a session's expert survives when its requests land on different gateways.
 """
 
 from __future__ import annotations
@@ -12,8 +16,22 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 MAX_SESSION_KEY = 256
+
+
+class Sessions(Protocol):
+    """Where routing remembers each session's expert."""
+
+    async def recall(self, key: str) -> tuple[str, float] | None:
+        """The session's (expert, score), or None."""
+
+    async def keep(self, key: str, expert: str, score: float) -> int:
+        """Remember the session's expert; returns how many sessions are remembered."""
+
+    async def drop(self, key: str) -> int:
+        """Forget the session (it fell back to the generalist); returns how many remain."""
 
 
 class SessionStore:
@@ -28,6 +46,17 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    async def recall(self, key: str) -> tuple[str, float] | None:
+        return self.get(key)
+
+    async def keep(self, key: str, expert: str, score: float) -> int:
+        self.put(key, expert, score)
+        return len(self)
+
+    async def drop(self, key: str) -> int:
+        self.forget(key)
+        return len(self)
 
     def get(self, key: str) -> tuple[str, float] | None:
         now = self._clock()

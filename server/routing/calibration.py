@@ -48,8 +48,12 @@ def rule_from_json(text: str) -> tuple[FallbackRule, ContextParams | None, dict[
 
 
 def restore_rule(manifest: Manifest, routing: RoutingService) -> None:
+    """The stored rule in force, or the configured one when none is stored (a gateway following another's
+    reset)."""
     stored = manifest.get_setting(_SETTING)
-    if stored is not None:
+    if stored is None:
+        routing.rule, routing.context, routing.rule_fit = routing.default_rule, routing.default_context, {}
+    else:
         routing.rule, context, routing.rule_fit = rule_from_json(stored)
         routing.context = context or routing.default_context
 
@@ -147,5 +151,5 @@ async def calibrate(routing: RoutingService, manifest: Manifest, body: Calibrati
 
 async def reset(routing: RoutingService, manifest: Manifest) -> CalibrationOut:
     await asyncio.to_thread(manifest.put_setting, _SETTING, None)
-    routing.rule, routing.context, routing.rule_fit = routing.default_rule, routing.default_context, {}
+    restore_rule(manifest, routing)
     return describe(routing)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from experts.backends.base import Placement
 from routers.base import ContextSummary, Decision, Evidence, ScoredExpert
+from server.observability.fleet import gateway_id
 from server.protocol import MixtureComponentOut, RoutingInfo
 
 MIXTURE_JOIN = "+"  # model="sql+math": a mixture of those experts (equal weights); a mixture's record name
@@ -34,6 +35,7 @@ def decision_record(decision: Decision, kind: ExpertKind, generalist: str, versi
         threshold=decision.threshold,
         registry_version=version,
         routing_ms=round(routing_ms, 3),
+        gateway=gateway_id(),
         **_context_fields(decision.context),
         **_evidence_fields(decision.evidence),
     )
@@ -44,6 +46,7 @@ def unrouted_record(expert: str, kind: ExpertKind, reason: str, fallback: bool, 
     return RoutingInfo(
         expert=expert, kind=kind, score=None, runner_up=None, runner_up_score=None, fallback=fallback,
         reason=reason, router="pinned", threshold=None, registry_version=version, routing_ms=0.0,
+        gateway=gateway_id(),
     )
 
 
@@ -109,6 +112,8 @@ def routing_headers(info: RoutingInfo) -> dict[str, str]:
         "x-switchyard-router": info.router,
         "x-switchyard-registry-version": str(info.registry_version),
     }
+    if info.gateway is not None:
+        headers["x-switchyard-gateway"] = info.gateway
     if info.experts is not None:  # a mixture: each component with its weight, "sql=0.700,math=0.300"
         headers["x-switchyard-experts"] = ",".join(f"{c.name}={c.weight:.3f}" for c in info.experts)
     if info.score is not None:

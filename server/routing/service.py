@@ -42,7 +42,7 @@ from routers.mixture import MAX_MIXTURE, MixtureParams, RoutedMixture, routed_mi
 from server.failures import NotFound
 from server.observability.metrics import Metrics
 from server.protocol import RoutingInfo
-from server.routing.affinity import SessionStore
+from server.routing.affinity import Sessions
 from server.routing.record import MIXTURE_JOIN, decision_record, mixture_record, unrouted_record
 from server.runtime.lanes import Lanes
 
@@ -91,7 +91,7 @@ class RoutingService:
         lanes: Lanes,
         context: ContextParams | None = None,
         cache: EmbeddingCache | None = None,
-        sessions: SessionStore | None = None,
+        sessions: Sessions | None = None,
         mixture: MixtureParams | None = None,
     ) -> None:
         self._encoder = encoder
@@ -156,7 +156,7 @@ class RoutingService:
         turns = window(turns, self.context.max_turns)
         vectors = await self.embed_turns([turn.text for turn in turns])
         snapshot = self._registry.snapshot
-        previous = self.sessions.get(session) if self.sessions is not None and session else None
+        previous = await self.sessions.recall(session) if self.sessions is not None and session else None
         decision = decide_conversation(self._router, snapshot.index, turns, vectors, self._neutral, self.context,
                                        self.rule, top_n, previous)
         decision = _apply_generalist_feedback(decision, vectors[-1], snapshot.generalist_vectors)
@@ -165,16 +165,16 @@ class RoutingService:
         self._metrics.routing_latency.observe(elapsed)
         return decision, snapshot, elapsed * 1000.0
 
-    def remember(self, session: str | None, decision: Decision) -> None:
+    async def remember(self, session: str | None, decision: Decision) -> None:
         """Keep a served decision's expert for the session (a fallback forgets it: the conversation left
         every expert's domain)."""
         if self.sessions is None or not session:
             return
         if decision.expert is None:
-            self.sessions.forget(session)
+            remembered = await self.sessions.drop(session)
         else:
-            self.sessions.put(session, decision.expert, decision.score or 0.0)
-        self._metrics.sessions.set(len(self.sessions))
+            remembered = await self.sessions.keep(session, decision.expert, decision.score or 0.0)
+        self._metrics.sessions.set(remembered)
         if decision.context is not None:
             self._metrics.context_outcomes.labels(decision.context.outcome).inc()
 
@@ -202,7 +202,7 @@ class RoutingService:
             except ExpertGone:
                 continue  # removed between ranking and leasing: rank again on the new snapshot
             self._metrics.decided(target.info.expert, decision.fallback, decision.score)
-            self.remember(session, decision)
+            await self.remember(session, decision)
             return target
         return self._generalist(reason="the routed expert kept being removed; fell back", fallback=True)
 

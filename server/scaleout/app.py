@@ -1,7 +1,8 @@
 """Switchyard on Ray Serve: how the parts fit, and how to start them.
 
-    client ──HTTP──▶ Serve proxy (every node) ──▶ Gateway (one replica, head node): the one-machine
+    client ──HTTP──▶ Serve proxy (every node) ──▶ Gateway × gateway_replicas (head node): the one-machine
                         app (`create_app`): routing, registry, retrieval, admin, metrics, console
+                        │  each follows ──▶ registry store actor (the manifest, one writer) + sessions actor
                         │  ReplicaBackend: handle.options(multiplexed_model_id=<adapter key>)
                         ▼
                      ExpertReplica (M replicas, fixed or autoscaled: the configured engine + LRU of
@@ -30,7 +31,9 @@ from ray.serve.config import ProxyLocation
 from server.scaleout.catalogue import catalogue_actor
 from server.scaleout.fleet_board import fleet_board_actor
 from server.scaleout.gateway import gateway_deployment
+from server.scaleout.registry_store import registry_store_actor
 from server.scaleout.replica import ExpertReplica
+from server.scaleout.shared_sessions import sessions_actor
 from server.settings import Settings, config_file_from
 
 log = logging.getLogger(__name__)
@@ -42,13 +45,17 @@ def build_app(args: dict[str, Any]) -> Any:
     settings over the file and the environment: a RayService can carry them inline, and `serve --ray` passes
     the ones it loaded) and `expert_replicas`. Settings load as in every other mode (`Settings.load`)."""
     config, overrides = args.get("config"), dict(args.get("settings") or {})
+    if "ingress_replicas" in args:  # the previous release's argument, for one release
+        log.warning("the application argument `ingress_replicas` is deprecated: use the setting "
+                    "`scale_out.gateway_replicas`")
+        overrides["scale_out"] = {**overrides.get("scale_out", {}), "gateway_replicas": int(args["ingress_replicas"])}
     if args.get("expert_replicas"):
         overrides["scale_out"] = {**overrides.get("scale_out", {}), "expert_replicas": int(args["expert_replicas"])}
     settings = Settings.load(config_file_from(Path(config) if config else None), **overrides)
-    if int(args.get("ingress_replicas", 1)) != 1:
-        raise ValueError("the gateway holds the registry and runs as one replica; drop `ingress_replicas` "
-                         "(Ray Serve's proxies on every node forward to it)")
-    catalogue_actor(settings.server.data_dir.resolve() / "cluster-catalogue")
+    data_dir = settings.server.data_dir.resolve()
+    catalogue_actor(data_dir / "cluster-catalogue")
+    registry_store_actor(data_dir / "manifest.sqlite3")
+    sessions_actor(settings.routing.session_max_entries, settings.routing.session_ttl_seconds)
     fleet_board_actor()
     plain = settings.transport()
     replicas = serve.deployment(**expert_replica_options(settings))(ExpertReplica).bind(plain)

@@ -8,6 +8,11 @@ board keeps the last report per replica. A replica that stops reporting (killed,
 shown as not healthy once its report is `stale_after` old, and forgotten after `forget_after`; one that
 Serve stops on purpose (scale-down) says so itself.
 
+Gateways report here too (`report_gateway`): their registry version, the time they applied it, and
+in-flight requests, after every change they apply and every few seconds. The fleet view lists them, a
+gateway resumes the indexing jobs of gateways that stopped reporting, and `bench/gateways.py` reads
+propagation from the times.
+
 The board holds nothing that cannot be rebuilt: a restarted board fills again within one health-check
 period. `FleetBoard` is a plain class (tested without Ray); `fleet_board_actor` wraps it unchanged.
 """
@@ -23,27 +28,45 @@ FLEET_BOARD_NAMESPACE = "switchyard"
 
 
 class FleetBoard:
-    """Replica id -> its last report (a dict: `ExpertReplica.report`), with the time it arrived."""
+    """Replica id -> its last report (a dict: `ExpertReplica.report`), with the time it arrived; the same
+    for gateway ids."""
 
     def __init__(self, stale_after: float = 30.0, forget_after: float = 300.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._stale_after, self._forget_after = stale_after, forget_after
         self._clock = clock
         self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._gateways: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def report(self, report: dict[str, Any]) -> None:
         self._reports[str(report["replica"])] = (self._clock(), dict(report))
 
+    def report_gateway(self, report: dict[str, Any]) -> None:
+        self._gateways[str(report["gateway"])] = (self._clock(), dict(report))
+
     def leave(self, replica: str) -> None:
-        """A replica that Serve stops on purpose (scale-down, redeploy) leaves the board at once."""
+        """A replica (or gateway) that Serve stops on purpose (scale-down, redeploy) leaves at once."""
         self._reports.pop(replica, None)
+        self._gateways.pop(replica, None)
 
     def replicas(self) -> list[dict[str, Any]]:
         """Every replica heard from recently, oldest report first; a silent one is marked unhealthy."""
+        self._reports = self._recent(self._reports)
+        return self._views(self._reports)
+
+    def gateways(self) -> list[dict[str, Any]]:
+        """Every gateway heard from recently, as `replicas`."""
+        self._gateways = self._recent(self._gateways)
+        return self._views(self._gateways)
+
+    def _recent(self, reports: dict[str, tuple[float, dict[str, Any]]]) -> dict[str, tuple[float, dict[str, Any]]]:
         now = self._clock()
-        self._reports = {r: (at, rep) for r, (at, rep) in self._reports.items() if now - at <= self._forget_after}
+        return {r: (at, rep) for r, (at, rep) in reports.items() if now - at <= self._forget_after}
+
+    def _views(self, reports: dict[str, tuple[float, dict[str, Any]]]) -> list[dict[str, Any]]:
+        now = self._clock()
         views = []
-        for at, report in sorted(self._reports.values(), key=lambda entry: entry[0]):
+        for at, report in sorted(reports.values(), key=lambda entry: entry[0]):
             age = now - at
             view = {**report, "reported_seconds_ago": round(age, 3)}
             if age > self._stale_after:

@@ -1,17 +1,18 @@
 """The cluster's front door: the one-machine app, with generation on the expert replicas.
 
-The gateway is `server.app.create_app` itself, with `ReplicaBackend` in place of the local model: the
-same routes, services, registry, metrics and console, so the Ray mode has every feature one machine
-has, through the same code. It is one replica on the head node, where the registry's `data_dir` is
-(the manifest, the adapter copies, the retrievers' segments: mount a persistent volume there), and Ray
-Serve's proxies on every node forward to it. Generation, the expensive part, scales out over the
-`ExpertReplica`s; routing costs a few ms of CPU per request. The README's "Scale out on Ray Serve" gives
-one gateway's measured rate (`bench/load.py --modes local ray`) and why the registry is not replicated
-yet.
+A gateway is `server.app.create_app` itself, with `ReplicaBackend` in place of the local model and the
+registry store's manifest and shared sessions in place of the data directory's: the same routes,
+services, registry, metrics and console, so the Ray mode has every feature one machine has, through the
+same code. `scale_out.gateway_replicas` gateways run on the head node, where the registry's `data_dir`
+is (the adapter copies and the retrievers' segments: mount a persistent volume there), and Ray Serve's
+proxies spread requests over them. Each routes on its own index and follows the one store
+(`registry_store.py`, `following.py`); generation, the expensive part, scales out over the
+`ExpertReplica`s.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import ray
@@ -19,11 +20,16 @@ from fastapi import FastAPI
 from ray import serve
 
 from experts.backends import Backend
-from server.app import create_app
+from server.app import SharedRegistry, create_app
+from server.observability.fleet import gateway_id
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
 from server.scaleout.fleet_board import FLEET_BOARD_ACTOR, FLEET_BOARD_NAMESPACE
+from server.scaleout.following import follow
+from server.scaleout.registry_store import REGISTRY_STORE_ACTOR, REGISTRY_STORE_NAMESPACE, RemoteManifest
 from server.scaleout.replica_backend import ReplicaBackend
+from server.scaleout.shared_sessions import SESSIONS_ACTOR, SESSIONS_NAMESPACE, SharedSessions
 from server.settings import Settings
+from server.state import AppState
 
 GATEWAY_DEPLOYMENT = "Gateway"
 
@@ -38,21 +44,38 @@ class Gateway:
     def __serve_build_asgi_app__(self) -> FastAPI:
         replicas = self._replicas
 
+        gateway = gateway_id()
+        board = ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE)
+
         async def replica_backend(settings: Settings) -> Backend:
             catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
-            board = ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE)
             return ReplicaBackend(replicas, catalogue, board, settings.backend.base_model,
                                   settings.limits.retry_after_seconds,
-                                  adapter_affinity=settings.scale_out.placement == "adapter_affinity")
+                                  adapter_affinity=settings.scale_out.placement == "adapter_affinity", gateway=gateway)
 
-        return create_app(self._settings, replica_backend)
+        async def shared_registry(settings: Settings) -> SharedRegistry:
+            manifest = RemoteManifest(ray.get_actor(REGISTRY_STORE_ACTOR, namespace=REGISTRY_STORE_NAMESPACE), gateway)
+            sessions = SharedSessions(ray.get_actor(SESSIONS_ACTOR, namespace=SESSIONS_NAMESPACE))
+
+            async def follow_store(state: AppState) -> None:
+                await follow(state, manifest, board, gateway)
+
+            return SharedRegistry(gateway, manifest, sessions, follow_store)
+
+        return create_app(self._settings, replica_backend, shared_registry)
+
+    def __del__(self) -> None:
+        """Serve stops this gateway on purpose (scale-down, redeploy): leave the fleet view at once."""
+        with contextlib.suppress(ValueError, ray.exceptions.RayError):
+            ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE).leave.remote(gateway_id())
 
 
 def gateway_deployment(settings: Settings) -> Any:
-    """The gateway as a Serve deployment (decorated here so importing this module needs no running Ray):
-    one replica, pinned to the head node with the registry's disk."""
+    """The gateways as a Serve deployment (decorated here so importing this module needs no running Ray):
+    `gateway_replicas` of them, pinned to the head node with the registry's disk. Serve sends a restarted
+    gateway traffic once its app has started, that is after it restored from the store."""
     return serve.deployment(
-        name=GATEWAY_DEPLOYMENT, num_replicas=1,
+        name=GATEWAY_DEPLOYMENT, num_replicas=settings.scale_out.gateway_replicas,
         ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
         max_ongoing_requests=settings.limits.max_active_requests + settings.limits.max_queued_requests + 64,
     )(serve.ingress()(Gateway))

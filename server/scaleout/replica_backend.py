@@ -39,7 +39,7 @@ class ReplicaBackend:
     name = "ray"
 
     def __init__(self, replicas: Any, catalogue: Any, board: Any, model_id: str, retry_after_seconds: int,
-                 adapter_affinity: bool = True) -> None:
+                 adapter_affinity: bool = True, gateway: str = "gateway") -> None:
         self._replicas = replicas  # a DeploymentHandle to ExpertReplica
         self._catalogue = catalogue  # the AdapterCatalogue actor
         self._board = board  # the FleetBoard actor: what each replica last reported
@@ -47,18 +47,24 @@ class ReplicaBackend:
         self.device = "ray"  # the replicas' devices are theirs: `GET /admin/model` asks one
         self._retry_after = retry_after_seconds
         self._affinity = adapter_affinity  # scale_out.placement: tag requests with their adapter, or not
+        self._gateway = gateway  # this gateway, as the catalogue's holders name it
         self._loop = asyncio.get_running_loop()  # built in the app's lifespan; leases may end on any thread
         self._pending: set[asyncio.Task[None]] = set()
 
     async def load_adapter(self, key: str, files: AdapterFiles) -> None:
+        """Validate a version on a replica and put it in the catalogue; a version another gateway already
+        validated and put there (keys are unique per version) is only held."""
+        if await self._catalogue.hold.remote(key, self._gateway):
+            return
         data = {name: (files.directory / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
         refusal = await self._replicas.validate.remote(data)
         if refusal is not None:
             raise AdapterRejected(refusal)
-        await self._catalogue.put.remote(key, data)
+        await self._catalogue.put.remote(key, data, self._gateway)
 
     def unload_adapter(self, key: str) -> None:
-        """Take the version out of the catalogue; replicas that hold it drop it as their LRU turns over."""
+        """Release the version in the catalogue; it leaves when no gateway holds it, and replicas that
+        hold it drop it as their LRU turns over."""
         self._loop.call_soon_threadsafe(self._start_removal, key)
 
     def _start_removal(self, key: str) -> None:
@@ -68,7 +74,7 @@ class ReplicaBackend:
 
     async def _remove(self, key: str) -> None:
         try:
-            await self._catalogue.remove.remote(key)
+            await self._catalogue.release.remote(key, self._gateway)
         except RayError:
             log.warning("could not remove adapter %s from the catalogue", key, exc_info=True)
 
@@ -121,6 +127,14 @@ class ReplicaBackend:
         """Every expert replica's last report (the fleet view); empty when the board does not answer."""
         try:
             return await self._board.replicas.remote()
+        except RayError:
+            log.warning("the fleet board did not answer", exc_info=True)
+            return []
+
+    async def gateways(self) -> list[dict[str, Any]]:
+        """Every gateway's last report (the fleet view); empty when the board does not answer."""
+        try:
+            return await self._board.gateways.remote()
         except RayError:
             log.warning("the fleet board did not answer", exc_info=True)
             return []

@@ -232,6 +232,8 @@ class ScaleOutSettings(Group):
 
     expert_replicas: int = Field(2, ge=1, description="expert-serving replicas, each with the base model (the "
                                  "starting count when autoscaling)")
+    gateway_replicas: int = Field(1, ge=1, le=64, description="gateways (routing, registry, admin, console), each "
+                                  "following the one registry store; on the head node, with the registry's disk")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
     placement: Literal["adapter_affinity", "any_replica"] = Field(
         "adapter_affinity", description="adapter_affinity: a request goes to a replica that holds its adapter "
