@@ -64,24 +64,33 @@ class RegistryStore:
             self._changed = asyncio.Condition()
         return self._changed
 
-    async def call(self, method: str, *args: Any, caller: str | None = None) -> Any:
-        """One manifest call. A write wakes every gateway waiting for a change and returns once the other
-        live gateways applied it (see the module docstring)."""
+    async def call(self, method: str, *args: Any) -> Any:
+        """One manifest call; a write wakes every gateway waiting for a change."""
         if method not in _WRITES and method not in _READS:
             raise ManifestError(f"the registry store has no operation {method!r}")
         result = getattr(self._manifest, method)(*args)
         if method in _WRITES:
-            committed, stamp = time.monotonic(), self._manifest.stamp()
-            condition = self._condition()
-            async with condition:
-                condition.notify_all()
-                if not self._lagging(stamp, caller):
-                    return result
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(condition.wait_for(lambda: not self._lagging(stamp, caller)),
-                                           APPLY_WAIT_SECONDS)
-                    self._propagation.append((time.monotonic() - committed) * 1000.0)
+            async with self._condition():
+                self._condition().notify_all()
         return result
+
+    async def wait_applied(self, caller: str | None = None) -> float | None:
+        """Wait until every live gateway but `caller` (the writer, which applied it itself) has applied
+        the store's current stamp, for at most `APPLY_WAIT_SECONDS`; the milliseconds that took since the
+        call, None when nobody had to catch up (or someone did not in time)."""
+        started, stamp = time.monotonic(), self._manifest.stamp()
+        condition = self._condition()
+        async with condition:
+            if not self._lagging(stamp, caller):
+                return None
+            try:
+                await asyncio.wait_for(condition.wait_for(lambda: not self._lagging(stamp, caller)),
+                                       APPLY_WAIT_SECONDS)
+            except TimeoutError:
+                return None
+        elapsed = (time.monotonic() - started) * 1000.0
+        self._propagation.append(elapsed)
+        return elapsed
 
     def _lagging(self, stamp: tuple[int, int], caller: str | None) -> list[str]:
         """The live gateways other than `caller` that have not applied `stamp` yet."""
@@ -103,7 +112,7 @@ class RegistryStore:
                 await asyncio.wait_for(condition.wait_for(lambda: self._manifest.stamp() != tuple(stamp)), timeout)
         return self._manifest.stamp()
 
-    def followers(self) -> dict[str, Any]:
+    async def followers(self) -> dict[str, Any]:
         """Each gateway's applied stamp and how long ago it polled; the recent commit-to-applied times."""
         now = time.monotonic()
         return {"version": self._manifest.stamp()[0],
@@ -158,7 +167,7 @@ class RemoteManifest(Manifest):
         from ray.exceptions import RayActorError, RayTaskError
 
         try:
-            return ray.get(self._actor.call.remote(method, *args, caller=self._holder), timeout=60)
+            return ray.get(self._actor.call.remote(method, *args), timeout=60)
         except RayTaskError as exc:
             raise (exc.cause if isinstance(exc.cause, Exception) else ManifestError(str(exc))) from exc
         except (RayActorError, ray.exceptions.GetTimeoutError) as exc:
@@ -166,11 +175,13 @@ class RemoteManifest(Manifest):
 
     @asynccontextmanager
     async def writer(self) -> AsyncIterator[None]:
+        """The writer lease; a write that succeeded returns once the other gateways applied it."""
         await self._actor.acquire.remote(self._holder)
         try:
             yield
         finally:
             await self._actor.release.remote(self._holder)
+        await self._actor.wait_applied.remote(self._holder)
 
     async def wait_for_change(self, stamp: tuple[int, int], timeout: float) -> tuple[int, int]:
         return tuple(await self._actor.wait_for_change.remote(stamp, timeout, self._holder))  # type: ignore[return-value]
@@ -192,7 +203,11 @@ class RemoteManifest(Manifest):
         return self._call("settings_under", prefix)
 
     def put_setting(self, key: str, value: str | None) -> None:
+        """Stored, then applied by the other gateways (calibration: the next read anywhere sees it)."""
         self._call("put_setting", key, value)
+        import ray
+
+        ray.get(self._actor.wait_applied.remote(self._holder))
 
     def put_generalist_examples(self, examples: list[str], version: int) -> None:
         self._call("put_generalist_examples", examples, version)

@@ -98,6 +98,17 @@ def test_the_store_wakes_followers_on_a_write_and_leases_one_writer(tmp_path: Pa
         assert (await asyncio.wait_for(waiting, 1))[0] == 1
         assert await store.wait_for_change((1, start[1]), timeout=0.05) == (1, start[1])  # a quiet poll ends
 
+        # A write returns once the other live gateways applied it (a's next read sees it on b).
+        polling = asyncio.create_task(store.wait_for_change((1, start[1]), timeout=5, follower="gateway-b"))
+        await store.call("delete", "x", 2)
+        applied = asyncio.create_task(store.wait_applied(caller="gateway-a"))
+        await asyncio.wait_for(polling, 1)
+        await asyncio.sleep(0.05)
+        assert not applied.done()  # b was told, has not applied yet
+        await store.wait_for_change((2, start[1]), timeout=0.01, follower="gateway-b")  # b's next poll: applied
+        assert await asyncio.wait_for(applied, 1) is not None
+        assert (await store.followers())["gateways"]["gateway-b"]["registry_version"] == 2
+
         await store.acquire("gateway-a")
         second = asyncio.create_task(store.acquire("gateway-b"))
         await asyncio.sleep(0.05)
