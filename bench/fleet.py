@@ -45,7 +45,8 @@ PROMPT = "Summarise what this service does in one sentence."
 @contextmanager
 def cluster(directory: Path, extra_args: tuple[str, ...] = (), **settings: object) -> Iterator[ServerProcess]:
     directory.mkdir(parents=True)
-    proc = ServerProcess(write_config(directory, seed_experts=[], **settings), directory / "server.log",
+    settings.setdefault("seed_experts", [])  # no demo experts unless asked for
+    proc = ServerProcess(write_config(directory, **settings), directory / "server.log",
                          extra_args=("--ray", *extra_args))
     proc.start(timeout=600)
     try:

@@ -246,6 +246,15 @@ class Manifest:
                     self._db.execute("ROLLBACK")
                 raise ManifestError(f"the expert manifest could not be written: {exc}") from exc
 
+    def next_job_id(self) -> int:
+        """A new indexing job id: one sequence for every gateway, kept across restarts."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            job_id = self._meta_int("job_serial") + 1
+            self._set_meta("job_serial", job_id)
+            self._db.execute("COMMIT")
+        return job_id
+
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                          "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, str(value)))

@@ -37,7 +37,7 @@ from server.embeddings import EmbeddingService
 from server.errors import install_error_handlers
 from server.observability.metrics import Metrics
 from server.retrieval.grounding import GroundingService
-from server.retrieval.indexing import IndexingService
+from server.retrieval.indexing import IndexingService, SharedJobs
 from server.retrieval.service import RetrievalService
 from server.routing.affinity import Sessions, SessionStore
 from server.routing.calibration import restore_rule
@@ -74,6 +74,7 @@ class SharedRegistry:
     gateway: str  # this gateway's id (the fleet view's, the decision record's, the jobs' owner)
     manifest: Manifest
     sessions: Sessions | None
+    jobs: SharedJobs  # every gateway's indexing jobs, so any gateway answers for a job
     follow: Callable[[AppState], Awaitable[None]]  # also resumes the jobs of gateways that died
 
 
@@ -130,7 +131,8 @@ async def build_state(settings: Settings, backend_factory: BackendFactory = loca
     await lanes.build_bulk_encoder(encoder, lambda: shared_encoder(settings.encoder_config(), device, bulk=True))
     indexing = IndexingService(registry, encoders, segments, settings.retrieval,
                                [*security.document_roots, data_dir / "documents"], data_dir, metrics, lanes, manifest,
-                               owner=shared.gateway if shared is not None else None)
+                               owner=shared.gateway if shared is not None else None,
+                               shared_jobs=shared.jobs if shared is not None else None)
     if shared is None:
         await indexing.resume()  # jobs acknowledged (202) before a crash or restart
     await seed_registry(registry, indexing, server.seed_experts)

@@ -14,14 +14,16 @@ from tests.support.server_process import ADMIN_TOKEN, REPO, ServerProcess, runni
 
 SERVER_MODES = {"local": (), "ray": ("--ray",), "ray-vllm": ("--ray",)}
 # Ray mode: the session server reads its settings from SWITCHYARD_CONFIG (test_ray_scaleout's cluster uses
-# --config), and its expert replicas autoscale 1 -> 2 on load (tests/e2e/test_fleet.py drives it).
-RAY_SETTINGS = {"scale_out": {"autoscaling": True, "min_expert_replicas": 1, "expert_replicas": 1,
-                              "max_expert_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_seconds": 0,
-                              "downscale_delay_seconds": 5, "replica_drain_seconds": 60},
+# --config), runs two gateways over the one registry store (tests/e2e/test_gateways.py), and its expert
+# replicas autoscale 1 -> 2 on load (tests/e2e/test_fleet.py drives it).
+RAY_SETTINGS = {"scale_out": {"gateway_replicas": 2, "autoscaling": True, "min_expert_replicas": 1,
+                              "expert_replicas": 1, "max_expert_replicas": 2, "target_ongoing_requests": 2,
+                              "upscale_delay_seconds": 0, "downscale_delay_seconds": 5, "replica_drain_seconds": 60},
                 "max_loras": 6}
 # ray-vllm: the same contract with one vLLM expert replica (vLLM's CPU build here; one GPU each on a cluster).
 MODE_SETTINGS = {"local": {}, "ray": RAY_SETTINGS, "ray-vllm": {"backend": "vllm", "max_batch_size": 8, "max_loras": 6,
-                                                                "scale_out": {"expert_replicas": 1}}}
+                                                                "scale_out": {"expert_replicas": 1,
+                                                                              "gateway_replicas": 2}}}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -94,7 +94,7 @@ async def list_experts(state: State) -> ExpertList:
     data += [
         ExpertOut(name=job.expert, description="", kind="retriever", examples=[], version=0, state="indexing",
                   active_requests=0, registered_at=None, job=_job_out(job))
-        for job in state.indexing.jobs() if job.active and job.expert not in snapshot.experts
+        for job in await state.indexing.jobs() if job.active and job.expert not in snapshot.experts
     ]
     data += [
         ExpertOut(name=name, description="", kind="unknown", examples=[], version=0,
@@ -169,12 +169,12 @@ def _accepted(spec: ExpertSpec, job: IndexingJob) -> JSONResponse:
 
 @api.get("/jobs")
 async def list_jobs(state: State) -> list[IndexingJobOut]:
-    return [_job_out(job) for job in state.indexing.jobs()]
+    return [_job_out(job) for job in await state.indexing.jobs()]
 
 
 @api.get("/jobs/{job_id}")
 async def get_job(state: State, job_id: int = Path(ge=1, le=MAX_ID)) -> IndexingJobOut:
-    return _job_out(state.indexing.job(job_id))
+    return _job_out(await state.indexing.job(job_id))
 
 
 @api.post("/retrievers/{name}/documents", status_code=202)

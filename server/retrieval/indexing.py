@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -40,6 +40,17 @@ log = logging.getLogger(__name__)
 _PENDING = "pending_index:"
 
 JobState = Literal["queued", "embedding", "publishing", "done", "failed"]
+
+
+class SharedJobs(Protocol):
+    """Where gateways show each other their indexing jobs (Ray mode: the fleet board)."""
+
+    def report(self, job: IndexingJob) -> None:
+        """Publish the job's state (fire and forget)."""
+
+    async def jobs(self) -> list[IndexingJob]:
+        """Every gateway's jobs, as last reported."""
+
 Operation = Literal["create", "replace", "add_documents"]
 
 
@@ -66,9 +77,11 @@ class IndexingJob:
 class IndexingService:
     def __init__(self, registry: ExpertRegistry, encoders: EncoderPool, segments: SegmentStore,
                  settings: RetrievalSettings, document_roots: list[Path], data_dir: Path, metrics: Metrics,
-                 lanes: Lanes, manifest: Manifest, owner: str | None = None) -> None:
+                 lanes: Lanes, manifest: Manifest, owner: str | None = None,
+                 shared_jobs: SharedJobs | None = None) -> None:
         self._registry = registry
         self._owner = owner  # this gateway, kept with each accepted job: another resumes it if we die
+        self._shared = shared_jobs  # several gateways: each job's progress is visible on all of them
         self._manifest = manifest  # where accepted jobs are kept until they finish (see `resume`)
         self._pending_dir = data_dir / "pending"
         self._document_roots = document_roots
@@ -79,7 +92,6 @@ class IndexingService:
         self._metrics = metrics
         self._jobs: dict[int, IndexingJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._next_id = 1
 
     @property
     def document_roots(self) -> list[Path]:
@@ -204,13 +216,21 @@ class IndexingService:
 
     # -- jobs ---------------------------------------------------------------------------------------
 
-    def jobs(self) -> list[IndexingJob]:
-        return sorted(self._jobs.values(), key=lambda j: j.id)
+    async def jobs(self) -> list[IndexingJob]:
+        """This server's jobs and, with several gateways, the others' (as they last reported them)."""
+        others = await self._shared.jobs() if self._shared is not None else []
+        merged = {job.id: job for job in others} | self._jobs
+        return sorted(merged.values(), key=lambda j: j.id)
 
-    def job(self, job_id: int) -> IndexingJob:
-        if job_id not in self._jobs:
+    async def job(self, job_id: int) -> IndexingJob:
+        found = self._jobs.get(job_id) or next((j for j in await self.jobs() if j.id == job_id), None)
+        if found is None:
             raise NotFound(f"no indexing job {job_id}", "job_not_found")
-        return self._jobs[job_id]
+        return found
+
+    def _report(self, job: IndexingJob) -> None:
+        if self._shared is not None:
+            self._shared.report(job)
 
     def pending(self, name: str) -> IndexingJob | None:
         return next((j for j in self._jobs.values() if j.expert == name and j.active), None)
@@ -228,7 +248,8 @@ class IndexingService:
             raise ExpertNotFound(f"no expert named {name!r}")
         if not replace and exists:
             raise ExpertExists(f"an expert named {name!r} already exists; use PUT to replace it")
-        if self.pending(name) is not None:
+        if self.pending(name) is not None or (self._owner is not None and any(  # another gateway's job
+                json.loads(raw)["expert"] == name for raw in self._manifest.settings_under(_PENDING).values())):
             raise ExpertExists(f"an indexing job for {name!r} is still running")
 
     def _retriever(self, name: str) -> Expert:
@@ -257,10 +278,10 @@ class IndexingService:
         return chunk_documents(documents, s.chunk_words, s.chunk_overlap)
 
     def _new_job(self, name: str, operation: Operation, documents: int, chunks: int) -> IndexingJob:
-        job = IndexingJob(id=self._next_id, expert=name, operation=operation, documents=documents,
+        job = IndexingJob(id=self._manifest.next_job_id(), expert=name, operation=operation, documents=documents,
                           chunks_total=chunks)
-        self._next_id += 1
         self._jobs[job.id] = job
+        self._report(job)
         return job
 
     def _start(self, job: IndexingJob, encoder: TextEmbedder, chunks: list[Chunk],
@@ -280,9 +301,11 @@ class IndexingService:
                 blocks.append(await self._lanes.on_bulk(self._lanes.bulk_encoder_for(encoder).encode, texts))
                 job.chunks_done = min(len(chunks), start + batch)
                 self._metrics.indexed_chunks.inc(len(texts))
+                self._report(job)
             vectors = torch.cat(blocks) if blocks else torch.zeros(0, encoder.dim, device=encoder.device)
             segment = Segment(id=new_segment_id(), chunks=tuple(chunks), vectors=vectors)
             job.state = "publishing"
+            self._report(job)
             await asyncio.to_thread(self._segments.write, job.expert, segment, encoder.source)
             expert = await publish(segment)
             job.registry_version = expert.version
@@ -296,4 +319,5 @@ class IndexingService:
             log.error("indexing job %d for %r failed: %s", job.id, job.expert, exc)
         finally:
             job.finished_at = time.time()
+            self._report(job)
         await asyncio.to_thread(self._forget, job.record)

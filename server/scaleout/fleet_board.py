@@ -25,6 +25,7 @@ from typing import Any
 
 FLEET_BOARD_ACTOR = "switchyard-fleet-board"
 FLEET_BOARD_NAMESPACE = "switchyard"
+MAX_JOBS = 500
 
 
 class FleetBoard:
@@ -37,12 +38,21 @@ class FleetBoard:
         self._clock = clock
         self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
         self._gateways: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._jobs: dict[int, dict[str, Any]] = {}  # indexing jobs by id, as their gateway last reported
 
     def report(self, report: dict[str, Any]) -> None:
         self._reports[str(report["replica"])] = (self._clock(), dict(report))
 
     def report_gateway(self, report: dict[str, Any]) -> None:
         self._gateways[str(report["gateway"])] = (self._clock(), dict(report))
+
+    def report_job(self, job: dict[str, Any]) -> None:
+        self._jobs[int(job["id"])] = dict(job)
+        while len(self._jobs) > MAX_JOBS:  # the oldest go first
+            self._jobs.pop(min(self._jobs))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [self._jobs[i] for i in sorted(self._jobs)]
 
     def leave(self, replica: str) -> None:
         """A replica (or gateway) that Serve stops on purpose (scale-down, redeploy) leaves at once."""

@@ -13,6 +13,7 @@ proxies spread requests over them. Each routes on its own index and follows the 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -22,6 +23,7 @@ from ray import serve
 from experts.backends import Backend
 from server.app import SharedRegistry, create_app
 from server.observability.fleet import gateway_id
+from server.retrieval.indexing import IndexingJob
 from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
 from server.scaleout.fleet_board import FLEET_BOARD_ACTOR, FLEET_BOARD_NAMESPACE
 from server.scaleout.following import follow
@@ -60,7 +62,7 @@ class Gateway:
             async def follow_store(state: AppState) -> None:
                 await follow(state, manifest, board, gateway)
 
-            return SharedRegistry(gateway, manifest, sessions, follow_store)
+            return SharedRegistry(gateway, manifest, sessions, BoardJobs(board), follow_store)
 
         return create_app(self._settings, replica_backend, shared_registry)
 
@@ -68,6 +70,22 @@ class Gateway:
         """Serve stops this gateway on purpose (scale-down, redeploy): leave the fleet view at once."""
         with contextlib.suppress(ValueError, ray.exceptions.RayError):
             ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE).leave.remote(gateway_id())
+
+
+class BoardJobs:
+    """Indexing jobs shown to every gateway through the fleet board."""
+
+    def __init__(self, board: Any) -> None:
+        self._board = board
+
+    def report(self, job: IndexingJob) -> None:
+        self._board.report_job.remote(asdict(job))
+
+    async def jobs(self) -> list[IndexingJob]:
+        try:
+            return [IndexingJob(**job) for job in await self._board.jobs.remote()]
+        except ray.exceptions.RayError:
+            return []
 
 
 def gateway_deployment(settings: Settings) -> Any:

@@ -43,7 +43,7 @@ FOLLOWER_SILENCE_SECONDS = 6.0  # a gateway that has not polled for this long is
 APPLY_WAIT_SECONDS = 2.0
 REGISTRY_STORE_NAMESPACE = "switchyard"
 _WRITES = frozenset({"put", "put_version", "delete", "put_generalist_examples", "put_setting", "add_feedback",
-                     "mark_feedback", "delete_feedback"})
+                     "mark_feedback", "delete_feedback", "next_job_id"})
 _READS = frozenset({"changes_since", "stamp", "get_setting", "settings_under", "generalist_examples", "feedback"})
 
 
@@ -233,6 +233,9 @@ class RemoteManifest(Manifest):
 
     def put_version(self, version: int) -> None:
         self._call("put_version", version)
+
+    def next_job_id(self) -> int:
+        return self._call("next_job_id")
 
     def delete(self, name: str, version: int) -> None:
         self._call("delete", name, version)

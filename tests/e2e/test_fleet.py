@@ -39,9 +39,15 @@ def test_the_fleet_view_shows_each_engine_its_resident_adapters_and_settings(
     record = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": SQL}],
                                             max_tokens=4).model_extra["switchyard"]
     assert record["expert"] == "sql"
-    fleet = admin.get("/admin/fleet").json()
-    [gateway] = fleet["gateways"]
-    assert gateway["registry_version"] == admin.get("/admin/experts").json()["registry_version"]
+    version = admin.get("/admin/experts").json()["registry_version"]
+    expected = 1 if server_mode == "local" else 2  # tests/conftest.py: two gateways on Ray
+
+    def all_gateways() -> dict[str, Any] | None:
+        fleet = admin.get("/admin/fleet").json()
+        return fleet if len(fleet["gateways"]) == expected else None
+
+    fleet = eventually(all_gateways, 30, f"{expected} gateways in the fleet view")
+    assert all(g["registry_version"] == version and g["healthy"] for g in fleet["gateways"]), fleet["gateways"]
     if server_mode == "local":
         [local] = fleet["replicas"]
         assert (local["engine"], local["healthy"]) == ("transformers", True) and "sql" in local["resident_adapters"]
