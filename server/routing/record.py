@@ -112,8 +112,6 @@ def routing_headers(info: RoutingInfo) -> dict[str, str]:
         "x-switchyard-router": info.router,
         "x-switchyard-registry-version": str(info.registry_version),
     }
-    if info.gateway is not None:
-        headers["x-switchyard-gateway"] = info.gateway
     if info.experts is not None:  # a mixture: each component with its weight, "sql=0.700,math=0.300"
         headers["x-switchyard-experts"] = ",".join(f"{c.name}={c.weight:.3f}" for c in info.experts)
     if info.score is not None:

@@ -103,7 +103,7 @@ def test_calibration_and_feedback_given_to_one_gateway_hold_on_every_gateway(
 
     query = "My parcel never arrived, who do I talk to?"
     given = admin.post("/v1/feedback", json={"query": query, "expert": "support"})
-    assert given.status_code == 200, given.text
+    assert given.status_code == 201, given.text
     on_every_gateway(gateways, lambda: admin.get("/admin/experts/support"), lambda r: query in r.json()["examples"])
     assert admin.delete(f"/admin/feedback/{given.json()['id']}").status_code == 200
     on_every_gateway(gateways, lambda: admin.get("/admin/experts/support"),
