@@ -20,11 +20,14 @@ fi
 # The console's browser tests fail (not skip) here when Chromium is missing.
 SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "${coverage[@]}" "$@"
 # The whole run also drives the contract suite (tests marked `contract`) against a local Ray cluster:
-# the same tests, with the session server on Ray Serve, its expert replicas autoscaled transformers ones
-# (about 3 minutes), then one vLLM replica (vLLM's CPU build; about 6 minutes, its fault test included).
+# the same tests, with the session server on Ray Serve behind two gateways, its expert replicas
+# autoscaled transformers ones (about 4 minutes); then the fleet's own contract (`fleet`: fleet view,
+# gateways, an engine killed mid-stream) on one vLLM replica (vLLM's CPU build; about 2 minutes). The
+# vLLM engine's whole contract runs on one machine in the first run (tests/e2e/backends); `pytest
+# --server-mode ray-vllm -m contract` runs all of it on a vLLM replica (about 6 minutes).
 if [ $# -eq 0 ]; then
   python -m pytest -q --server-mode ray -m contract "${coverage[@]}"
-  python -m pytest -q --server-mode ray-vllm -m contract "${coverage[@]}"
+  python -m pytest -q --server-mode ray-vllm -m "contract and fleet" "${coverage[@]}"
 fi
 if [ -n "${SWITCHYARD_COVERAGE:-}" ]; then
   python -m coverage report --precision=1 | tail -1

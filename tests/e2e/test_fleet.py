@@ -17,7 +17,7 @@ import yaml
 
 from tests.support.server_process import ServerProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.contract]
+pytestmark = [pytest.mark.e2e, pytest.mark.contract, pytest.mark.fleet]
 SQL = "Write a SQL query that counts the orders of each customer."
 
 

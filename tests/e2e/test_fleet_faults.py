@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.ray_cluster import REPLICA_PROCESS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.contract, pytest.mark.last]
+pytestmark = [pytest.mark.e2e, pytest.mark.contract, pytest.mark.fleet, pytest.mark.last]
 SQL = "Write a SQL query that counts the orders of each customer."
 ENGINE_PROCESS = "VLLM::EngineCore"
 

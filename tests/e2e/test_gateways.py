@@ -22,7 +22,7 @@ import yaml
 from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
 from tests.support.server_process import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.contract]
+pytestmark = [pytest.mark.e2e, pytest.mark.contract, pytest.mark.fleet]
 GARDEN_DOCS = [{"id": "g1", "text": "Water tomato plants deeply twice a week; more often in a heat wave."},
                {"id": "g2", "text": "Prune roses in late winter, just before the buds break."}]
 GARDEN_EXAMPLES = ["How often should I water my tomato plants?", "When is the best time to prune roses?",

@@ -110,7 +110,7 @@ def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path
     documents.mkdir(parents=True)
     words = ["soil", "compost", "seedlings", "mulch", "pruning", "watering", "roots", "harvest", "frost", "shade"]
     with (documents / "almanac.jsonl").open("w") as out:
-        for i in range(1200):  # many seconds of indexing: the kill lands mid-way
+        for i in range(300):  # seconds of indexing: the kill (right after the 202) lands mid-way
             text = " ".join(words[(i + k) % len(words)] for k in range(60))
             out.write(json.dumps({"id": f"note-{i}", "title": f"Note {i}", "text": f"{text} ({i})"}) + "\n")
     (documents / "vanishing.jsonl").write_bytes((REPO / "tests" / "data" / "garden.jsonl").read_bytes())
