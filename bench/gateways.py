@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.fleet import AUTH, cluster, percentile  # noqa: E402
 from bench.load import KeepAliveClient, routing_queries  # noqa: E402
+from tests.support.helpers import RouteTraffic  # noqa: E402
 
 DEMO_EXPERTS = str(REPO / "demo" / "experts.yaml")
 CONCURRENCY = (1, 16, 64)
@@ -157,37 +157,18 @@ def propagation_leg(base_url: str, writes: int) -> dict[str, Any]:
 def failover_leg(base_url: str) -> dict[str, Any]:
     pids = gateway_pids(base_url, 2)
     victim, pid = sorted(pids.items())[0]
-    failures, served, stop = [], [0], threading.Event()
-
-    def client() -> None:
-        with httpx.Client(base_url=base_url, timeout=60) as http:
-            while not stop.is_set():
-                try:
-                    response = http.post("/v1/route", json={"query": "Write SQL to count orders per customer"})
-                    if response.status_code != 200:
-                        failures.append(response.status_code)
-                    served[0] += 1
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    while served[0] < 50:
-        time.sleep(0.05)
-    killed_at = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    while True:
-        fleet = httpx.get(f"{base_url}/admin/fleet", headers=AUTH, timeout=30).json()["gateways"]
-        if len([g for g in fleet if g["healthy"] and g["gateway"] != victim]) == 2:
-            break
-        time.sleep(0.2)
-    recovered = time.monotonic() - killed_at
-    stop.set()
-    for thread in threads:
-        thread.join()
-    return {"clients": 4, "requests": served[0], "failed": len(failures), "seconds_to_two_gateways": recovered,
-            "failures": [str(f) for f in failures[:10]]}
+    with RouteTraffic(base_url, clients=4, query="Write SQL to count orders per customer") as traffic:
+        traffic.wait_served(50)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            fleet = httpx.get(f"{base_url}/admin/fleet", headers=AUTH, timeout=30).json()["gateways"]
+            if len([g for g in fleet if g["healthy"] and g["gateway"] != victim]) == 2:
+                break
+            time.sleep(0.2)
+        recovered = time.monotonic() - killed_at
+    return {"clients": 4, "requests": traffic.served, "failed": len(traffic.failures),
+            "seconds_to_two_gateways": recovered, "failures": traffic.failures[:10]}
 
 
 def main() -> None:

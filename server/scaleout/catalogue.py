@@ -26,8 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from server.scaleout.actors import NAMESPACE, detached_actor
+
 CATALOGUE_ACTOR = "switchyard-catalogue"
-CATALOGUE_NAMESPACE = "switchyard"
+CATALOGUE_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 _STAGING = ".staging-"
 _HOLDERS = ".holders"
@@ -97,10 +99,4 @@ def _holder_file(holder: str) -> str:
 
 def catalogue_actor(root: str | Path) -> Any:
     """Get or create the detached catalogue actor, on the head node so its disk is always the same one."""
-    import ray
-
-    actor_class = ray.remote(AdapterCatalogue)
-    return actor_class.options(
-        name=CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE, get_if_exists=True, lifetime="detached",
-        max_restarts=-1, num_cpus=0, resources={"node:__internal_head__": 0.001},
-    ).remote(str(root))
+    return detached_actor(AdapterCatalogue, CATALOGUE_ACTOR, str(root))

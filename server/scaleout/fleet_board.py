@@ -23,8 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from server.scaleout.actors import NAMESPACE, detached_actor
+
 FLEET_BOARD_ACTOR = "switchyard-fleet-board"
-FLEET_BOARD_NAMESPACE = "switchyard"
+FLEET_BOARD_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 MAX_JOBS = 500
 
 
@@ -89,10 +91,4 @@ class FleetBoard:
 def fleet_board_actor() -> Any:
     """Get or create the board: detached (it outlives whichever process built the application), on the
     head node beside the gateway and the catalogue, restarted by Ray if it dies (replicas refill it)."""
-    import ray
-
-    actor_class = ray.remote(FleetBoard)
-    return actor_class.options(
-        name=FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE, get_if_exists=True, lifetime="detached",
-        max_restarts=-1, num_cpus=0, resources={"node:__internal_head__": 0.001},
-    ).remote()
+    return detached_actor(FleetBoard, FLEET_BOARD_ACTOR)

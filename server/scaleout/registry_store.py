@@ -37,11 +37,12 @@ from typing import Any
 from experts.errors import ManifestError
 from experts.manifest import FeedbackRecord, Manifest, ManifestChanges, ManifestRecord
 from experts.spec import ExpertSpec
+from server.scaleout.actors import NAMESPACE, detached_actor
 
 REGISTRY_STORE_ACTOR = "switchyard-registry"
 FOLLOWER_SILENCE_SECONDS = 6.0  # a gateway that has not polled for this long is not waited for
 APPLY_WAIT_SECONDS = 2.0
-REGISTRY_STORE_NAMESPACE = "switchyard"
+REGISTRY_STORE_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 _WRITES = frozenset({"put", "put_version", "delete", "put_generalist_examples", "put_setting", "add_feedback",
                      "mark_feedback", "delete_feedback", "next_job_id"})
 _READS = frozenset({"changes_since", "stamp", "get_setting", "settings_under", "generalist_examples", "feedback"})
@@ -140,13 +141,7 @@ class RegistryStore:
 
 def registry_store_actor(path: str | Path) -> Any:
     """Get or create the detached store actor, on the head node so its disk is always the same one."""
-    import ray
-
-    actor_class = ray.remote(RegistryStore)
-    return actor_class.options(
-        name=REGISTRY_STORE_ACTOR, namespace=REGISTRY_STORE_NAMESPACE, get_if_exists=True, lifetime="detached",
-        max_restarts=-1, num_cpus=0, resources={"node:__internal_head__": 0.001},
-    ).remote(str(path))
+    return detached_actor(RegistryStore, REGISTRY_STORE_ACTOR, str(path))
 
 
 class RemoteManifest(Manifest):

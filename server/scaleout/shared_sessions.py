@@ -15,20 +15,16 @@ from typing import Any
 from ray.exceptions import RayError
 
 from server.routing.affinity import SessionStore
+from server.scaleout.actors import NAMESPACE, detached_actor
 
 log = logging.getLogger(__name__)
 SESSIONS_ACTOR = "switchyard-sessions"
-SESSIONS_NAMESPACE = "switchyard"
+SESSIONS_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 
 
 def sessions_actor(max_entries: int, ttl_seconds: float) -> Any:
     """Get or create the detached sessions actor (its entries expire anyway: nothing to persist)."""
-    import ray
-
-    return ray.remote(SessionStore).options(
-        name=SESSIONS_ACTOR, namespace=SESSIONS_NAMESPACE, get_if_exists=True, lifetime="detached",
-        max_restarts=-1, num_cpus=0,
-    ).remote(max_entries, ttl_seconds)
+    return detached_actor(SessionStore, SESSIONS_ACTOR, max_entries, ttl_seconds, on_head=False)
 
 
 class SharedSessions:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, copy_demo_adapter, expert_body
+from tests.support.helpers import COOKING_EXAMPLES, COOKING_QUERY, RouteTraffic, copy_demo_adapter, expert_body
 from tests.support.server_process import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.contract, pytest.mark.fleet]
@@ -77,8 +76,8 @@ def test_an_expert_added_replaced_and_removed_is_on_every_gateway_when_the_write
                          lambda r: r.json()["decision"]["expert"] == "gw-cooking"
                          and r.json()["decision"]["gateway"] == r.headers["x-switchyard-gateway"])
 
-        replaced = admin.put("/admin/experts/gw-cooking",
-                             json=expert_body("gw-cooking", path, COOKING_EXAMPLES + ["Can I bake bread without yeast?"]))
+        examples = [*COOKING_EXAMPLES, "Can I bake bread without yeast?"]
+        replaced = admin.put("/admin/experts/gw-cooking", json=expert_body("gw-cooking", path, examples))
         assert replaced.status_code == 200, replaced.text
         newer = replaced.json()["version"]
         on_every_gateway(gateways, listed(admin), lambda r: names(r)["gw-cooking"]["version"] == newer)
@@ -148,27 +147,8 @@ def test_killing_one_gateway_fails_only_its_requests_in_flight(
     traffic, and every gateway then lists the same experts."""
     before = names(admin.get("/admin/experts"))
     victim = gateways[0]
-    failures: list[str] = []
-    served = [0]
-    stop = threading.Event()
-
-    def traffic() -> None:
-        with httpx.Client(base_url=http.base_url, timeout=60) as client:
-            while not stop.is_set():
-                try:
-                    response = client.post("/v1/route", json={"query": SQL_OPENING})
-                    if response.status_code != 200:
-                        failures.append(f"{response.status_code} {response.text[:200]}")
-                    served[0] += 1
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-
-    workers = [threading.Thread(target=traffic) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    try:
-        while served[0] < 10:  # traffic on both gateways before the kill
-            time.sleep(0.05)
+    with RouteTraffic(str(http.base_url), clients=2, query=SQL_OPENING) as traffic:
+        traffic.wait_served(10)  # traffic on both gateways before the kill
         os.kill(int(victim.rsplit(":", 1)[1]), signal.SIGKILL)
         deadline = time.monotonic() + 120
         while True:
@@ -177,12 +157,8 @@ def test_killing_one_gateway_fails_only_its_requests_in_flight(
                 break
             assert time.monotonic() < deadline, f"no second gateway again: {fleet}"
             time.sleep(0.5)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
-    assert len(failures) <= len(workers), failures  # each client had at most one request in flight on it
-    assert served[0] > 20
+    assert len(traffic.failures) <= 2, traffic.failures  # each client had at most one request in flight on it
+    assert traffic.served > 20
     after = on_every_gateway([g["gateway"] for g in fleet], listed(admin), lambda r: r.status_code == 200)
     for response in after.values():
         assert {n: e["version"] for n, e in names(response).items()} == {n: e["version"] for n, e in before.items()}

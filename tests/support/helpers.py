@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -48,3 +50,41 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert error["code"] == code
     return error
+
+
+class RouteTraffic:
+    """Bounded background traffic: `clients` threads, each with one `/v1/route` request in flight at a time,
+    counting what was served and what failed (a gateway or replica killed under load)."""
+
+    def __init__(self, base_url: str, clients: int, query: str) -> None:
+        self.served = 0
+        self.failures: list[str] = []
+        self._base_url, self._query = base_url, query
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self._base_url, timeout=60) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/v1/route", json={"query": self._query})
+                    if response.status_code != 200:
+                        self.failures.append(f"{response.status_code} {response.text[:200]}")
+                    self.served += 1
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+
+    def __enter__(self) -> RouteTraffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wait_served(self, count: int) -> None:
+        """Until `count` requests were served (the load is on before whatever comes next)."""
+        while self.served < count:
+            time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
