@@ -2,7 +2,8 @@
 
 Detached: they outlive whichever process built the application, so a redeploy or a restarted gateway
 finds them. `get_if_exists`: every gateway and `build_app` ask for the same one. Restarted by Ray when
-they die (`max_restarts=-1`); those with state on disk are pinned to the head node, whose volume holds it.
+they die (`max_restarts=-1`), on the head node, whose volume holds their state and where the gateways
+run: losing a worker node never takes one with it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from typing import Any
 NAMESPACE = "switchyard"
 
 
-def detached_actor(cls: type, name: str, *args: Any, on_head: bool = True) -> Any:
+def detached_actor(cls: type, name: str, *args: Any) -> Any:
     """Get or create the actor `name` running `cls(*args)` (a plain class, tested without Ray)."""
     import ray
 
-    options: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "get_if_exists": True, "lifetime": "detached",
-                               "max_restarts": -1, "num_cpus": 0}
-    if on_head:
-        options["resources"] = {"node:__internal_head__": 0.001}
-    return ray.remote(cls).options(**options).remote(*args)
+    return ray.remote(cls).options(
+        name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=-1, num_cpus=0,
+        resources={"node:__internal_head__": 0.001},
+    ).remote(*args)

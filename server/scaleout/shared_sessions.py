@@ -24,7 +24,7 @@ SESSIONS_NAMESPACE = NAMESPACE  # every actor of the application shares one name
 
 def sessions_actor(max_entries: int, ttl_seconds: float) -> Any:
     """Get or create the detached sessions actor (its entries expire anyway: nothing to persist)."""
-    return detached_actor(SessionStore, SESSIONS_ACTOR, max_entries, ttl_seconds, on_head=False)
+    return detached_actor(SessionStore, SESSIONS_ACTOR, max_entries, ttl_seconds)
 
 
 class SharedSessions:
