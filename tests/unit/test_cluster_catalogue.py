@@ -42,3 +42,15 @@ def test_a_restarted_catalogue_has_everything_and_drops_unfinished_writes(tmp_pa
     reloaded = AdapterCatalogue(tmp_path)
     assert reloaded.keys() == ["sql-v1"] and reloaded.files("sql-v1") == FILES
     assert not (tmp_path / ".staging-abc").exists()
+
+
+def test_a_version_leaves_when_the_last_gateway_holding_it_releases_it(tmp_path: Path) -> None:
+    catalogue = AdapterCatalogue(tmp_path)
+    catalogue.put("sql-v1", FILES, holder="gateway-a")
+    assert catalogue.hold("sql-v1", "gateway-b")  # b followed a's registration: no second validation
+    assert not catalogue.hold("math-v1", "gateway-b")  # not there: b must validate and put it
+    catalogue.release("sql-v1", "gateway-a")
+    assert catalogue.files("sql-v1") == FILES  # b still has requests on it
+    reloaded = AdapterCatalogue(tmp_path)  # holders are on disk: a restarted catalogue keeps them
+    reloaded.release("sql-v1", "gateway-b")
+    assert reloaded.keys() == []
