@@ -59,6 +59,7 @@ class RegistryStore:
         self._changed: asyncio.Condition | None = None  # made in the actor's event loop, on first use
         self._followers: dict[str, tuple[tuple[int, int], float]] = {}  # gateway -> (stamp applied, when)
         self._propagation: deque[float] = deque(maxlen=200)  # ms from commit to every gateway applying
+        self._committed_at = time.monotonic()  # the last write's commit
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -71,22 +72,23 @@ class RegistryStore:
             raise ManifestError(f"the registry store has no operation {method!r}")
         result = getattr(self._manifest, method)(*args)
         if method in _WRITES:
+            self._committed_at = time.monotonic()
             async with self._condition():
                 self._condition().notify_all()
         return result
 
     async def wait_applied(self, caller: str | None = None) -> float | None:
         """Wait until every live gateway but `caller` (the writer, which applied it itself) has applied
-        the store's current stamp, for at most `APPLY_WAIT_SECONDS`; the milliseconds that took since the
-        call, None when nobody had to catch up (or someone did not in time)."""
-        started, stamp = time.monotonic(), self._manifest.stamp()
+        the store's current stamp, for at most `APPLY_WAIT_SECONDS`; the milliseconds from the last commit
+        to the last gateway applying it, None when nobody had to catch up (or someone did not in time)."""
+        started, stamp = self._committed_at, self._manifest.stamp()
         condition = self._condition()
         async with condition:
             if not self._lagging(stamp, caller):
                 return None
             try:
                 await asyncio.wait_for(condition.wait_for(lambda: not self._lagging(stamp, caller)),
-                                       APPLY_WAIT_SECONDS)
+                                       max(0.0, APPLY_WAIT_SECONDS - (time.monotonic() - started)))
             except TimeoutError:
                 return None
         elapsed = (time.monotonic() - started) * 1000.0
