@@ -101,6 +101,9 @@ def test_sigkill_during_registrations_loses_no_acknowledged_expert(tmp_path: Pat
         restarted.stop()
 
 
+NOTES = 300
+
+
 def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path: Path) -> None:
     """A 202 is a promise: a retriever killed mid-indexing comes back and finishes after the restart; a
     job whose documents vanished meanwhile is reported failed, not dropped; scratch left by interrupted
@@ -110,7 +113,7 @@ def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path
     documents.mkdir(parents=True)
     words = ["soil", "compost", "seedlings", "mulch", "pruning", "watering", "roots", "harvest", "frost", "shade"]
     with (documents / "almanac.jsonl").open("w") as out:
-        for i in range(300):  # seconds of indexing: the kill (right after the 202) lands mid-way
+        for i in range(NOTES):  # seconds of indexing: the kill (right after the 202) lands mid-way
             text = " ".join(words[(i + k) % len(words)] for k in range(60))
             out.write(json.dumps({"id": f"note-{i}", "title": f"Note {i}", "text": f"{text} ({i})"}) + "\n")
     (documents / "vanishing.jsonl").write_bytes((REPO / "tests" / "data" / "garden.jsonl").read_bytes())
@@ -139,7 +142,7 @@ def test_an_acknowledged_retriever_resumes_after_a_crash_while_indexing(tmp_path
             if experts.get("almanac", {}).get("state") == "ready":
                 break
             time.sleep(1)
-        assert experts["almanac"]["state"] == "ready" and experts["almanac"]["index"]["documents"] == 1200
+        assert experts["almanac"]["state"] == "ready" and experts["almanac"]["index"]["documents"] == NOTES
         assert experts["vanishing"]["state"] == "failed" and "could not resume" in experts["vanishing"]["error"]
         assert "resumed the indexing job for 'almanac'" in second.log_text()
     finally:
