@@ -49,6 +49,7 @@ from experts.versions import (
     ExampleEmbedder,
     Expert,
     IndexBuilder,
+    Lease,
     Resource,
     Snapshot,
     version_key,
@@ -56,19 +57,6 @@ from experts.versions import (
 
 log = logging.getLogger(__name__)
 
-
-
-class Lease:
-    """Keeps an expert version loaded while a request runs on it. Release is idempotent."""
-
-    def __init__(self, registry: ExpertRegistry | None, expert: Expert | None) -> None:
-        self._registry = registry
-        self.expert = expert
-
-    def release(self) -> None:
-        registry, self._registry = self._registry, None
-        if registry is not None and self.expert is not None:
-            registry._release(self.expert)
 
 
 class ExpertRegistry:

@@ -90,3 +90,22 @@ class Snapshot:
 # be updated rather than rebuilt reuses it).
 IndexBuilder = Callable[[Sequence[Expert], object | None], object]
 ExampleEmbedder = Callable[[list[str]], torch.Tensor]
+
+
+class ReleasesLeases(Protocol):
+    def _release(self, expert: Expert) -> None:
+        ...
+
+
+class Lease:
+    """Keeps an expert version loaded while a request runs on it (the registry unloads a retired version
+    when its last lease is released). Release is idempotent."""
+
+    def __init__(self, registry: ReleasesLeases | None, expert: Expert | None) -> None:
+        self._registry = registry
+        self.expert = expert
+
+    def release(self) -> None:
+        registry, self._registry = self._registry, None
+        if registry is not None and self.expert is not None:
+            registry._release(self.expert)
