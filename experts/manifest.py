@@ -20,10 +20,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experts.errors import ManifestError, RegistryMoved
 from experts.spec import ExpertSpec
+
+if TYPE_CHECKING:
+    from experts.versions import Expert
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experts (
@@ -61,6 +64,14 @@ class ManifestRecord:
     version: int
     adapter_version: int  # the registry version whose adapter copy this expert version uses
     index_state: dict[str, Any] | None = None  # retrievers: the segments and deletions of their index
+    registered_at: float | None = None  # when this version was committed (every gateway shows the same)
+
+    def dated(self, expert: Expert) -> Expert:
+        """`expert` (loaded from this record) with its version's commit time: the same on every gateway,
+        and after a restart."""
+        if self.registered_at is not None:
+            expert.registered_at = self.registered_at
+        return expert
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,8 @@ class Manifest:
             try:
                 current = self._meta_int("registry_version")
                 rows = self._db.execute(
-                    "SELECT spec_json, version, adapter_version, index_json FROM experts WHERE version > ? "
+                    "SELECT spec_json, version, adapter_version, index_json, registered_at FROM experts "
+                    "WHERE version > ? "
                     "ORDER BY version", (version,)).fetchall()
                 removed = [name for (name,) in self._db.execute(
                     "SELECT name FROM removed WHERE version > ? ORDER BY version", (version,))]
@@ -116,8 +128,8 @@ class Manifest:
             finally:
                 self._db.execute("COMMIT")
         records = [ManifestRecord(ExpertSpec.model_validate_json(spec), row_version, adapter,
-                                  json.loads(index) if index else None)
-                   for spec, row_version, adapter, index in rows]
+                                  json.loads(index) if index else None, registered)
+                   for spec, row_version, adapter, index, registered in rows]
         return ManifestChanges(current, records, removed, generalist)
 
     def stamp(self) -> tuple[int, int]:
@@ -204,13 +216,13 @@ class Manifest:
             self._db.execute("DELETE FROM feedback WHERE id=?", (feedback_id,))
 
     def put(self, spec: ExpertSpec, version: int, adapter_version: int,
-            index_state: dict[str, Any] | None = None) -> None:
+            index_state: dict[str, Any] | None = None, registered_at: float | None = None) -> None:
         self._write(
             "INSERT INTO experts(name, version, adapter_version, spec_json, registered_at, index_json) "
             "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET version=excluded.version, adapter_version=excluded.adapter_version, "
             "spec_json=excluded.spec_json, registered_at=excluded.registered_at, index_json=excluded.index_json",
-            (spec.name, version, adapter_version, spec.model_dump_json(exclude_none=True), time.time(),
+            (spec.name, version, adapter_version, spec.model_dump_json(exclude_none=True), registered_at or time.time(),
              json.dumps(index_state) if index_state is not None else None),
             version,
             ("DELETE FROM removed WHERE name=?", (spec.name,)),

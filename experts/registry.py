@@ -177,7 +177,7 @@ class ExpertRegistry:
             if current is not None and current.version >= record.version:
                 continue
             try:
-                expert = await self._follow(record, current)
+                expert = record.dated(await self._follow(record, current))
             except (AdapterRejected, DocumentsRejected, EncoderRejected, ManifestError, OSError) as exc:
                 log.error("expert %r version %d could not be followed: %s", name, record.version, exc)
                 self.failed[name] = str(exc)
@@ -218,10 +218,10 @@ class ExpertRegistry:
             for record in records:
                 try:
                     if record.spec.kind == "retriever":
-                        experts[record.spec.name] = await self._restore_retriever(record)
+                        experts[record.spec.name] = record.dated(await self._restore_retriever(record))
                     else:
-                        experts[record.spec.name] = await self._load(
-                            record.spec, record.version, restoring=True, adapter_version=record.adapter_version)
+                        experts[record.spec.name] = record.dated(await self._load(
+                            record.spec, record.version, restoring=True, adapter_version=record.adapter_version))
                 except (AdapterRejected, DocumentsRejected, EncoderRejected) as exc:
                     log.error("expert %r could not be restored: %s", record.spec.name, exc)
                     self.failed[record.spec.name] = str(exc)
@@ -267,7 +267,7 @@ class ExpertRegistry:
                                     encoder=encoder)
                 expert = Expert(spec=spec, version=version, example_embeddings=embeddings, resource=resource)
                 if self._manifest is not None:
-                    self._manifest.put(spec, version, version, index.state())
+                    self._manifest.put(spec, version, version, index.state(), expert.registered_at)
             except BaseException:
                 self._discard_segments(spec.name, index)
                 raise
@@ -293,7 +293,7 @@ class ExpertRegistry:
                 expert = Expert(spec=current.spec, version=version, example_embeddings=current.example_embeddings,
                                 resource=resource)
                 if self._manifest is not None:
-                    self._manifest.put(current.spec, version, version, index.state())
+                    self._manifest.put(current.spec, version, version, index.state(), expert.registered_at)
             except BaseException:
                 if written is not None:
                     self._discard_segments(name, written)
@@ -357,7 +357,7 @@ class ExpertRegistry:
         expert = await self._load(spec, version)
         try:
             if self._manifest is not None:
-                self._manifest.put(spec, version, expert.resource.version)
+                self._manifest.put(spec, version, expert.resource.version, None, expert.registered_at)
         except Exception:
             self._free_adapter(expert.backend_key)
             raise
@@ -419,7 +419,7 @@ class ExpertRegistry:
             if self._manifest is not None:
                 index = current.resource.index
                 self._manifest.put(spec, version, current.resource.version,
-                                   index.state() if index is not None else None)
+                                   index.state() if index is not None else None, expert.registered_at)
             self._publish({**self._snapshot.experts, name: expert}, version)
             return expert
 

@@ -225,8 +225,8 @@ class RemoteManifest(Manifest):
         self._call("delete_feedback", feedback_id)
 
     def put(self, spec: ExpertSpec, version: int, adapter_version: int,
-            index_state: dict[str, Any] | None = None) -> None:
-        self._call("put", spec, version, adapter_version, index_state)
+            index_state: dict[str, Any] | None = None, registered_at: float | None = None) -> None:
+        self._call("put", spec, version, adapter_version, index_state, registered_at)
 
     def put_version(self, version: int) -> None:
         self._call("put_version", version)

@@ -43,6 +43,7 @@ def test_a_follower_applies_adds_examples_replacements_generalist_and_removals(t
     added = run(a.add(spec("x", make_adapter(tmp_path, "x"))))
     assert run(b.catch_up()) and b.snapshot.version == a.snapshot.version
     assert b.snapshot.index == ("x",) and host_b.loaded == {added.backend_key}
+    assert b.snapshot.experts["x"].registered_at == added.registered_at  # the commit's time, not the follow's
     assert not run(b.catch_up())  # nothing new
 
     run(a.update_examples("x", add=["a new way to ask"]))
