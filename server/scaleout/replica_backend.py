@@ -124,17 +124,17 @@ class ReplicaBackend:
             return [f"no expert replica answered: {type(exc).__name__}"]
 
     async def replicas(self) -> list[dict[str, Any]]:
-        """Every expert replica's last report (the fleet view); empty when the board does not answer."""
-        try:
-            return await self._board.replicas.remote()
-        except RayError:
-            log.warning("the fleet board did not answer", exc_info=True)
-            return []
+        """Every expert replica's last report (the fleet view)."""
+        return await self._from_board(self._board.replicas)
 
     async def gateways(self) -> list[dict[str, Any]]:
-        """Every gateway's last report (the fleet view); empty when the board does not answer."""
+        """Every gateway's last report (the fleet view)."""
+        return await self._from_board(self._board.gateways)
+
+    async def _from_board(self, method: Any) -> list[dict[str, Any]]:
+        """A fleet board read; empty when the board does not answer (the view shows nothing, not an error)."""
         try:
-            return await self._board.gateways.remote()
+            return await method.remote()
         except RayError:
             log.warning("the fleet board did not answer", exc_info=True)
             return []
