@@ -21,8 +21,8 @@ fi
 SWITCHYARD_REQUIRE_BROWSER=1 python -m pytest -q "${coverage[@]}" "$@"
 # The whole run also drives the contract suite (tests marked `contract`) against a local Ray cluster:
 # the same tests, with the session server on Ray Serve behind two gateways, its expert replicas
-# autoscaled transformers ones (about 4 minutes); then the fleet's own contract (`fleet`: fleet view,
-# gateways, an engine killed mid-stream) on one vLLM replica (vLLM's CPU build; about 2 minutes). The
+# autoscaled transformers ones (about 4 minutes); then the fleet's own contract (`fleet`: fleet view, an
+# engine killed mid-stream) on one vLLM replica behind one gateway (vLLM's CPU build; about 3 minutes). The
 # vLLM engine's whole contract runs on one machine in the first run (tests/e2e/backends); `pytest
 # --server-mode ray-vllm -m contract` runs all of it on a vLLM replica (about 6 minutes).
 if [ $# -eq 0 ]; then

@@ -21,9 +21,10 @@ RAY_SETTINGS = {"scale_out": {"gateway_replicas": 2, "autoscaling": True, "min_e
                               "upscale_delay_seconds": 0, "downscale_delay_seconds": 5, "replica_drain_seconds": 60},
                 "max_loras": 6}
 # ray-vllm: the same contract with one vLLM expert replica (vLLM's CPU build here; one GPU each on a cluster).
+# One gateway there: the gateways' contract does not depend on the engine (the ray mode runs it).
 MODE_SETTINGS = {"local": {}, "ray": RAY_SETTINGS, "ray-vllm": {"backend": "vllm", "max_batch_size": 8, "max_loras": 6,
-                                                                "scale_out": {"expert_replicas": 1,
-                                                                              "gateway_replicas": 2}}}
+                                                                "scale_out": {"expert_replicas": 1}}}
+
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +49,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def server_mode(request: pytest.FixtureRequest) -> str:
     return request.config.getoption("--server-mode")
+
+
+@pytest.fixture(scope="session")
+def gateway_count(server_mode: str) -> int:
+    """How many gateways the session server runs."""
+    return int(MODE_SETTINGS[server_mode].get("scale_out", {}).get("gateway_replicas", 1))
 
 
 @pytest.fixture(scope="session")

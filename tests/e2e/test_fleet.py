@@ -35,12 +35,13 @@ def replicas(admin: httpx.Client) -> list[dict[str, Any]]:
 
 
 def test_the_fleet_view_shows_each_engine_its_resident_adapters_and_settings(
-        server: ServerProcess, server_mode: str, admin: httpx.Client, client: openai.OpenAI) -> None:
+        server: ServerProcess, server_mode: str, gateway_count: int, admin: httpx.Client,
+        client: openai.OpenAI) -> None:
     record = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": SQL}],
                                             max_tokens=4).model_extra["switchyard"]
     assert record["expert"] == "sql"
     version = admin.get("/admin/experts").json()["registry_version"]
-    expected = 1 if server_mode == "local" else 2  # tests/conftest.py: two gateways on Ray
+    expected = gateway_count
 
     def all_gateways() -> dict[str, Any] | None:
         fleet = admin.get("/admin/fleet").json()
