@@ -120,10 +120,12 @@ def throughput_leg(base_url: str, gateways: int) -> list[dict[str, Any]]:
 def propagation_leg(base_url: str, writes: int) -> dict[str, Any]:
     import ray
 
-    from server.scaleout.registry_store import REGISTRY_STORE_ACTOR, REGISTRY_STORE_NAMESPACE
+    from server.scaleout.actors import NAMESPACE, named_actor
+    from server.scaleout.registry_store import REGISTRY_STORE_ACTOR
 
-    ray.init(address="auto", namespace=REGISTRY_STORE_NAMESPACE, logging_level="ERROR")
-    store = ray.get_actor(REGISTRY_STORE_ACTOR, namespace=REGISTRY_STORE_NAMESPACE)
+    ray.init(address="auto", namespace=NAMESPACE, logging_level="ERROR")
+
+    store = named_actor(REGISTRY_STORE_ACTOR)
     gateways = set(gateway_pids(base_url, 2))
     before = len(ray.get(store.followers.remote())["propagation_ms"])
     acks, stale_reads, last_id = [], 0, None

@@ -21,3 +21,10 @@ def detached_actor(cls: type, name: str, *args: Any) -> Any:
         name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=-1, num_cpus=0,
         resources={"node:__internal_head__": 0.001},
     ).remote(*args)
+
+
+def named_actor(name: str) -> Any:
+    """The running actor `name` (made by `detached_actor`)."""
+    import ray
+
+    return ray.get_actor(name, namespace=NAMESPACE)

@@ -26,10 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server.scaleout.actors import NAMESPACE, detached_actor
+from server.scaleout.actors import detached_actor
 
 CATALOGUE_ACTOR = "switchyard-catalogue"
-CATALOGUE_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 _STAGING = ".staging-"
 _HOLDERS = ".holders"

@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.scaleout.actors import NAMESPACE, detached_actor
+from server.scaleout.actors import detached_actor
 
 FLEET_BOARD_ACTOR = "switchyard-fleet-board"
-FLEET_BOARD_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 MAX_JOBS = 500
 
 

@@ -24,12 +24,13 @@ from experts.backends import Backend
 from server.app import SharedRegistry, create_app
 from server.observability.fleet import gateway_id
 from server.retrieval.indexing import IndexingJob
-from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
-from server.scaleout.fleet_board import FLEET_BOARD_ACTOR, FLEET_BOARD_NAMESPACE
+from server.scaleout.actors import named_actor
+from server.scaleout.catalogue import CATALOGUE_ACTOR
+from server.scaleout.fleet_board import FLEET_BOARD_ACTOR
 from server.scaleout.following import follow
-from server.scaleout.registry_store import REGISTRY_STORE_ACTOR, REGISTRY_STORE_NAMESPACE, RemoteManifest
+from server.scaleout.registry_store import REGISTRY_STORE_ACTOR, RemoteManifest
 from server.scaleout.replica_backend import ReplicaBackend
-from server.scaleout.shared_sessions import SESSIONS_ACTOR, SESSIONS_NAMESPACE, SharedSessions
+from server.scaleout.shared_sessions import SESSIONS_ACTOR, SharedSessions
 from server.settings import Settings
 from server.state import AppState
 
@@ -47,17 +48,17 @@ class Gateway:
         replicas = self._replicas
 
         gateway = gateway_id()
-        board = ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE)
+        board = named_actor(FLEET_BOARD_ACTOR)
 
         async def replica_backend(settings: Settings) -> Backend:
-            catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
+            catalogue = named_actor(CATALOGUE_ACTOR)
             return ReplicaBackend(replicas, catalogue, board, settings.backend.base_model,
                                   settings.limits.retry_after_seconds,
                                   adapter_affinity=settings.scale_out.placement == "adapter_affinity", gateway=gateway)
 
         async def shared_registry(settings: Settings) -> SharedRegistry:
-            manifest = RemoteManifest(ray.get_actor(REGISTRY_STORE_ACTOR, namespace=REGISTRY_STORE_NAMESPACE), gateway)
-            sessions = SharedSessions(ray.get_actor(SESSIONS_ACTOR, namespace=SESSIONS_NAMESPACE))
+            manifest = RemoteManifest(named_actor(REGISTRY_STORE_ACTOR), gateway)
+            sessions = SharedSessions(named_actor(SESSIONS_ACTOR))
 
             async def follow_store(state: AppState) -> None:
                 await follow(state, manifest, board, gateway)
@@ -69,7 +70,7 @@ class Gateway:
     def __del__(self) -> None:
         """Serve stops this gateway on purpose (scale-down, redeploy): leave the fleet view at once."""
         with contextlib.suppress(ValueError, ray.exceptions.RayError):
-            ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE).leave.remote(gateway_id())
+            named_actor(FLEET_BOARD_ACTOR).leave.remote(gateway_id())
 
 
 class BoardJobs:

@@ -37,12 +37,11 @@ from typing import Any
 from experts.errors import ManifestError
 from experts.manifest import FeedbackRecord, Manifest, ManifestChanges, ManifestRecord
 from experts.spec import ExpertSpec
-from server.scaleout.actors import NAMESPACE, detached_actor
+from server.scaleout.actors import detached_actor
 
 REGISTRY_STORE_ACTOR = "switchyard-registry"
 FOLLOWER_SILENCE_SECONDS = 6.0  # a gateway that has not polled for this long is not waited for
 APPLY_WAIT_SECONDS = 2.0
-REGISTRY_STORE_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 _WRITES = frozenset({"put", "put_version", "delete", "put_generalist_examples", "put_setting", "add_feedback",
                      "mark_feedback", "delete_feedback", "next_job_id"})
 _READS = frozenset({"changes_since", "stamp", "get_setting", "settings_under", "generalist_examples", "feedback"})

@@ -36,8 +36,9 @@ from experts.backends import Backend, create_backend
 from experts.backends.base import GenerationChunk, GenerationRequest
 from experts.errors import AdapterRejected, ExpertError, ExpertGone
 from experts.models import resolve_base_model
-from server.scaleout.catalogue import CATALOGUE_ACTOR, CATALOGUE_NAMESPACE
-from server.scaleout.fleet_board import FLEET_BOARD_ACTOR, FLEET_BOARD_NAMESPACE
+from server.scaleout.actors import named_actor
+from server.scaleout.catalogue import CATALOGUE_ACTOR
+from server.scaleout.fleet_board import FLEET_BOARD_ACTOR
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,8 @@ class ExpertReplica:
         # No host tier: what leaves the multiplex LRU is fetched from the catalogue again.
         self._backend = create_backend(engine.model_copy(update={"max_cpu_loras": 0}), Path(model_dir),
                                        engine.resolved_device())
-        self._catalogue = ray.get_actor(CATALOGUE_ACTOR, namespace=CATALOGUE_NAMESPACE)
-        self._board = ray.get_actor(FLEET_BOARD_ACTOR, namespace=FLEET_BOARD_NAMESPACE)
+        self._catalogue = named_actor(CATALOGUE_ACTOR)
+        self._board = named_actor(FLEET_BOARD_ACTOR)
         self._scratch = Path(tempfile.mkdtemp(prefix="switchyard-replica-"))
         self._keys = itertools.count(1)
         self._loads = self._evictions = self._in_flight = 0

@@ -15,11 +15,10 @@ from typing import Any
 from ray.exceptions import RayError
 
 from server.routing.affinity import SessionStore
-from server.scaleout.actors import NAMESPACE, detached_actor
+from server.scaleout.actors import detached_actor
 
 log = logging.getLogger(__name__)
 SESSIONS_ACTOR = "switchyard-sessions"
-SESSIONS_NAMESPACE = NAMESPACE  # every actor of the application shares one namespace
 
 
 def sessions_actor(max_entries: int, ttl_seconds: float) -> Any:
