@@ -30,10 +30,9 @@ import argparse
 import json
 import math
 import random
-import re
 import statistics
+import sys
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +61,9 @@ from routers.labelled_data import conversation_cases, resolve_labels
 from routers.policies import create_router
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from library.dialogues import domain_phrase, examples_by_domain  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data" / "sgd"
 POLICY = ("knn", {"k": 5, "aggregation": "mean"})  # the anchor's kNN-5
 
@@ -70,22 +72,7 @@ def load(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
-def examples_by_domain(train: list[dict], per_domain: int) -> dict[str, list[str]]:
-    by_domain: dict[str, list[str]] = defaultdict(list)
-    for dialogue in train:
-        for turn in dialogue["turns"]:
-            if turn["role"] == "user":
-                by_domain[turn["domain"]].append(turn["content"])
-    rng = random.Random(0)
-    return {domain: rng.sample(texts, min(per_domain, len(texts))) for domain, texts in sorted(by_domain.items())}
-
-
 ACCURACY_BUDGET = 0.03  # the fallback may cost at most 3 points of in-scope accuracy (the issue's goal)
-
-
-def domain_phrase(domain: str) -> str:
-    """SGD's domain name as a capability phrase: "RentalCars" -> "rental cars"."""
-    return re.sub(r"(?<!^)(?=[A-Z])", " ", domain).lower()
 
 
 def report(name: str, queries: list[ScoredQuery], kinds: list[str]) -> dict:

@@ -123,10 +123,15 @@ def conversation_cases(records: list[object]) -> list[LabelledTurn]:
                 raise LabelledDataError(f"conversation {number}, turn {position}: a user turn needs a 'domain'")
             label = OUT_OF_SCOPE if label.strip() in OOS_LABELS else label.strip()
             so_far.append(Turn(turn["content"]))
-            kind = "opening" if previous is None else ("follow-up" if label == previous else "switch")
+            kind = turn_kind(previous, label)
             previous = label
             out.append(LabelledTurn(tuple(so_far), label, kind))
     return out
+
+
+def turn_kind(previous: str | None, label: str) -> str:
+    """`opening` (no user turn before), `follow-up` (the previous user turn's label) or `switch`."""
+    return "opening" if previous is None else ("follow-up" if label == previous else "switch")
 
 
 def parse_labelled_turns(text: str, is_csv: bool) -> list[LabelledTurn]:
@@ -144,12 +149,19 @@ TURN_KINDS = ("opening", "follow-up", "switch")
 
 
 def resolve_labels(cases: Sequence[LabelledTurn], experts: set[str]) -> tuple[list[str], list[str]]:
-    """Each case's label, a conversation's unknown domains mapped to out of scope; and those domains."""
+    """Each case's label, and the domains a conversation names that no expert has (mapped to out of scope).
+
+    A conversation's domain names its expert case-insensitively (expert names are lower case): SGD's
+    `RentalCars` is the expert `rentalcars`."""
     conversations = any(c.kind != "query" for c in cases)
     if not conversations:
         return [c.label for c in cases], []
-    unknown = sorted({c.label for c in cases if c.label not in experts and c.label != OUT_OF_SCOPE})
-    return [c.label if c.label in experts else OUT_OF_SCOPE for c in cases], unknown
+
+    def expert_of(label: str) -> str | None:
+        return label if label in experts else label.lower() if label.lower() in experts else None
+
+    unknown = sorted({c.label for c in cases if expert_of(c.label) is None and c.label != OUT_OF_SCOPE})
+    return [expert_of(c.label) or OUT_OF_SCOPE for c in cases], unknown
 
 
 def by_turn_kind(cases: Sequence[LabelledTurn], truth: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:

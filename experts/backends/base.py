@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from experts.adapters import AdapterFiles
 from experts.backends.residency import Tier
@@ -89,6 +89,26 @@ class AdapterMix:
 
 
 @dataclass(frozen=True)
+class ChatTemplateOptions:
+    """How the conversation is rendered by the chat template (vLLM's chat extensions).
+
+    The default opens a new assistant turn. `continue_final_message` leaves the trailing assistant message
+    open, so the model continues it (a prefilled answer, or a reply being scored with prompt log-probabilities);
+    it needs `add_generation_prompt` off, as in vLLM.
+    """
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+    def render(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The conversation's token ids through the tokenizer's chat template."""
+        encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=self.add_generation_prompt,
+                                                continue_final_message=self.continue_final_message,
+                                                tokenize=True, return_dict=True)
+        return list(encoded["input_ids"])
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation: a chat conversation (rendered with the model's chat template) or, for
     `/v1/completions`, a raw `prompt`; and what runs it: one adapter (`adapter_key`), a weighted mixture of
@@ -100,6 +120,7 @@ class GenerationRequest:
     max_prompt_tokens: int | None = None
     prompt: str | None = None  # raw text, used instead of `messages` when set
     mixture: AdapterMix | None = None
+    template: ChatTemplateOptions = field(default_factory=lambda: ChatTemplateOptions())
 
     def __post_init__(self) -> None:
         if self.mixture is not None and self.adapter_key is not None:
@@ -115,11 +136,18 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One position's log-probability: the token there and, best first, the most likely alternatives."""
+    """One position's log-probability: the token there and, best first, the most likely alternatives.
+
+    The ids and the rank (1 = the most likely token) are what vLLM's `prompt_logprobs` report; the text is
+    what OpenAI's `logprobs` report.
+    """
 
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
+    token_id: int | None = None
+    rank: int | None = None
+    top_ids: tuple[int, ...] = ()  # the ids of `top`, in the same order
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class TokenScores:
     token: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None  # 1 + how many tokens are more likely
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ def scores_of(logits: torch.Tensor, token: int, top: int) -> TokenScores:
     `top` most likely alternatives."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     best = torch.topk(logprobs, top) if top else None
-    return TokenScores(token, float(logprobs[token]),
+    chosen = logprobs[token]
+    return TokenScores(token, float(chosen),
                        tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None
-                       else ())
+                       else (), rank=int((logprobs > chosen).sum()) + 1)
 
 
 def sample_next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

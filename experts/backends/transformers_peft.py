@@ -370,16 +370,14 @@ class TransformersBackend:
         """Token ids as text, as OpenAI reports them (each token decoded alone)."""
         decode = self._tokenizer.decode
         return TokenLogprob(decode([scores.token]), scores.logprob,
-                            tuple((decode([token]), logprob) for token, logprob in scores.top))
+                            tuple((decode([token]), logprob) for token, logprob in scores.top),
+                            token_id=scores.token, rank=scores.rank, top_ids=tuple(token for token, _ in scores.top))
 
     def _render_prompt(self, request: GenerationRequest) -> torch.Tensor:
         """A raw prompt as it is, or the conversation through the model's chat template."""
         if request.prompt is not None:
             return self._tokenizer(request.prompt, return_tensors="pt")["input_ids"]
-        encoded = self._tokenizer.apply_chat_template(
-            list(request.messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        return encoded["input_ids"]
+        return torch.tensor([request.template.render(self._tokenizer, request.messages)], dtype=torch.long)
 
     async def base_checksum(self) -> str:
         return await self._on_model_thread(self._probe.base_checksum)

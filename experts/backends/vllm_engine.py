@@ -248,10 +248,7 @@ class VLLMBackend:
         if request.prompt is not None:
             prompt_ids = self._tokenizer.encode(request.prompt)
         else:
-            prompt_ids = self._tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True,
-                                                             tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
-            prompt_ids = prompt_ids["input_ids"]
+            prompt_ids = request.template.render(self._tokenizer, request.messages)
         return list(prompt_ids)
 
     async def close(self) -> None:
@@ -262,9 +259,10 @@ class VLLMBackend:
 def _logprob(token: int, entry: dict[int, Any], top: int) -> TokenLogprob:
     """vLLM's {token id: Logprob} of one position (the `top` best, plus the token there) as a `TokenLogprob`."""
     chosen = entry[token]
-    best = sorted((e for e in entry.values() if e.rank is not None and e.rank <= top), key=lambda e: e.rank)
+    best = sorted(((i, e) for i, e in entry.items() if e.rank is not None and e.rank <= top), key=lambda p: p[1].rank)
     return TokenLogprob(chosen.decoded_token or "", chosen.logprob,
-                        tuple((e.decoded_token or "", e.logprob) for e in best))
+                        tuple((e.decoded_token or "", e.logprob) for _, e in best),
+                        token_id=token, rank=chosen.rank, top_ids=tuple(i for i, _ in best))
 
 
 def _module_shapes(model_dir: Path) -> Any:

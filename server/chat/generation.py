@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from experts.backends import Backend, GenerationChunk, GenerationRequest, SamplingParams
-from experts.backends.base import TokenLogprob
+from experts.backends.base import ChatTemplateOptions, TokenLogprob
 from experts.errors import AdapterUnavailable
 from routers.conversation import Turn
 from server.failures import TimedOut, Unavailable
@@ -45,6 +45,7 @@ class AnswerRequest:
     n: int = 1
     id_prefix: str = "chatcmpl"
     experts: dict[str, float] | None = None
+    template: ChatTemplateOptions = ChatTemplateOptions()
 
 
 @dataclass
@@ -230,7 +231,8 @@ class GenerationService:
                 seeded = replace(sampling, seed=sampling.seed + index) if sampling.seed is not None and index else \
                     sampling
                 streams.append(self._backend.generate(GenerationRequest(
-                    messages, adapter_key, seeded, self._settings.max_prompt_tokens, prompt=prompt, mixture=mixture)))
+                    messages, adapter_key, seeded, self._settings.max_prompt_tokens, prompt=prompt, mixture=mixture,
+                    template=request.template)))
                 first = await _first_chunk(streams[-1], deadline)
                 choices.append(ChoiceStream(index, streams[-1], first, (first.prompt_tokens, first.completion_tokens)))
         except BaseException:

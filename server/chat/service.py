@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from experts.backends import SamplingParams
-from experts.backends.base import TokenLogprob
+from experts.backends.base import ChatTemplateOptions, TokenLogprob
 from server.chat.conversation import conversation_turns
 from server.chat.generation import AnswerRequest, Generation, GenerationService, logprob_entry
 from server.chat.sampling import sampling_for
@@ -28,6 +28,7 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    PromptLogprob,
     RoutingInfo,
     Usage,
 )
@@ -54,6 +55,11 @@ class ChatRun:
         grammar (JSON, tool calls) never does, so it still parses (the `citations` field has them)."""
         shaped = self.request.response_format is not None and self.request.response_format.type != "text"
         return self.generation.grounding is not None and self.tool_use is None and not shaped
+
+    @property
+    def echoed(self) -> str:
+        """What the answer starts with under `echo`: the trailing assistant message it continues, if any."""
+        return self.request.trailing_assistant_text() if self.request.echo else ""
 
     async def close(self) -> None:
         await self.generation.close()
@@ -83,7 +89,8 @@ class ChatService:
         sampling = await constraint_off_loop(lambda: chat_sampling(request, self._settings, tool_use))
         generation = await self._generation.open(AnswerRequest(
             endpoint=ENDPOINT, model=request.model, turns=turns, session=session, sampling=sampling,
-            messages=prompt_messages(request.messages, tool_use), n=request.n, experts=request.experts))
+            messages=prompt_messages(request.messages, tool_use), n=request.n, experts=request.experts,
+            template=ChatTemplateOptions(request.add_generation_prompt, request.continue_final_message)))
         return ChatRun(request, generation, tool_use)
 
     async def complete(self, run: ChatRun) -> ChatCompletion:
@@ -94,6 +101,7 @@ class ChatService:
         finally:
             await run.close()
         choices, citations, answers = [], None, []
+        echoed = run.echoed
         for index, output in enumerate(finished):
             answer = output.text
             if generation.grounding is not None:
@@ -101,6 +109,7 @@ class ChatService:
                 citations = citations or generation.grounding.citations(answer)
             answers.append(answer)
             content, calls = run.tool_use.parse(answer) if run.tool_use is not None else (answer, [])
+            content = echoed + (content or "") if echoed else content
             choices.append(Choice(index=index, message=AssistantMessage(content=content, tool_calls=calls or None),
                                   finish_reason="tool_calls" if calls else output.last.finish_reason,
                                   logprobs=_logprobs(run, output.logprobs)))
@@ -113,6 +122,8 @@ class ChatService:
             usage=generation.usage(),
             switchyard=generation.target.info,
             citations=citations,
+            prompt_logprobs=prompt_logprob_entries(finished[0].prompt_logprobs)
+            if run.request.prompt_logprobs is not None else None,
         )
 
     def stream(self, run: ChatRun) -> AsyncIterator[str]:
@@ -131,6 +142,8 @@ class ChatService:
         unfinished = len(texts)
         for index in texts:
             yield _event(_chunk(run, [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]))
+            if run.echoed:
+                yield _event(_chunk(run, [ChunkChoice(index=index, delta=Delta(content=run.echoed))]))
         async for choice, chunk in generation.chunks():
             state = texts[choice.index]
             state.parts.append(chunk.text)
@@ -182,6 +195,21 @@ def _logprobs(run: ChatRun, scores: Sequence[TokenLogprob]) -> ChoiceLogprobs | 
     return ChoiceLogprobs(content=[logprob_entry(score) for score in scores])
 
 
+def prompt_logprob_entries(scores: Sequence[TokenLogprob | None] | None) -> list[dict[str, PromptLogprob] | None]:
+    """Every prompt position's scores in vLLM's shape: {token id: score} for the token there and its best
+    alternatives; None where there is no score (the first token)."""
+    entries: list[dict[str, PromptLogprob] | None] = []
+    for score in scores or ():
+        if score is None:
+            entries.append(None)
+            continue
+        entry = {str(token_id): PromptLogprob(logprob=logprob, rank=rank, decoded_token=text)
+                 for rank, (token_id, (text, logprob)) in enumerate(zip(score.top_ids, score.top, strict=True), 1)}
+        entry[str(score.token_id)] = PromptLogprob(logprob=score.logprob, rank=score.rank, decoded_token=score.token)
+        entries.append(entry)
+    return entries
+
+
 def _event(chunk: ChatCompletionChunk) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
@@ -195,4 +223,5 @@ def chat_sampling(request: ChatCompletionRequest, settings: GenerationSettings,
                        "drop one", "invalid_request", "response_format")
     constraint = tool_use.constraint() if tool_use is not None else constraint_for(request.response_format)
     return sampling_for(request, settings, constraint=constraint,
-                        logprobs=(request.top_logprobs or 0) if request.logprobs else None)
+                        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+                        prompt_logprobs=request.prompt_logprobs)

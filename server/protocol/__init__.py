@@ -60,6 +60,7 @@ from server.protocol.chat import (  # noqa: F401
     JsonSchemaFormat,
     NamedFunction,
     NamedToolChoice,
+    PromptLogprob,
     ResponseFormat,
     TokenLogprobOut,
     ToolCall,

@@ -120,6 +120,17 @@ class ChatCompletionRequest(SamplingRequest):
     service_tier: Any = Field(None, description="accepted and ignored")
     prompt_cache_key: Any = Field(None, description="accepted and ignored (prefix caching is automatic)")
     safety_identifier: Any = Field(None, description="accepted and ignored")
+    # vLLM's chat extensions, for scoring and prefilling answers (the openai client sends them in extra_body)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
+        "vLLM's extension: the log-probability of every prompt token and of this many alternatives, in the "
+        "answer's top-level `prompt_logprobs` (the first token has none); not with stream"))
+    add_generation_prompt: bool = Field(True, description="vLLM's extension: open a new assistant turn after "
+                                        "the messages (the chat template's generation prompt)")
+    continue_final_message: bool = Field(False, description=(
+        "vLLM's extension: leave the trailing assistant message open, so the answer continues it; needs "
+        "add_generation_prompt false"))
+    echo: bool = Field(False, description="vLLM's extension: the answer starts with the trailing assistant "
+                       "message, when the conversation ends with one")
 
     @field_validator(*NOT_YET_SUPPORTED, mode="after")
     @classmethod
@@ -151,8 +162,32 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError(f"tool_choice names {value.function.name!r}, which is not in tools")
         return value
 
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _prompt_scores_whole(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("stream"):
+            raise ValueError("prompt_logprobs are not available with stream=true")
+        return value
+
+    @field_validator("continue_final_message")
+    @classmethod
+    def _continue_an_assistant_message(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value:
+            return value
+        if info.data.get("add_generation_prompt"):
+            raise ValueError("continue_final_message needs add_generation_prompt false (they cannot both be true)")
+        messages = info.data.get("messages") or []
+        if not messages or messages[-1].role != "assistant":
+            raise ValueError("continue_final_message needs a conversation that ends with an assistant message")
+        return value
+
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def trailing_assistant_text(self) -> str:
+        """The text of the conversation's final message if it is the assistant's: what `echo` repeats."""
+        last = self.messages[-1] if self.messages else None
+        return last.text() if last is not None and last.role == "assistant" else ""
 
 
 class Usage(BaseModel):
@@ -189,6 +224,14 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
+class PromptLogprob(BaseModel):
+    """One alternative at one prompt position, in vLLM's shape."""
+
+    logprob: float
+    rank: int | None = Field(None, description="1 is the most likely token")
+    decoded_token: str
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -198,6 +241,9 @@ class ChatCompletion(BaseModel):
     usage: Usage
     switchyard: RoutingInfo
     citations: list[Citation] | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(None, description=(
+        "vLLM's extension, with the request's prompt_logprobs: per prompt token, {token id: its score and the "
+        "alternatives'}; None for the first token"))
 
 
 class FunctionCallDelta(BaseModel):

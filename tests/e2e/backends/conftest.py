@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -49,3 +50,14 @@ def admin(backend_server: ServerProcess) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="package")
 def http(admin: httpx.Client) -> httpx.Client:
     return admin
+
+
+@pytest.fixture(scope="package")
+def tokenizer() -> object:
+    """The embedded base model's tokenizer, to count and locate prompt tokens as the server renders them."""
+    from transformers import AutoTokenizer
+
+    from experts.models import EMBEDDED_BASE, resolve_base_model
+
+    return AutoTokenizer.from_pretrained(resolve_base_model(EMBEDDED_BASE, Path.home() / ".cache" / "switchyard"
+                                                            / "models"))

@@ -89,16 +89,6 @@ def test_ignore_eos_generates_exactly_max_tokens(client: openai.OpenAI) -> None:
     assert forced.choices[0].message.content.startswith(natural.choices[0].message.content.strip()[:20])
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> object:
-    from transformers import AutoTokenizer
-
-    from experts.models import EMBEDDED_BASE, resolve_base_model
-
-    return AutoTokenizer.from_pretrained(resolve_base_model(EMBEDDED_BASE, Path.home() / ".cache" / "switchyard"
-                                                            / "models"))
-
-
 def test_penalties_logit_bias_and_min_tokens(client: openai.OpenAI, tokenizer: object) -> None:
     """OpenAI's penalties and logit_bias, and vLLM's min_tokens, change the answer on both backends."""
     repeat = [{"role": "user", "content": "List ten fruits, one per line."}]  # greedy repeats "Apple"
