@@ -40,7 +40,14 @@ def in_process_server(directory: Path, backend: FakeBackend | None = None,
                       **settings: object) -> Iterator[InProcessServer]:
     """The app with `write_config`'s test settings (and `settings`), its lifespan run on enter and exit."""
     config = write_config(directory, **settings)
-    loaded = Settings.load(config, environ={"SWITCHYARD_SECURITY__ADMIN_TOKEN": ADMIN_TOKEN})
+    with in_process_app(Settings.load(config, environ={"SWITCHYARD_SECURITY__ADMIN_TOKEN": ADMIN_TOKEN}),
+                        backend) as server:
+        yield server
+
+
+@contextmanager
+def in_process_app(loaded: Settings, backend: FakeBackend | None = None) -> Iterator[InProcessServer]:
+    """The app with these settings (a shipped config file's, say), its lifespan run on enter and exit."""
     fake = backend or FakeBackend(loaded.backend.max_context_tokens)
 
     async def fake_backend(_: Settings) -> FakeBackend:
