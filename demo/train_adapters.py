@@ -12,19 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from experts.models import EMBEDDED_BASE, resolve_base_model
-from server.settings import Settings
-
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from experts.models import resolve_base_model  # noqa: E402
+from library.train import save_for_serving  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
 EXPERTS = ("sql", "math", "support")
 
 
@@ -75,15 +76,7 @@ def train_one(name: str, model_dir: Path, epochs: int) -> None:
             optimizer.zero_grad()
             losses.append(loss.item())
         print(f"{name} epoch {epoch + 1}: loss {sum(losses) / len(losses):.3f} ({time.time() - started:.0f} s)")
-    out = HERE / "adapters" / name
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(out)
-    weights = out / "adapter_model.safetensors"
-    save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, weights)
-    adapter_config = json.loads((out / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = EMBEDDED_BASE
-    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-    (out / "README.md").unlink(missing_ok=True)
+    save_for_serving(model, HERE / "adapters" / name)
 
 
 def main() -> None:
@@ -93,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     settings = Settings()
-    model_dir = Path(resolve_base_model(settings.base_model, settings.model_cache_dir))
+    model_dir = Path(resolve_base_model(settings.backend.base_model, settings.server.model_cache_dir))
     for name in [args.only] if args.only else EXPERTS:
         train_one(name, model_dir, args.epochs)
 

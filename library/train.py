@@ -99,7 +99,13 @@ def train_one(domain: str, examples: list[list[dict[str, str]]], model_dir: Path
             losses.append(loss.item())
         loss_sum = sum(losses) / len(losses)
         print(f"{domain} epoch {epoch + 1}: loss {loss_sum:.3f} ({time.time() - started:.0f} s)", flush=True)
-    out = out_root / domain.lower()
+    save_for_serving(model, out_root / domain.lower())
+    return loss_sum
+
+
+def save_for_serving(model, out: Path) -> None:
+    """The adapter as it is committed and served: fp16 safetensors (half the size; the server computes in the
+    base model's dtype) and a config naming the embedded base, with nothing else in the directory."""
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(out)
     weights = out / "adapter_model.safetensors"
@@ -108,7 +114,6 @@ def train_one(domain: str, examples: list[list[dict[str, str]]], model_dir: Path
     adapter_config["base_model_name_or_path"] = EMBEDDED_BASE
     (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     (out / "README.md").unlink(missing_ok=True)
-    return loss_sum
 
 
 def main() -> None:
