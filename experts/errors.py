@@ -29,6 +29,11 @@ class PromptTooLong(ExpertError):
     """The rendered prompt plus the requested completion do not fit the model's context."""
 
 
+class TemplateRejected(ExpertError):
+    """The model's chat template refused the conversation (its roles' order, say, or a final message it
+    cannot leave open for `continue_final_message`)."""
+
+
 class ManifestError(ExpertError):
     """The persistent manifest could not be written; the registry change was rolled back."""
 

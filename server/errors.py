@@ -33,6 +33,7 @@ from experts.errors import (
     RegistryMoved,
     RowFailed,
     SamplingRejected,
+    TemplateRejected,
     UploadExists,
 )
 from server.failures import Conflict, InvalidRequest, NotFound, Overloaded, RequestFailure, TimedOut, Unavailable
@@ -70,6 +71,7 @@ _EXPERT_ERRORS: dict[type[ExpertError], tuple[int, str, str]] = {
     DocumentsRejected: (400, "invalid_request_error", "invalid_documents"),
     EncoderRejected: (400, "invalid_request_error", "encoder_rejected"),
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
+    TemplateRejected: (400, "invalid_request_error", "invalid_messages"),
     SamplingRejected: (400, "invalid_request_error", "invalid_logit_bias"),
     ConstraintRejected: (400, "invalid_request_error", "invalid_response_format"),
     MixtureRejected: (400, "invalid_request_error", "invalid_mixture"),

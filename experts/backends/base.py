@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from jinja2 import TemplateError
+
 from experts.adapters import AdapterFiles
 from experts.backends.residency import Tier
-from experts.errors import PromptTooLong, SamplingRejected
+from experts.errors import PromptTooLong, SamplingRejected, TemplateRejected
 
 FinishReason = Literal["stop", "length"]
 
@@ -101,10 +103,14 @@ class ChatTemplateOptions:
     continue_final_message: bool = False
 
     def render(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-        """The conversation's token ids through the tokenizer's chat template."""
-        encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=self.add_generation_prompt,
-                                                continue_final_message=self.continue_final_message,
-                                                tokenize=True, return_dict=True)
+        """The conversation's token ids through the tokenizer's chat template; a conversation the template
+        refuses (it raises) is the request's error, not the server's."""
+        try:
+            encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=self.add_generation_prompt,
+                                                    continue_final_message=self.continue_final_message,
+                                                    tokenize=True, return_dict=True)
+        except (ValueError, TemplateError) as exc:
+            raise TemplateRejected(f"the model's chat template refused the messages: {exc}") from exc
         return list(encoded["input_ids"])
 
 
