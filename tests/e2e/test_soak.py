@@ -12,7 +12,7 @@ from bench.soak import soak
 from tests.support.server_process import ServerProcess, write_config
 
 pytestmark = pytest.mark.e2e
-SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))  # 30 s serve ~3,800 requests and 5 churn cycles here
+SECONDS = float(os.environ.get("SOAK_SECONDS", "12"))  # 12 s serve ~1,500 requests and 2 churn cycles here
 
 
 def test_mixed_traffic_with_churn(tmp_path: Path) -> None:

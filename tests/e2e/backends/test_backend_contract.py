@@ -121,9 +121,8 @@ def test_penalties_logit_bias_and_min_tokens(client: openai.OpenAI, tokenizer: o
 def test_mixed_adapters_in_one_batch_equal_solo_runs(client: openai.OpenAI) -> None:
     solo = [greedy(client, model, text) for model, text in MIXED]
     assert len(set(solo)) == len(solo)  # distinct answers, so a mix-up would be visible
-    for _ in range(2):
-        with ThreadPoolExecutor(max_workers=len(MIXED)) as pool:
-            assert list(pool.map(lambda r: greedy(client, *r), MIXED)) == solo
+    with ThreadPoolExecutor(max_workers=len(MIXED)) as pool:
+        assert list(pool.map(lambda r: greedy(client, *r), MIXED)) == solo
 
 
 def test_hot_add_replace_remove_under_concurrent_load(backend_server: ServerProcess, client: openai.OpenAI,
@@ -140,7 +139,7 @@ def test_hot_add_replace_remove_under_concurrent_load(backend_server: ServerProc
             except openai.APIError as exc:
                 failures.append(f"{model}: {exc}")
 
-    workers = [threading.Thread(target=traffic, args=r) for r in MIXED[:4]]
+    workers = [threading.Thread(target=traffic, args=r) for r in MIXED[:2]]
     for worker in workers:
         worker.start()
     try:
