@@ -10,7 +10,7 @@ import json
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from routers.labelled_data import turn_kind
@@ -23,13 +23,25 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class ScoredTurn:
-    """One assistant reply to score: the conversation up to its user turn, the reply, and what it is."""
+    """One assistant reply to score: the conversation up to its user turn, the reply, and what it is.
+
+    It keeps the dialogue's turns and its position, not a copy of the conversation so far: train holds
+    111,878 of these, and copying each one's context costs gigabytes."""
 
     dialogue: str
-    context: list[Message]  # ends with the user turn the reply answers
-    reply: str
+    turns: list[dict] = field(repr=False)  # the whole dialogue, as read
+    position: int  # the user turn the reply answers
     domain: str  # the user turn's domain: the expert that should write the reply
     kind: str  # "opening", "follow-up" (same domain as the previous user turn) or "switch"
+
+    @property
+    def context(self) -> list[Message]:
+        """The conversation up to and including the user turn, as chat messages."""
+        return [{"role": t["role"], "content": t["content"]} for t in self.turns[: self.position + 1]]
+
+    @property
+    def reply(self) -> str:
+        return self.turns[self.position + 1]["content"]
 
 
 def load_dialogues(path: Path) -> list[dict]:
@@ -49,8 +61,7 @@ def scored_turns(dialogue: dict) -> list[ScoredTurn]:
         kind = turn_kind(previous_domain, domain)
         previous_domain = domain
         if i + 1 < len(turns) and turns[i + 1]["role"] == "assistant":
-            context = [{"role": t["role"], "content": t["content"]} for t in turns[: i + 1]]
-            found.append(ScoredTurn(dialogue["id"], context, turns[i + 1]["content"], domain, kind))
+            found.append(ScoredTurn(dialogue["id"], turns, i, domain, kind))
     return found
 
 

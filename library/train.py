@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,7 +103,7 @@ def train_one(domain: str, examples: list[list[dict[str, str]]], model_dir: Path
     return loss_sum
 
 
-def save_for_serving(model, out: Path) -> None:
+def save_for_serving(model: PeftModel, out: Path) -> None:
     """The adapter as it is committed and served: fp16 safetensors (half the size; the server computes in the
     base model's dtype) and a config naming the embedded base, with nothing else in the directory."""
     shutil.rmtree(out, ignore_errors=True)

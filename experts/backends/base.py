@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from jinja2 import TemplateError
@@ -126,7 +126,7 @@ class GenerationRequest:
     max_prompt_tokens: int | None = None
     prompt: str | None = None  # raw text, used instead of `messages` when set
     mixture: AdapterMix | None = None
-    template: ChatTemplateOptions = field(default_factory=lambda: ChatTemplateOptions())
+    template: ChatTemplateOptions = ChatTemplateOptions()
 
     def __post_init__(self) -> None:
         if self.mixture is not None and self.adapter_key is not None:
